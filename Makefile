@@ -1,0 +1,38 @@
+# Tasker: `make run` shows it working, `make test` proves it.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROTO  := protos/tasker/v1/tasker.proto
+
+.PHONY: install run test bench lint proto clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	bash examples/demo.sh
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/engine.py
+	$(PY) bench/daemon.py
+	$(PY) bench/cli.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check taskerd taskerctl tests bench examples
+	$(VENV)/bin/mypy taskerd taskerctl
+
+proto: $(STAMP)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --grpc_python_out=protos \
+		--mypy_out=protos --mypy_grpc_out=protos $(PROTO)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Generated stubs of tasker.v1. Regenerate with `make proto`."""

@@ -1,0 +1,1 @@
+"""taskerctl: the Tasker client and CLI."""

@@ -1,0 +1,1 @@
+"""taskerd: the Tasker daemon."""

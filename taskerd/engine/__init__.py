@@ -1,0 +1,1 @@
+"""taskerd.engine: the asyncio scheduling core."""
