@@ -1,0 +1,116 @@
+#!/usr/bin/env node
+// A minimal Node.js client for taskerd.
+//
+//   TASKER_SOCKET=/path/to/taskerd.sock node client.js [CMD ARGS...]
+//
+// Submits one task (default: `echo hello from node`), streams its events with
+// output, prints the final state and then the daemon's Stats. It loads the
+// contract straight from protos/tasker/v1/tasker.proto; no code generation.
+// Exit status: 0 when the task succeeded, 1 when it ended otherwise, 69 when
+// the daemon is unreachable (as taskerctl).
+'use strict';
+
+const os = require('node:os');
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
+const PROTO_FILE = path.join(PROTO_ROOT, 'tasker', 'v1', 'tasker.proto');
+const EX_UNAVAILABLE = 69;
+
+/** The daemon's socket: $TASKER_SOCKET, else the same default as taskerctl. */
+function socketPath() {
+  if (process.env.TASKER_SOCKET) return path.resolve(process.env.TASKER_SOCKET);
+  const runtime = process.env.XDG_RUNTIME_DIR;
+  const base = runtime ? path.join(runtime, 'tasker') : `/tmp/tasker-${os.userInfo().uid}`;
+  return path.join(base, 'taskerd.sock');
+}
+
+/** A Tasker stub connected to `unix:/abs/path`. */
+function connect(socket) {
+  const definition = protoLoader.loadSync(PROTO_FILE, {
+    includeDirs: [PROTO_ROOT], // google/protobuf/*.proto come with proto-loader
+    keepCase: false,
+    longs: String, // uint64 ids and counters as decimal strings
+    enums: String, // enum values by name, e.g. "TASK_STATE_SUCCEEDED"
+    defaults: true,
+    oneofs: true, // TaskEvent.kind names the set field
+  });
+  const { tasker } = grpc.loadPackageDefinition(definition);
+  return new tasker.v1.Tasker(`unix:${socket}`, grpc.credentials.createInsecure());
+}
+
+/** Promisified unary call. */
+function unary(client, method, request) {
+  return new Promise((resolve, reject) => {
+    const deadline = new Date(Date.now() + 10_000);
+    client[method](request, { deadline }, (err, reply) => (err ? reject(err) : resolve(reply)));
+  });
+}
+
+/** Streams a task's events to stdout/stderr; resolves with its final Task record. */
+function follow(client, id) {
+  return new Promise((resolve, reject) => {
+    let finished = null;
+    const call = client.streamResults({ ids: [id], output: true });
+    call.on('data', (event) => {
+      if (event.kind === 'started') {
+        console.log(`task ${id}: started (pid ${event.started.pid}, worker ${event.started.worker})`);
+      } else if (event.kind === 'output') {
+        const out = event.output.stream === 'OUTPUT_STREAM_STDERR' ? process.stderr : process.stdout;
+        out.write(event.output.data);
+      } else if (event.kind === 'retrying') {
+        console.log(`task ${id}: retrying (${event.retrying.reason})`);
+      } else if (event.kind === 'finished') {
+        finished = event.finished.task;
+      }
+    });
+    call.on('error', reject);
+    call.on('end', () =>
+      finished ? resolve(finished) : reject(new Error(`stream of task ${id} ended early`)),
+    );
+  });
+}
+
+function seconds(duration) {
+  if (!duration) return 0;
+  return Number(duration.seconds) + duration.nanos / 1e9;
+}
+
+async function main(argv) {
+  const command = argv.length > 0 ? argv : ['echo', 'hello from node'];
+  const socket = socketPath();
+  const client = connect(socket);
+
+  const { ids } = await unary(client, 'submit', { tasks: [{ argv: command }] });
+  const id = ids[0];
+  console.log(`submitted task ${id}: ${command.join(' ')}`);
+
+  const task = await follow(client, id);
+  const state = task.state.replace(/^TASK_STATE_/, '');
+  const how = task.exitCode !== undefined && task.exitCode !== null ? ` exit ${task.exitCode}` : '';
+  const why = task.error ? ` (${task.error})` : '';
+  console.log(`task ${id}: ${state}${how} in ${seconds(task.run).toFixed(3)}s${why}`);
+
+  const s = await unary(client, 'stats', {});
+  console.log(
+    `stats: workers ${s.activeWorkers}/${s.baseWorkers}-${s.maxWorkers} running ${s.running} ` +
+      `queued ${s.queued}/${s.queueCapacity} succeeded ${s.succeeded} failed ${s.failed} ` +
+      `timed_out ${s.timedOut} cancelled ${s.cancelled} uptime ${seconds(s.uptime).toFixed(1)}s ` +
+      `version ${s.version}`,
+  );
+  client.close();
+  return task.state === 'TASK_STATE_SUCCEEDED' ? 0 : 1;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err) => {
+    const unreachable = err && err.code === grpc.status.UNAVAILABLE;
+    console.error(`error: ${err && err.details ? err.details : err}`);
+    process.exitCode = unreachable ? EX_UNAVAILABLE : 1;
+  },
+);
