@@ -1,0 +1,71 @@
+"""The Node.js example client against a real daemon."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import Daemon
+
+from tasker.v1 import tasker_pb2 as pb
+
+NODE_DIR = Path(__file__).resolve().parent.parent / "examples" / "node"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npm") is None,
+    reason="node and npm are not installed",
+)
+
+
+@pytest.fixture(scope="module")
+def node_modules() -> Path:
+    """``npm ci`` once, when examples/node/node_modules is absent."""
+    modules = NODE_DIR / "node_modules"
+    if not (modules / "@grpc" / "grpc-js").is_dir():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=NODE_DIR, check=True, capture_output=True, timeout=300,
+        )  # fmt: skip
+    return modules
+
+
+def _client(socket: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TASKER_SOCKET": str(socket)}
+    return subprocess.run(
+        ["node", str(NODE_DIR / "client.js"), *argv],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(360)
+def test_default_task_succeeds(node_modules: Path, daemon: Daemon) -> None:
+    res = _client(daemon.socket)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    submitted = re.search(r"^submitted task (\d+): echo hello from node$", out, re.M)
+    assert submitted, out
+    tid = submitted.group(1)
+    assert "hello from node\n" in out
+    assert re.search(rf"^task {tid}: SUCCEEDED exit 0 in \d+\.\d+s$", out, re.M), out
+    stats = re.search(r"^stats: workers \d+/2-\d+ .* succeeded (\d+) ", out, re.M)
+    assert stats and int(stats.group(1)) >= 1, out
+    # The daemon agrees.
+    task = daemon.stub.Get(pb.GetRequest(id=int(tid)), timeout=5)
+    assert task.spec.argv == ["echo", "hello from node"]
+
+
+def test_failing_task_and_stderr(node_modules: Path, daemon: Daemon) -> None:
+    res = _client(daemon.socket, "sh", "-c", "echo to-out; echo to-err >&2; exit 3")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "to-out\n" in res.stdout and "to-err\n" in res.stderr
+    assert re.search(r"^task \d+: FAILED exit 3 ", res.stdout, re.M), res.stdout
+    assert re.search(r"failed [1-9]", res.stdout), res.stdout
+
+
+def test_unreachable_daemon(node_modules: Path, tmp_path: Path) -> None:
+    res = _client(tmp_path / "nobody.sock")
+    assert res.returncode == 69, res.stdout + res.stderr
