@@ -81,6 +81,7 @@ sleep 0.3
 taskerctl cancel "$doomed"
 
 say "Running a task with live output (--follow)"
+# shellcheck disable=SC2016 # $i is for the task's shell
 taskerctl submit --follow --shell -- \
     'for i in 1 2 3; do echo "tick $i"; sleep 0.3; done; echo "done ticking" >&2'
 
@@ -105,6 +106,12 @@ if kill -0 "$DAEMON_PID" 2>/dev/null; then
     echo "demo: taskerd still running 20s after stop" >&2
     exit 1
 fi
-wait "$DAEMON_PID" && echo "taskerd exited cleanly" || { echo "taskerd exited $?" >&2; exit 1; }
+status=0
+wait "$DAEMON_PID" || status=$?
+if [[ $status -ne 0 ]]; then
+    echo "demo: taskerd exited $status" >&2
+    exit 1
+fi
+echo "taskerd exited cleanly"
 DAEMON_PID=""
 say "Done: the temporary socket and journal in $WORK are removed"
