@@ -1,0 +1,759 @@
+"""The task journal: one SQLite database in WAL mode, written with group commit.
+
+Durability: a write (``add``, ``mark_finished``...) is acknowledged only after the transaction that
+holds it has committed. With ``sync="normal"`` a committed write survives a crash of the daemon
+(it is in the WAL, which the OS holds); with ``sync="full"`` the WAL is fsynced at every commit, so
+it also survives power loss. ``mark_started`` is fire-and-forget but ordered with every other write,
+so it is durable once any later awaited write returns. Every operation is all or nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import hashlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+from tasker.v1 import tasker_pb2 as pb
+
+__all__ = ["SCHEMA_VERSION", "TERMINAL_STATES", "Store"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_Conn = sqlite3.Connection
+
+SCHEMA_VERSION = 1
+TERMINAL_STATES: frozenset[int] = frozenset(
+    {
+        pb.TASK_STATE_SUCCEEDED,
+        pb.TASK_STATE_FAILED,
+        pb.TASK_STATE_TIMED_OUT,
+        pb.TASK_STATE_CANCELLED,
+        pb.TASK_STATE_LOST,
+    }
+)
+_QUEUED = pb.TASK_STATE_QUEUED
+_RUNNING = pb.TASK_STATE_RUNNING
+
+# The same text in the partial indexes and in the queries, so that SQLite uses those indexes.
+_TERMINAL = f"state IN ({', '.join(str(s) for s in sorted(TERMINAL_STATES))})"
+_LIVE = f"state IN ({_QUEUED}, {_RUNNING})"
+
+MAX_BATCH_OPS = 4096  # operations per group-committed transaction
+DELETE_CHUNK = 5000  # tasks deleted per operation by clean/prune, so other writes interleave
+IDLE_CHECKPOINT = 2.0  # seconds of writer idleness before the WAL is truncated
+_ENV_CACHE_MAX = 4096
+_MAX_ID = 2**63 - 1
+
+_SCHEMA = f"""
+CREATE TABLE envs (
+    id   INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE,
+    data BLOB NOT NULL              -- a TaskSpec holding only env
+);
+CREATE TABLE tasks (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    state       INTEGER NOT NULL,
+    priority    INTEGER NOT NULL,
+    queued_at   REAL NOT NULL,
+    started_at  REAL,
+    ended_at    REAL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    pid         INTEGER NOT NULL DEFAULT 0,
+    worker      INTEGER NOT NULL DEFAULT 0,
+    exit_code   INTEGER,
+    signal      INTEGER,
+    error       TEXT NOT NULL DEFAULT '',
+    once        INTEGER NOT NULL,
+    max_retries INTEGER,
+    spec        BLOB NOT NULL,      -- the TaskSpec without env and stdin
+    env_id      INTEGER             -- envs.id, NULL for an empty env
+);
+CREATE INDEX tasks_state ON tasks (state, id);
+-- state in these two makes them covering for the retention queries (SQLite 3.40)
+CREATE INDEX tasks_ended ON tasks (ended_at, state) WHERE {_TERMINAL};
+CREATE INDEX tasks_done ON tasks (id, state) WHERE {_TERMINAL};
+CREATE INDEX tasks_env ON tasks (env_id) WHERE env_id IS NOT NULL;
+CREATE TABLE stdins (
+    task_id INTEGER PRIMARY KEY,
+    data    BLOB NOT NULL
+);
+CREATE TABLE labels (
+    task_id INTEGER NOT NULL,
+    key     TEXT NOT NULL,
+    value   TEXT NOT NULL,
+    PRIMARY KEY (task_id, key)
+) WITHOUT ROWID;
+CREATE INDEX labels_kv ON labels (key, value, task_id);
+CREATE TABLE outputs (
+    task_id          INTEGER PRIMARY KEY,
+    stdout           BLOB NOT NULL,
+    stderr           BLOB NOT NULL,
+    stdout_truncated INTEGER NOT NULL,
+    stderr_truncated INTEGER NOT NULL
+);
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+_COLS = (
+    "t.id, t.state, t.queued_at, t.started_at, t.ended_at, t.attempts, t.pid, t.worker, "
+    "t.exit_code, t.signal, t.error, t.spec"
+)
+_GET = (
+    f"SELECT {_COLS}, e.data, s.data FROM tasks t LEFT JOIN envs e ON e.id = t.env_id "
+    "LEFT JOIN stdins s ON s.task_id = t.id WHERE t.id = ?"
+)
+_GET_OUTPUT = (
+    f"SELECT {_COLS}, e.data, s.data, o.stdout, o.stderr, o.stdout_truncated, o.stderr_truncated "
+    "FROM tasks t LEFT JOIN envs e ON e.id = t.env_id LEFT JOIN stdins s ON s.task_id = t.id "
+    "LEFT JOIN outputs o ON o.task_id = t.id WHERE t.id = ?"
+)
+
+
+@dataclass(slots=True)
+class _Op:
+    """One queued write: ``fn`` runs on the writer thread inside the batch transaction."""
+
+    fn: Callable[[_Conn], Any]
+    future: asyncio.Future[Any] | None
+    loop: asyncio.AbstractEventLoop | None
+
+
+@dataclass(slots=True)
+class _NewTask:
+    """A spec prepared on the caller's thread for insertion."""
+
+    priority: int
+    once: bool
+    max_retries: int | None
+    spec: bytes
+    env_hash: bytes | None
+    env: bytes
+    stdin: bytes
+    labels: list[tuple[str, str]]
+
+
+def _prepare(spec: pb.TaskSpec) -> _NewTask:
+    light = pb.TaskSpec()
+    light.CopyFrom(spec)
+    light.ClearField("env")
+    light.ClearField("stdin")
+    env_hash: bytes | None = None
+    env = b""
+    if spec.env:
+        only_env = pb.TaskSpec()
+        only_env.CopyFrom(spec)
+        for field, _ in only_env.ListFields():  # a copy then clearing is faster than building
+            if field.name != "env":
+                cast(Any, only_env).ClearField(field.name)
+        env = only_env.SerializeToString(deterministic=True)
+        env_hash = hashlib.sha256(env).digest()
+    return _NewTask(
+        priority=spec.priority or pb.PRIORITY_NORMAL,
+        once=spec.once,
+        max_retries=spec.max_retries if spec.HasField("max_retries") else None,
+        spec=light.SerializeToString(),
+        env_hash=env_hash,
+        env=env,
+        stdin=spec.stdin,
+        labels=list(spec.labels.items()) if spec.labels else [],
+    )
+
+
+def _nanos(seconds: float) -> int:
+    return round(seconds * 1e9)
+
+
+def _task(row: Sequence[Any], *, full: bool = False, output: bool = False) -> pb.Task:
+    """Build a pb.Task from a row of ``_COLS`` (+ env, stdin when full, + outputs when output)."""
+    (tid, state, queued_at, started_at, ended_at, attempts, pid, worker) = row[:8]
+    exit_code, sig, error, spec = row[8:12]
+    task = pb.Task(id=tid, state=state, attempts=attempts, pid=pid, worker=worker, error=error)
+    task.spec.ParseFromString(spec)
+    if full:
+        env, stdin = row[12:14]
+        if env is not None:
+            task.spec.MergeFromString(env)
+        if stdin is not None:
+            task.spec.stdin = stdin
+    if output and row[14] is not None:
+        task.stdout, task.stderr = row[14], row[15]
+        task.stdout_truncated, task.stderr_truncated = bool(row[16]), bool(row[17])
+    if exit_code is not None:
+        task.exit_code = exit_code
+    if sig is not None:
+        task.signal = sig
+    task.queued_at.FromNanoseconds(_nanos(queued_at))
+    if started_at is not None:
+        task.started_at.FromNanoseconds(_nanos(started_at))
+        task.wait.FromNanoseconds(max(0, _nanos(started_at - queued_at)))
+    if ended_at is not None:
+        task.ended_at.FromNanoseconds(_nanos(ended_at))
+        if started_at is not None:
+            task.run.FromNanoseconds(max(0, _nanos(ended_at - started_at)))
+        else:
+            task.wait.FromNanoseconds(max(0, _nanos(ended_at - queued_at)))
+    return task
+
+
+def _settle(results: builtins.list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for fut, ok, value in results:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+class Store:
+    """The durable task journal. Writes go through one writer thread (group commit); reads run on
+    the caller's thread with their own connection. Create it with ``await Store.open(path)``."""
+
+    def __init__(self, path: Path, sync: Literal["normal", "full"]) -> None:
+        if sync not in ("normal", "full"):
+            raise ValueError(f"sync: must be 'normal' or 'full', not {sync!r}")
+        self.path = path
+        self.sync = sync
+        #: Transactions committed by the writer so far (group commit: fewer than the writes).
+        self.commits = 0
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._reader: _Conn | None = None
+        self._read_lock = threading.Lock()
+        self._closed = False
+        self._env_cache: dict[bytes, int] = {}  # writer thread only
+        self._checkpoint_due = False  # writer thread only
+        self._dirty = False  # writer thread only: commits since the last WAL truncation
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path, *, sync: Literal["normal", "full"] = "normal") -> Store:
+        """Open (creating it and its schema if needed) the journal at ``path``."""
+        self = cls(Path(path), sync)
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._writer, args=(loop, ready), name="taskerd-store", daemon=True
+        )
+        self._thread.start()
+        await ready
+        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        reader.execute("PRAGMA busy_timeout = 5000")
+        reader.execute("PRAGMA query_only = 1")
+        self._reader = reader
+        return self
+
+    async def close(self) -> None:
+        """Flush pending writes, stop the writer thread and close the database. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(thread.join)
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    # ---- the writer thread -----------------------------------------------------------------
+
+    def _connect_writer(self) -> _Conn:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise RuntimeError(
+                f"{self.path}: journal schema v{version} is newer than this taskerd "
+                f"(v{SCHEMA_VERSION})"
+            )
+        if version == 0:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only effective before any table
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            conn.close()
+            raise RuntimeError(f"{self.path}: cannot use WAL mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous = {self.sync.upper()}")
+        conn.execute("PRAGMA journal_size_limit = 33554432")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        if version == 0:
+            try:
+                conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.close()
+                raise
+        return conn
+
+    def _writer(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        try:
+            conn = self._connect_writer()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, [(ready, False, exc)])
+            return
+        loop.call_soon_threadsafe(_settle, [(ready, True, None)])
+        try:
+            self._serve(conn)
+        except BaseException as exc:  # a bug: never leave a caller waiting forever
+            log.exception("journal writer crashed")
+            self._closed = True
+            self._fail_pending(exc)
+        finally:
+            try:
+                conn.execute("PRAGMA optimize")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error:
+                log.exception("journal: final checkpoint failed")
+            conn.close()
+            self._fail_pending(RuntimeError("journal is closed"))
+
+    def _serve(self, conn: _Conn) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=IDLE_CHECKPOINT if self._dirty else None)
+            except queue.Empty:
+                self._checkpoint(conn)
+                continue
+            batch: builtins.list[_Op] = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= MAX_BATCH_OPS:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._run_batch(conn, batch)
+            if item is None:
+                return
+
+    def _checkpoint(self, conn: _Conn) -> None:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            self._dirty = False
+        except sqlite3.Error:
+            log.exception("journal: WAL checkpoint failed")
+
+    def _run_batch(self, conn: _Conn, batch: builtins.list[_Op]) -> None:
+        done: builtins.list[tuple[_Op, bool, Any]] = []
+        failure: BaseException | None = None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            failure = exc
+        for op in batch if failure is None else ():
+            conn.execute("SAVEPOINT op")
+            try:
+                result = op.fn(conn)
+            except Exception as exc:
+                self._env_cache.clear()
+                if not conn.in_transaction:  # SQLite rolled the whole transaction back
+                    failure = exc
+                    break
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                done.append((op, False, exc))
+                continue
+            conn.execute("RELEASE op")
+            done.append((op, True, result))
+        if failure is None:
+            try:
+                conn.execute("COMMIT")
+                self.commits += 1
+                self._dirty = True
+            except sqlite3.Error as exc:
+                failure = exc
+        if failure is not None:
+            self._env_cache.clear()
+            self._checkpoint_due = False
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            done = [(op, False, failure) for op in batch]
+        elif self._checkpoint_due:
+            self._checkpoint_due = False
+            self._checkpoint(conn)
+        self._resolve(done)
+
+    def _resolve(self, done: builtins.list[tuple[_Op, bool, Any]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, builtins.list[Any]] = {}
+        for op, ok, value in done:
+            if op.future is None or op.loop is None:
+                if not ok:
+                    log.error("journal write failed: %s", value, exc_info=value)
+                continue
+            by_loop.setdefault(op.loop, []).append((op.future, ok, value))
+        for loop, results in by_loop.items():
+            # A closed loop raises RuntimeError: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, results)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        leftover: builtins.list[tuple[_Op, bool, Any]] = []
+        while True:
+            try:
+                op = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if op is not None:
+                leftover.append((op, False, exc))
+        self._resolve(leftover)
+
+    # ---- submitting writes -----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("journal is closed")
+
+    async def _write(self, fn: Callable[[_Conn], T]) -> T:
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Op(fn, fut, loop))
+        return await fut
+
+    # ---- writes ----------------------------------------------------------------------------
+
+    async def add(self, specs: Sequence[pb.TaskSpec], *, now: float) -> builtins.list[int]:
+        """Insert QUEUED tasks in one transaction (all or nothing); ids once committed, in order."""
+        if not specs:
+            return []
+        rows = [_prepare(spec) for spec in specs]
+        return await self._write(lambda conn: self._insert(conn, rows, now))
+
+    def _env_id(self, conn: _Conn, env_hash: bytes, env: bytes) -> int:
+        env_id = self._env_cache.get(env_hash)
+        if env_id is None:
+            conn.execute(
+                "INSERT INTO envs (hash, data) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING",
+                (env_hash, env),
+            )
+            env_id = cast(
+                int, conn.execute("SELECT id FROM envs WHERE hash = ?", (env_hash,)).fetchone()[0]
+            )
+            if len(self._env_cache) >= _ENV_CACHE_MAX:
+                self._env_cache.clear()
+            self._env_cache[env_hash] = env_id
+        return env_id
+
+    def _insert(self, conn: _Conn, rows: Sequence[_NewTask], now: float) -> builtins.list[int]:
+        env_ids: dict[bytes, int] = {}
+        for r in rows:
+            if r.env_hash is not None and r.env_hash not in env_ids:
+                env_ids[r.env_hash] = self._env_id(conn, r.env_hash, r.env)
+        conn.executemany(
+            "INSERT INTO tasks (state, priority, queued_at, once, max_retries, spec, env_id) "
+            f"VALUES ({_QUEUED}, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    r.priority,
+                    now,
+                    r.once,
+                    r.max_retries,
+                    r.spec,
+                    None if r.env_hash is None else env_ids[r.env_hash],
+                )
+                for r in rows
+            ],
+        )
+        # One writer connection and AUTOINCREMENT: the rows just inserted have consecutive ids.
+        last = cast(int, conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        ids = list(range(last - len(rows) + 1, last + 1))
+        labels = [(i, k, v) for i, r in zip(ids, rows, strict=True) for k, v in r.labels]
+        if labels:
+            conn.executemany("INSERT INTO labels (task_id, key, value) VALUES (?, ?, ?)", labels)
+        stdins = [(i, r.stdin) for i, r in zip(ids, rows, strict=True) if r.stdin]
+        if stdins:
+            conn.executemany("INSERT INTO stdins (task_id, data) VALUES (?, ?)", stdins)
+        return ids
+
+    def mark_started(
+        self, task_id: int, *, attempt: int, pid: int, worker: int, started_at: float
+    ) -> None:
+        """State RUNNING. Fire-and-forget: queued to the writer, ordered with all other writes."""
+        self._check_open()
+
+        def run(conn: _Conn) -> None:
+            conn.execute(
+                f"UPDATE tasks SET state = {_RUNNING}, attempts = ?, pid = ?, worker = ?, "
+                "started_at = ? WHERE id = ?",
+                (attempt, pid, worker, started_at, task_id),
+            )
+
+        self._queue.put(_Op(run, None, None))
+
+    async def mark_finished(
+        self,
+        task_id: int,
+        *,
+        state: int,
+        ended_at: float,
+        error: str = "",
+        exit_code: int | None = None,
+        signal: int | None = None,
+        attempts: int | None = None,
+        started_at: float | None = None,
+        stdout: bytes = b"",
+        stderr: bytes = b"",
+        stdout_truncated: bool = False,
+        stderr_truncated: bool = False,
+    ) -> None:
+        """Terminal state and result, awaited until committed."""
+        if state not in TERMINAL_STATES:
+            raise ValueError(f"state: {state} is not a terminal state")
+
+        def run(conn: _Conn) -> None:
+            conn.execute(
+                "UPDATE tasks SET state = ?, ended_at = ?, error = ?, exit_code = ?, signal = ?, "
+                "attempts = COALESCE(?, attempts), started_at = COALESCE(?, started_at) "
+                "WHERE id = ?",
+                (state, ended_at, error, exit_code, signal, attempts, started_at, task_id),
+            )
+            if stdout or stderr or stdout_truncated or stderr_truncated:
+                conn.execute(
+                    "INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?, ?)",
+                    (task_id, stdout, stderr, stdout_truncated, stderr_truncated),
+                )
+
+        await self._write(run)
+
+    async def mark_finished_many(
+        self, task_ids: Sequence[int], *, state: int, ended_at: float, error: str
+    ) -> None:
+        """Many tasks to one terminal state in one transaction (e.g. KILL shutdown: all queued
+        CANCELLED). Tasks that are already terminal are left as they are."""
+        if state not in TERMINAL_STATES:
+            raise ValueError(f"state: {state} is not a terminal state")
+        if not task_ids:
+            return
+        params = [(state, ended_at, error, i) for i in task_ids]
+        await self._write(
+            lambda conn: conn.executemany(
+                f"UPDATE tasks SET state = ?, ended_at = ?, error = ? WHERE id = ? AND {_LIVE}",
+                params,
+            )
+        )
+
+    async def requeue(
+        self, task_ids: Sequence[int], *, attempts: Sequence[int] | None = None
+    ) -> None:
+        """Back to QUEUED (crash recovery / retry), optionally recording attempts."""
+        if attempts is not None and len(attempts) != len(task_ids):
+            raise ValueError("attempts: must have one item per task id")
+        if not task_ids:
+            return
+        counts: Sequence[int | None] = [None] * len(task_ids) if attempts is None else attempts
+        params = list(zip(counts, task_ids, strict=True))
+        await self._write(
+            lambda conn: conn.executemany(
+                f"UPDATE tasks SET state = {_QUEUED}, attempts = COALESCE(?, attempts), "
+                "ended_at = NULL, exit_code = NULL, signal = NULL, error = '' WHERE id = ?",
+                params,
+            )
+        )
+
+    async def clean(self, *, older_than: float | None = None, now: float) -> int:
+        """Delete terminal tasks that ended at least older_than seconds ago (all when None); their
+        labels/outputs too; unreferenced envs. Returns how many tasks."""
+        if older_than is None:
+            return await self.prune(keep_finished=0, keep_for=None, now=now)
+        return await self.prune(keep_finished=None, keep_for=older_than, now=now)
+
+    async def prune(self, *, keep_finished: int | None, keep_for: float | None, now: float) -> int:
+        """Retention: keep at most keep_finished terminal tasks (newest by id) and none older than
+        keep_for seconds. Returns how many deleted. Efficient on large journals (indexed, and
+        batched so that other writes interleave)."""
+        if keep_finished is None and keep_for is None:
+            return 0
+        if keep_finished is not None and keep_finished < 0:
+            raise ValueError("keep_finished: must be >= 0")
+        cutoff = None if keep_for is None else now - keep_for
+        total = 0
+        while True:
+            deleted, more = await self._write(
+                lambda conn: self._delete_chunk(conn, keep_finished, cutoff)
+            )
+            total += deleted
+            if not more:
+                break
+        if total:
+            await self._write(self._reclaim)
+        return total
+
+    def _delete_chunk(
+        self, conn: _Conn, keep_finished: int | None, cutoff: float | None
+    ) -> tuple[int, bool]:
+        """Delete up to about DELETE_CHUNK victims; returns (deleted, maybe more)."""
+        victims: set[int] = set()
+        more = False
+        if cutoff is not None:
+            found = conn.execute(
+                f"SELECT id FROM tasks INDEXED BY tasks_ended WHERE {_TERMINAL} AND ended_at <= ? "
+                "LIMIT ?",
+                (cutoff, DELETE_CHUNK),
+            ).fetchall()
+            victims.update(r[0] for r in found)
+            more = len(found) == DELETE_CHUNK
+        if keep_finished is not None:
+            edge = conn.execute(
+                f"SELECT id FROM tasks INDEXED BY tasks_done WHERE {_TERMINAL} "
+                "ORDER BY id DESC LIMIT 1 OFFSET ?",
+                (keep_finished,),
+            ).fetchone()
+            if edge is not None:
+                found = conn.execute(
+                    f"SELECT id FROM tasks INDEXED BY tasks_done WHERE {_TERMINAL} AND id <= ? "
+                    "ORDER BY id LIMIT ?",
+                    (edge[0], DELETE_CHUNK),
+                ).fetchall()
+                victims.update(r[0] for r in found)
+                more = more or len(found) == DELETE_CHUNK
+        if not victims:
+            return 0, False
+        keys = [(i,) for i in sorted(victims)]
+        env_ids = self._env_ids_of(conn, keys)
+        conn.executemany("DELETE FROM labels WHERE task_id = ?", keys)
+        conn.executemany("DELETE FROM outputs WHERE task_id = ?", keys)
+        conn.executemany("DELETE FROM stdins WHERE task_id = ?", keys)
+        conn.executemany("DELETE FROM tasks WHERE id = ?", keys)
+        if env_ids:
+            gone = conn.executemany(
+                "DELETE FROM envs WHERE id = ?1 AND NOT EXISTS "
+                "(SELECT 1 FROM tasks WHERE env_id = ?1)",
+                [(e,) for e in env_ids],
+            ).rowcount
+            if gone:
+                self._env_cache.clear()
+        return len(keys), more
+
+    @staticmethod
+    def _env_ids_of(conn: _Conn, keys: Sequence[tuple[int]]) -> set[int]:
+        env_ids: set[int] = set()
+        for lo in range(0, len(keys), 500):
+            part = [k[0] for k in keys[lo : lo + 500]]
+            marks = ",".join("?" * len(part))
+            env_ids.update(
+                r[0]
+                for r in conn.execute(
+                    f"SELECT DISTINCT env_id FROM tasks WHERE id IN ({marks}) "
+                    "AND env_id IS NOT NULL",
+                    part,
+                )
+            )
+        return env_ids
+
+    def _reclaim(self, conn: _Conn) -> None:
+        """Give freed pages back to the file system and truncate the WAL after the commit."""
+        conn.execute("PRAGMA incremental_vacuum").fetchall()
+        self._checkpoint_due = True
+
+    # ---- reads (caller's thread) -----------------------------------------------------------
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> builtins.list[Any]:
+        with self._read_lock:
+            if self._reader is None:
+                raise RuntimeError("journal is closed")
+            return self._reader.execute(sql, params).fetchall()
+
+    def get(self, task_id: int, *, output: bool = False) -> pb.Task | None:
+        """The full record (spec includes env and stdin); output only when asked."""
+        rows = self._read(_GET_OUTPUT if output else _GET, (task_id,))
+        return _task(rows[0], full=True, output=output) if rows else None
+
+    def spec(self, task_id: int) -> pb.TaskSpec | None:
+        """The full spec including env and stdin (used when a task starts)."""
+        rows = self._read(
+            "SELECT t.spec, e.data, s.data FROM tasks t LEFT JOIN envs e ON e.id = t.env_id "
+            "LEFT JOIN stdins s ON s.task_id = t.id WHERE t.id = ?",
+            (task_id,),
+        )
+        if not rows:
+            return None
+        light, env, stdin = rows[0]
+        spec = pb.TaskSpec.FromString(light)
+        if env is not None:
+            spec.MergeFromString(env)
+        if stdin is not None:
+            spec.stdin = stdin
+        return spec
+
+    def list(
+        self,
+        *,
+        states: Collection[int] = (),
+        labels: Mapping[str, str] | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> builtins.list[pb.Task]:
+        """Newest first (id descending), ids < before_id, no output, spec WITHOUT env/stdin
+        (light). All given labels must match."""
+        if limit <= 0:
+            return []
+        before = _MAX_ID if before_id is None else before_id
+        state_list = sorted(set(states))
+        if labels:
+            (key0, value0), *others = labels.items()
+            sql = (
+                f"SELECT {_COLS} FROM labels l0 CROSS JOIN tasks t ON t.id = l0.task_id "
+                "WHERE l0.key = ? AND l0.value = ? AND l0.task_id < ?"
+            )
+            params: builtins.list[Any] = [key0, value0, before]
+            for key, value in others:
+                sql += (
+                    " AND EXISTS (SELECT 1 FROM labels lx WHERE lx.task_id = t.id"
+                    " AND lx.key = ? AND lx.value = ?)"
+                )
+                params += [key, value]
+            if state_list:
+                sql += f" AND t.state IN ({','.join('?' * len(state_list))})"
+                params += state_list
+            rows = self._read(sql + " ORDER BY l0.task_id DESC LIMIT ?", [*params, limit])
+        elif state_list:
+            # One indexed range per state, merged here: fast even when a state is rare.
+            ids: builtins.list[int] = []
+            for state in state_list:
+                ids += (
+                    r[0]
+                    for r in self._read(
+                        "SELECT id FROM tasks WHERE state = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                        (state, before, limit),
+                    )
+                )
+            ids = sorted(ids, reverse=True)[:limit]
+            if not ids:
+                return []
+            rows = self._read(
+                f"SELECT {_COLS} FROM tasks t WHERE t.id IN ({','.join('?' * len(ids))}) "
+                "ORDER BY t.id DESC",
+                ids,
+            )
+        else:
+            rows = self._read(
+                f"SELECT {_COLS} FROM tasks t WHERE t.id < ? ORDER BY t.id DESC LIMIT ?",
+                (before, limit),
+            )
+        return [_task(r) for r in rows]
+
+    def unfinished(self) -> builtins.list[pb.Task]:
+        """QUEUED and RUNNING tasks ordered by id, light (spec without env/stdin), for recovery."""
+        rows = self._read(f"SELECT {_COLS} FROM tasks t WHERE t.{_LIVE} ORDER BY t.id")
+        return [_task(r) for r in rows]
+
+    def last_id(self) -> int:
+        """The highest id ever given (0 for a new journal); ids are never reused."""
+        rows = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'tasks'")
+        return int(rows[0][0]) if rows else 0
