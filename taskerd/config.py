@@ -1,0 +1,166 @@
+"""The daemon's configuration: embedded defaults, then a TOML file, then command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from taskerctl.durations import format_duration, parse_duration
+from taskerctl.paths import default_socket_path
+
+#: Keys whose TOML value is a duration ("5s", "1m30s" or a number of seconds).
+_DURATIONS = {"kill_grace", "stop_timeout", "keep_for"}
+_SYNC_MODES = ("normal", "full")
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "tasker"
+
+
+@dataclass(slots=True)
+class DaemonConfig:
+    """Everything ``taskerd`` can be told. Durations are in seconds."""
+
+    socket: Path = field(default_factory=default_socket_path)
+    state_dir: Path = field(default_factory=_default_state_dir)
+    workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+    max_workers: int | None = None  # None: 2 * workers
+    max_queue: int = 100_000
+    log_level: str = "info"
+    socket_group: str = ""
+    journal_sync: str = "normal"
+    kill_grace: float = 5.0
+    stop_timeout: float = 30.0
+    output_limit: int = 1 << 20
+    max_retries: int = 3
+    unhealthy_exit_codes: list[int] = field(default_factory=list)
+    on_create: str = ""
+    on_destroy: str = ""
+    keep_finished: int = 10_000
+    keep_for: float = 7 * 86400.0
+
+    @property
+    def burst_workers(self) -> int:
+        """The burst ceiling: ``max_workers``, or twice ``workers``."""
+        return self.max_workers if self.max_workers is not None else 2 * self.workers
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad key."""
+        checks: list[tuple[bool, str]] = [
+            (self.workers >= 1, f"workers must be >= 1, got {self.workers}"),
+            (self.burst_workers >= self.workers, "max_workers must be >= workers"),
+            (self.burst_workers <= 1024, "max_workers must be <= 1024"),
+            (self.max_queue >= 1, f"max_queue must be >= 1, got {self.max_queue}"),
+            (self.log_level in _LEVELS, f"log_level must be one of {', '.join(_LEVELS)}"),
+            (self.journal_sync in _SYNC_MODES, "journal_sync must be 'normal' or 'full'"),
+            (self.kill_grace >= 0, "kill_grace must be >= 0"),
+            (self.stop_timeout >= 0, "stop_timeout must be >= 0"),
+            (self.output_limit >= 0, "output_limit must be >= 0"),
+            (0 <= self.max_retries <= 100, "max_retries must be between 0 and 100"),
+            (all(0 <= c <= 255 for c in self.unhealthy_exit_codes),
+             "unhealthy_exit_codes must be exit statuses 0..255"),
+            (self.keep_finished >= 0, "keep_finished must be >= 0"),
+            (self.keep_for > 0, "keep_for must be > 0"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_toml(self) -> str:
+        """The effective configuration, as a TOML file that ``--config`` would accept."""
+        lines = []
+        for key, value in asdict(self).items():
+            if value is None:
+                continue
+            if key in _DURATIONS:
+                text = f'"{format_duration(value)}"'
+            elif isinstance(value, bool | int):
+                text = str(value).lower() if isinstance(value, bool) else str(value)
+            elif isinstance(value, list):
+                text = "[" + ", ".join(str(v) for v in value) + "]"
+            else:
+                text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            lines.append(f"{key} = {text}")
+        return "\n".join(lines) + "\n"
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert one TOML value to the field's type, with an error naming the key."""
+    if key in _DURATIONS:
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    if key in ("socket", "state_dir"):
+        return Path(os.path.expanduser(str(value)))
+    if key == "unhealthy_exit_codes":
+        if not isinstance(value, list) or not all(type(v) is int for v in value):
+            raise ValueError(f"{key}: must be a list of integers")
+        return list(value)
+    expected = type(default) if default is not None else int
+    if expected is int and (type(value) is not int):
+        raise ValueError(f"{key}: must be an integer, got {value!r}")
+    if expected is str and not isinstance(value, str):
+        raise ValueError(f"{key}: must be a string, got {value!r}")
+    return value
+
+
+def load(path: Path | None, overrides: dict[str, Any]) -> DaemonConfig:
+    """Defaults, then the TOML file at ``path`` (if any), then non-None ``overrides``."""
+    config = DaemonConfig()
+    defaults = {f.name: getattr(config, f.name) for f in fields(config)}
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                values.update(tomllib.load(fh))
+        except OSError as exc:
+            raise ValueError(f"config {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config {path}: {exc}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in values.items():
+        if key not in defaults:
+            raise ValueError(f"unknown config key {key!r}")
+        setattr(config, key, _coerce(key, value, defaults[key]))
+    config.validate()
+    return config
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``taskerd`` command line."""
+    p = argparse.ArgumentParser(
+        prog="taskerd",
+        description="Tasker daemon: serves the tasker.v1 gRPC API on a Unix socket.",
+    )
+    p.add_argument("--socket", help="socket path (default: $XDG_RUNTIME_DIR/tasker/taskerd.sock)")
+    p.add_argument("--state-dir", dest="state_dir", help="where the journal lives")
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--workers", type=int, help="base worker count (default: CPU count)")
+    p.add_argument("--max-workers", dest="max_workers", type=int, help="burst ceiling")
+    p.add_argument("--max-queue", dest="max_queue", type=int, help="queue capacity")
+    p.add_argument("--log-level", dest="log_level", choices=_LEVELS)
+    p.add_argument(
+        "--print-config", action="store_true", help="print the effective configuration and exit"
+    )
+    return p
+
+
+def from_args(argv: list[str] | None = None) -> tuple[DaemonConfig, bool]:
+    """Parse flags and load the configuration; returns it and whether to only print it."""
+    p = parser()
+    args = p.parse_args(argv)
+    overrides = {
+        k: getattr(args, k)
+        for k in ("socket", "state_dir", "workers", "max_workers", "max_queue", "log_level")
+    }
+    try:
+        return load(args.config, overrides), bool(args.print_config)
+    except ValueError as exc:
+        p.error(str(exc))

@@ -1,0 +1,146 @@
+"""Checks every field of an incoming request. Each failure names its field (``tasks[i].argv``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+from google.protobuf.duration_pb2 import Duration
+
+from tasker.v1 import tasker_pb2 as pb
+from taskerd.errors import InvalidArgument
+
+MAX_ARGV_ITEMS = 4096
+MAX_ENV_ENTRIES = 4096
+MAX_ARG_ENV_BYTES = 1 << 20
+MAX_STDIN_BYTES = 1 << 20
+MAX_TIMEOUT_SECONDS = 30 * 86400
+MAX_RETRIES = 100
+MAX_LABELS = 64
+MAX_LABEL_KEY = 63
+MAX_LABEL_VALUE = 256
+MAX_BATCH = 10_000
+MAX_PAGE_SIZE = 1000
+
+_PRIORITIES = frozenset(pb.Priority.values())
+_STATES = frozenset(pb.TaskState.values()) - {pb.TASK_STATE_UNSPECIFIED}
+_MODES = frozenset(pb.ShutdownMode.values())
+
+
+def _no_nul(field: str, texts: Iterable[str]) -> int:
+    """Check for NUL bytes; returns the total encoded size."""
+    size = 0
+    for text in texts:
+        if "\0" in text:
+            raise InvalidArgument(field, "must not contain NUL bytes")
+        size += len(text.encode("utf-8", "surrogateescape")) + 1
+    return size
+
+
+def _duration(field: str, d: Duration) -> None:
+    seconds = d.seconds + d.nanos / 1e9
+    if not (d.seconds >= 0 and 0 <= d.nanos < 1_000_000_000) or seconds <= 0:
+        raise InvalidArgument(field, "must be > 0")
+    if seconds > MAX_TIMEOUT_SECONDS:
+        raise InvalidArgument(field, f"must be at most {MAX_TIMEOUT_SECONDS // 86400} days")
+
+
+def spec(s: pb.TaskSpec, where: str) -> None:
+    """Validate one task spec; ``where`` prefixes field names (``tasks[3]``)."""
+    if not s.argv:
+        raise InvalidArgument(f"{where}.argv", "must not be empty")
+    if len(s.argv) > MAX_ARGV_ITEMS:
+        raise InvalidArgument(f"{where}.argv", f"at most {MAX_ARGV_ITEMS} items")
+    if not s.argv[0]:
+        raise InvalidArgument(f"{where}.argv", "argv[0] must not be empty")
+    size = _no_nul(f"{where}.argv", s.argv)
+    if len(s.env) > MAX_ENV_ENTRIES:
+        raise InvalidArgument(f"{where}.env", f"at most {MAX_ENV_ENTRIES} entries")
+    for name in s.env:
+        if not name or "=" in name:
+            raise InvalidArgument(f"{where}.env", f"bad variable name {name!r}")
+    size += _no_nul(f"{where}.env", s.env)
+    size += _no_nul(f"{where}.env", s.env.values())
+    if size > MAX_ARG_ENV_BYTES:
+        raise InvalidArgument(f"{where}.argv", "argv and env together exceed 1 MiB")
+    if s.cwd:
+        _no_nul(f"{where}.cwd", [s.cwd])
+        if not os.path.isabs(s.cwd):
+            raise InvalidArgument(f"{where}.cwd", f"must be an absolute path, got {s.cwd!r}")
+        if not os.path.isdir(s.cwd):
+            raise InvalidArgument(f"{where}.cwd", f"no such directory: {s.cwd}")
+    if len(s.stdin) > MAX_STDIN_BYTES:
+        raise InvalidArgument(f"{where}.stdin", "at most 1 MiB")
+    if s.priority not in _PRIORITIES:
+        raise InvalidArgument(f"{where}.priority", f"unknown value {s.priority}")
+    if s.HasField("timeout"):
+        _duration(f"{where}.timeout", s.timeout)
+    if s.HasField("queue_timeout"):
+        _duration(f"{where}.queue_timeout", s.queue_timeout)
+    if s.HasField("max_retries") and s.max_retries > MAX_RETRIES:
+        raise InvalidArgument(f"{where}.max_retries", f"at most {MAX_RETRIES}")
+    if len(s.labels) > MAX_LABELS:
+        raise InvalidArgument(f"{where}.labels", f"at most {MAX_LABELS}")
+    for key, value in s.labels.items():
+        if not 1 <= len(key) <= MAX_LABEL_KEY:
+            raise InvalidArgument(f"{where}.labels", f"key {key!r} must be 1 to 63 characters")
+        if len(value) > MAX_LABEL_VALUE:
+            raise InvalidArgument(f"{where}.labels", f"value of {key!r} over 256 characters")
+    _no_nul(f"{where}.labels", s.labels)
+    _no_nul(f"{where}.labels", s.labels.values())
+
+
+def submit(request: pb.SubmitRequest) -> None:
+    """Validate a Submit request: 1 to 10,000 good tasks."""
+    if not request.tasks:
+        raise InvalidArgument("tasks", "at least one task is required")
+    if len(request.tasks) > MAX_BATCH:
+        raise InvalidArgument("tasks", f"at most {MAX_BATCH} per request")
+    for i, task in enumerate(request.tasks):
+        spec(task, f"tasks[{i}]")
+
+
+def ids(field: str, values: Sequence[int]) -> None:
+    """Ids are positive; at most 10,000 of them."""
+    if len(values) > MAX_BATCH:
+        raise InvalidArgument(field, f"at most {MAX_BATCH}")
+    for v in values:
+        if v <= 0:
+            raise InvalidArgument(field, f"ids are positive, got {v}")
+
+
+def states(field: str, values: Iterable[int]) -> None:
+    for v in values:
+        if v not in _STATES:
+            raise InvalidArgument(field, f"unknown state {v}")
+
+
+def page_size(value: int) -> int:
+    """0 means the default (100)."""
+    if value > MAX_PAGE_SIZE:
+        raise InvalidArgument("page_size", f"at most {MAX_PAGE_SIZE}")
+    return value or 100
+
+
+def page_token(token: str) -> int | None:
+    """Tokens are the last id of the previous page."""
+    if not token:
+        return None
+    if not token.isdigit():
+        raise InvalidArgument("page_token", "not a token from a previous ListResponse")
+    return int(token)
+
+
+def shutdown_mode(value: int) -> int:
+    if value not in _MODES:
+        raise InvalidArgument("mode", f"unknown value {value}")
+    return value or pb.SHUTDOWN_MODE_STOP
+
+
+def older_than(d: Duration | None) -> float | None:
+    if d is None:
+        return None
+    seconds = d.seconds + d.nanos / 1e9
+    if seconds < 0:
+        raise InvalidArgument("older_than", "must be >= 0")
+    return seconds

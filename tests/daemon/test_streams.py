@@ -1,0 +1,92 @@
+"""StreamResults: live, late and firehose watchers."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tasker.v1 import tasker_pb2 as pb
+from tests.conftest import Daemon
+from tests.daemon.util import poll_state, spec, submit, wait
+
+
+def test_live_watcher_sees_every_event_in_order(daemon: Daemon) -> None:
+    [task_id] = submit(
+        daemon.stub, spec("for i in 1 2 3; do echo $i; sleep 0.1; done; echo e >&2", shell=True)
+    )
+    events = list(daemon.stub.StreamResults(
+        pb.StreamResultsRequest(ids=[task_id], output=True), timeout=20))  # fmt: skip
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert events[-1].WhichOneof("kind") == "finished"
+    final = events[-1].finished.task
+    assert final.state == pb.TASK_STATE_SUCCEEDED and final.stdout == b"1\n2\n3\n"
+    out = b"".join(e.output.data for e in events
+                   if e.HasField("output") and e.output.stream == pb.OUTPUT_STREAM_STDOUT)  # fmt: skip
+    assert out == b"1\n2\n3\n"
+
+
+def test_late_watcher_of_running_task_gets_past_then_live(daemon: Daemon, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    [task_id] = submit(
+        daemon.stub,
+        spec(f"echo before; while [ ! -e {go} ]; do sleep 0.05; done; echo after", shell=True),
+    )
+    poll_state(daemon.stub, task_id, {pb.TASK_STATE_RUNNING})
+    deadline_out = b""
+    for _ in range(100):
+        deadline_out = daemon.stub.Get(pb.GetRequest(id=task_id, output=True)).stdout
+        if deadline_out:
+            break
+        threading.Event().wait(0.05)
+    assert deadline_out == b"before\n"
+    stream = daemon.stub.StreamResults(pb.StreamResultsRequest(ids=[task_id], output=True),
+                                       timeout=20)  # fmt: skip
+    first = [next(stream) for _ in range(3)]
+    assert [e.WhichOneof("kind") for e in first] == ["queued", "started", "output"]
+    assert first[2].output.data == b"before\n"
+    go.touch()
+    rest = list(stream)
+    assert b"".join(e.output.data for e in rest if e.HasField("output")) == b"after\n"
+    assert rest[-1].finished.task.state == pb.TASK_STATE_SUCCEEDED
+
+
+def test_watcher_of_finished_task_gets_only_final_event(daemon: Daemon) -> None:
+    [task_id] = submit(daemon.stub, spec("echo", "done"))
+    wait(daemon.stub, task_id)
+    events = list(daemon.stub.StreamResults(
+        pb.StreamResultsRequest(ids=[task_id], output=True), timeout=10))  # fmt: skip
+    assert len(events) == 1
+    assert events[0].finished.task.stdout == b"done\n"
+
+
+def test_several_ids_and_unknown_id(daemon: Daemon) -> None:
+    ids = submit(daemon.stub, spec("true"), spec("sleep", "0.2"))
+    assert set(wait(daemon.stub, *ids)) == set(ids)
+    with pytest.raises(grpc.RpcError) as err:
+        list(daemon.stub.StreamResults(pb.StreamResultsRequest(ids=[ids[0], 424242]), timeout=5))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_firehose_sees_new_tasks(daemon: Daemon) -> None:
+    stream = daemon.stub.StreamResults(pb.StreamResultsRequest(), timeout=20)
+    seen: list[pb.TaskEvent] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for event in stream:
+            seen.append(event)
+            if event.WhichOneof("kind") == "finished":
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    ready.wait(0.3)  # let the stream subscribe
+    [task_id] = submit(daemon.stub, spec("true"))
+    reader.join(20)
+    stream.cancel()
+    assert [e.WhichOneof("kind") for e in seen] == ["queued", "started", "finished"]
+    assert all(e.task_id == task_id for e in seen)
