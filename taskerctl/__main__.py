@@ -1,0 +1,6 @@
+"""``python -m taskerctl``."""
+
+from taskerctl.cli import main
+
+if __name__ == "__main__":
+    main()
