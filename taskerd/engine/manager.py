@@ -1,0 +1,987 @@
+"""The :class:`TaskManager`: workers, dispatch, timeouts, retries, bursting and shutdown.
+
+Everything here runs on one event loop; only the few methods documented as thread-safe may
+be called from other threads. Workers are long-lived asyncio tasks that pull from the
+:class:`JobQueue`; an idle worker parks on a future and is woken by a submission. A task's
+caller is answered the moment its outcome is known (deadline, cancel, stop) even if the
+task's code is still running: the worker waits for that code to really end before it takes
+another task.
+
+Retries (``Retry`` raised, or an error that ``check_health`` calls unhealthy) are re-queued
+at the FRONT of their priority level. If the queue is full at that moment, the worker (or its
+replacement) keeps the task and runs it again next, so the queue bound is never exceeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+from taskerd.engine.config import CancelReason, Config, Priority
+from taskerd.engine.context import TaskContext
+from taskerd.engine.errors import (
+    Killed,
+    QueueFull,
+    Retry,
+    ShuttingDown,
+    TaskCancelled,
+    TaskError,
+    TaskTimeout,
+)
+from taskerd.engine.handle import (
+    HELD,
+    IN_QUEUE,
+    IN_WAITLIST,
+    NOWHERE,
+    QUEUED,
+    RUNNING,
+    TaskHandle,
+    TaskState,
+)
+from taskerd.engine.metrics import Metrics, MetricsCollector, MetricsRecorder, Stats
+from taskerd.engine.queue import JobQueue
+
+R = TypeVar("R")
+E = TypeVar("E")
+
+TaskFn = Callable[[TaskContext, R], Awaitable[E] | E]
+
+# Signals a parked worker is woken with.
+WAKE = 0
+RETIRE = 1
+REPLACE = 2
+
+RETIRE_AFTER = 3  # idle burst workers retire after this many burst intervals
+CREATE_BACKOFF = (0.05, 2.0)  # first and longest wait between failed on_create calls
+
+SUCCEEDED = TaskState.SUCCEEDED
+FAILED = TaskState.FAILED
+TIMED_OUT = TaskState.TIMED_OUT
+CANCELLED = TaskState.CANCELLED
+
+
+class Worker(Generic[R, E]):
+    """One long-lived worker holding one resource."""
+
+    __slots__ = (
+        "borrowed",
+        "burst",
+        "cancel_requested",
+        "creating",
+        "current",
+        "held",
+        "id",
+        "idle_since",
+        "job",
+        "resource",
+        "task",
+        "wake",
+    )
+
+    def __init__(self, worker_id: int, burst: bool) -> None:
+        self.id = worker_id
+        self.burst = burst
+        self.resource: R | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.wake: asyncio.Future[int] | None = None
+        self.idle_since = 0.0
+        self.job: TaskHandle[E] | None = None  # the task being executed (thread or async)
+        self.current: TaskHandle[E] | None = None  # set only while awaiting a coroutine
+        self.cancel_requested = False
+        self.held: TaskHandle[E] | None = None
+        self.creating = False
+        self.borrowed = False
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class TaskManager(Generic[R, E]):
+    """An asyncio task manager: priorities, timeouts, cancellation, retries, backpressure.
+
+    Use ``async with TaskManager(config) as m:`` or ``await m.start()`` / ``await m.stop()``.
+    Task functions are ``fn(ctx, resource)``: ``async def`` ones run on the loop, plain ones
+    in a bounded thread pool. A thread task that ignores ``ctx`` cannot be interrupted: its
+    caller is still answered at the deadline/cancel, but the thread keeps its worker slot until
+    the function returns.
+    """
+
+    def __init__(self, config: Config[R]) -> None:
+        self.config = config
+        self._log = config.logger or logging.getLogger("taskerd.engine")
+        self._metrics = MetricsRecorder()
+        self._extra: MetricsCollector | None = config.collector
+        self._queue = JobQueue(config.aging)
+        self._cap = config.max_queue_size
+        self._max_workers: int = config.max_worker_count or 2 * config.worker_count
+        self._pool_size: int = config.resource_pool_size or 0
+        self._default_retries = config.max_retries
+        self._waitlist: deque[TaskHandle[E]] = deque()
+        self._waitlisted = 0
+        self._admission: dict[TaskHandle[E], asyncio.Future[None]] = {}
+        self._workers: dict[int, Worker[R, E]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle: deque[Worker[R, E]] = deque()
+        self._spare: list[R] = []
+        self._direct: set[TaskHandle[E]] = set()
+        self._side_tasks: set[asyncio.Task[Any]] = set()
+        self._burst_count = 0
+        self._running = 0
+        self._next_id = 1
+        self._arrived = 0
+        self._finished = 0
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._thread_id = -1
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._scaler: asyncio.Task[None] | None = None
+        self._started = False
+        self._closing = False
+        self._draining = True
+        self._killed = False
+        self._shutdown: asyncio.Task[None] | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Create the base workers (resources are created as each worker starts)."""
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._thread_id = threading.get_ident()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            self.config.thread_pool_size or self._max_workers, thread_name_prefix="taskerd-engine"
+        )
+        self._started = True
+        for worker_id in range(self.config.worker_count):
+            self._spawn(worker_id, burst=False, first=None)
+        self._scaler = self._loop.create_task(self._scale_loop(), name="taskerd-engine-scaler")
+
+    async def __aenter__(self) -> TaskManager[R, E]:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
+        """Refuse new submissions, finish work, then release every resource. Idempotent.
+
+        ``drain=True`` runs queued tasks; ``drain=False`` fails them with ShuttingDown.
+        After ``timeout`` seconds, running tasks are cancelled (reason STOP, callers get
+        ShuttingDown) and still-queued ones fail with ShuttingDown.
+        """
+        if not self._started:
+            self._closing = True
+            return
+        if self._shutdown is None:
+            self._closing = True
+            self._draining = drain
+            if not drain:
+                self._fail_queued(ShuttingDown("manager stopped before the task started"))
+            self._wake_all()
+            self._shutdown = self._loop.create_task(self._finish_shutdown(timeout, drain))
+        await asyncio.shield(self._shutdown)
+
+    async def kill(self) -> None:
+        """Fail queued tasks with Killed, cancel running ones (reason KILL), release all.
+
+        Every caller is answered at once; this returns once the workers have ended (async
+        tasks get CancelledError; a thread task ignoring ``ctx`` delays it until it returns).
+        """
+        if not self._started:
+            self._closing = self._killed = True
+            return
+        if not self._killed:
+            self._killed = True
+            self._closing = True
+            self._draining = False
+            self._fail_queued(Killed("manager killed before the task started"))
+            self._abort_running(CancelReason.KILL, Killed("manager killed while the task ran"))
+            self._wake_all()
+            if self._shutdown is None:
+                self._shutdown = self._loop.create_task(self._finish_shutdown(None, False))
+        assert self._shutdown is not None
+        await asyncio.shield(self._shutdown)
+
+    async def _finish_shutdown(self, timeout: float | None, drain: bool) -> None:
+        deadline = None if timeout is None else self._loop.time() + timeout
+        while self._tasks or self._direct:
+            remaining = None if deadline is None else deadline - self._loop.time()
+            if remaining is not None and remaining <= 0:
+                if not self._killed:
+                    self._killed = True
+                    self._fail_queued(ShuttingDown("manager stop timed out before it started"))
+                    self._abort_running(
+                        CancelReason.STOP, ShuttingDown("manager stop timed out while it ran")
+                    )
+                    self._wake_all()
+                deadline = None
+                continue
+            waiting: set[asyncio.Future[Any]] = set(self._tasks)
+            waiting.update(self._side_tasks)
+            if not waiting:
+                await asyncio.sleep(0.01)
+                continue
+            await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        if self._scaler is not None:
+            self._scaler.cancel()
+            await asyncio.gather(self._scaler, return_exceptions=True)
+        spare, self._spare = self._spare, []
+        for resource in spare:
+            await self._destroy(resource)
+        # Let call_soon'd callbacks run, then wait for async callbacks.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        while self._side_tasks:
+            await asyncio.gather(*list(self._side_tasks), return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def _wake_all(self) -> None:
+        while self._idle:
+            self._wake(self._idle.popleft(), WAKE)
+        for worker in self._workers.values():
+            if worker.creating and self._killed and worker.task is not None:
+                worker.task.cancel()
+
+    def _fail_queued(self, error: TaskError) -> None:
+        while self._waitlist:
+            self._finish(self._waitlist.popleft(), FAILED, None, error)
+        for job in list(self._queue.drain()):
+            self._finish(job, FAILED, None, error)
+        for worker in list(self._workers.values()):
+            if worker.held is not None:
+                self._finish(worker.held, FAILED, None, error)
+
+    def _abort_running(self, reason: CancelReason, error: TaskError) -> None:
+        running = [w.job for w in self._workers.values() if w.job is not None]
+        running.extend(self._direct)
+        for job in running:
+            if job is not None and job._state is RUNNING:
+                self._cancel_running(job, CANCELLED, error, reason)
+
+    # ----------------------------------------------------------------- submission
+
+    def _check_open(self) -> None:
+        if not self._started:
+            raise RuntimeError("TaskManager is not started (use start() or async with)")
+        if self._closing:
+            self._record_rejection()
+            raise ShuttingDown("manager is shutting down")
+
+    def _new(
+        self,
+        fn: TaskFn[R, E],
+        priority: Priority | int,
+        timeout: float | None,
+        queue_timeout: float | None,
+        once: bool,
+        max_retries: int | None,
+    ) -> TaskHandle[E]:
+        if priority.__class__ is not Priority:
+            priority = Priority(priority)
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        if queue_timeout is not None and not queue_timeout > 0:
+            raise ValueError(f"queue_timeout must be > 0, got {queue_timeout!r}")
+        if max_retries is None:
+            max_retries = self._default_retries
+        elif max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries!r}")
+        task_id = self._next_id
+        self._next_id = task_id + 1
+        job: TaskHandle[E] = TaskHandle(
+            self,
+            task_id,
+            fn,
+            inspect.iscoroutinefunction(fn),
+            priority,
+            timeout,
+            queue_timeout,
+            once,
+            max_retries,
+            time.monotonic(),
+        )
+        self._arrived += 1
+        self._metrics.record_arrival(task_id)
+        if self._extra is not None:
+            self._extra.record_arrival(task_id)
+        if queue_timeout is not None:
+            job._qtimer = self._loop.call_at(
+                job._submitted + queue_timeout, self._on_queue_timeout, job
+            )
+        return job
+
+    def queue_task_async(
+        self,
+        fn: TaskFn[R, E],
+        *,
+        priority: Priority | int = Priority.NORMAL,
+        timeout: float | None = None,
+        queue_timeout: float | None = None,
+        once: bool = False,
+        max_retries: int | None = None,
+        block: bool = False,
+        block_timeout: float | None = None,
+    ) -> TaskHandle[E]:
+        """Submit ``fn`` and return its handle at once (call on the loop thread).
+
+        A full queue raises QueueFull, unless ``block=True``: then the handle is returned at
+        once and the task waits for room (up to ``block_timeout``, then it fails with
+        QueueFull). Use ``await submit(...)`` to wait for room before getting the handle.
+        Raises ShuttingDown once stop()/kill() began.
+        """
+        self._check_open()
+        cap = self._cap
+        if cap is not None and (self._queue.size >= cap or self._waitlisted):
+            if not block:
+                self._record_rejection()
+                raise QueueFull(f"queue full ({self._queue.size}/{cap})")
+            job = self._new(fn, priority, timeout, queue_timeout, once, max_retries)
+            job._loc = IN_WAITLIST
+            self._waitlist.append(job)
+            self._waitlisted += 1
+            if block_timeout is not None:
+                job._btimer = self._loop.call_at(
+                    self._loop.time() + block_timeout, self._on_block_timeout, job
+                )
+            return job
+        job = self._new(fn, priority, timeout, queue_timeout, once, max_retries)
+        self._enqueue(job)
+        return job
+
+    async def submit(
+        self,
+        fn: TaskFn[R, E],
+        *,
+        priority: Priority | int = Priority.NORMAL,
+        timeout: float | None = None,
+        queue_timeout: float | None = None,
+        once: bool = False,
+        max_retries: int | None = None,
+        block: bool = False,
+        block_timeout: float | None = None,
+    ) -> TaskHandle[E]:
+        """Like :meth:`queue_task_async`, but with ``block=True`` wait until the task is queued.
+
+        Raises QueueFull if no room appeared within ``block_timeout``.
+        """
+        job = self.queue_task_async(
+            fn,
+            priority=priority,
+            timeout=timeout,
+            queue_timeout=queue_timeout,
+            once=once,
+            max_retries=max_retries,
+            block=block,
+            block_timeout=block_timeout,
+        )
+        if job._loc == IN_WAITLIST and job._state is QUEUED:
+            fut: asyncio.Future[None] = self._loop.create_future()
+            self._admission[job] = fut
+            try:
+                await fut
+            except asyncio.CancelledError:
+                job.cancel()
+                raise
+            finally:
+                self._admission.pop(job, None)
+            if isinstance(job._error, QueueFull):
+                raise job._error
+        return job
+
+    async def queue_task(
+        self,
+        fn: TaskFn[R, E],
+        *,
+        priority: Priority | int = Priority.NORMAL,
+        timeout: float | None = None,
+        queue_timeout: float | None = None,
+        once: bool = False,
+        max_retries: int | None = None,
+        block: bool = False,
+        block_timeout: float | None = None,
+    ) -> E:
+        """Submit ``fn`` and return its result (or raise its error).
+
+        If the awaiting coroutine is cancelled, the task is cancelled too.
+        """
+        job = self.queue_task_async(
+            fn,
+            priority=priority,
+            timeout=timeout,
+            queue_timeout=queue_timeout,
+            once=once,
+            max_retries=max_retries,
+            block=block,
+            block_timeout=block_timeout,
+        )
+        if job._state <= RUNNING:
+            fut: asyncio.Future[None] = self._loop.create_future()
+            if job._waiters is None:
+                job._waiters = [fut]
+            else:
+                job._waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                job.cancel()
+                raise
+        return job._outcome()
+
+    def queue_task_with_callback(
+        self,
+        fn: TaskFn[R, E],
+        callback: Callable[[E | None, BaseException | None], Any],
+        *,
+        priority: Priority | int = Priority.NORMAL,
+        timeout: float | None = None,
+        queue_timeout: float | None = None,
+        once: bool = False,
+        max_retries: int | None = None,
+        block: bool = False,
+        block_timeout: float | None = None,
+    ) -> TaskHandle[E]:
+        """Submit ``fn``; ``callback(result, error)`` is called exactly once when it ends.
+
+        The callback runs via call_soon (never on the worker's path); it may be a coroutine
+        function. Its exceptions are logged. A refused submission raises here instead
+        (QueueFull, ShuttingDown) and the callback is not called.
+        """
+        job = self.queue_task_async(
+            fn,
+            priority=priority,
+            timeout=timeout,
+            queue_timeout=queue_timeout,
+            once=once,
+            max_retries=max_retries,
+            block=block,
+            block_timeout=block_timeout,
+        )
+
+        def deliver(done: TaskHandle[E]) -> Any:
+            return callback(done._result, done._error)
+
+        self._add_done_callback(job, deliver)
+        return job
+
+    async def run_task(self, fn: TaskFn[R, E], *, timeout: float | None = None) -> E:
+        """Run ``fn`` now, bypassing the queue, and return its result.
+
+        Uses an idle worker's resource, else a spare one, else a temporary resource made with
+        ``on_create`` and destroyed afterwards. Never retried. Cancelling the awaiting
+        coroutine cancels the task.
+        """
+        self._check_open()
+        job = self._new(fn, Priority.CRITICAL, timeout, None, True, 0)
+        worker: Worker[R, E] | None = None
+        temporary = False
+        if self._idle:
+            worker = self._idle.pop()
+            worker.borrowed = True
+            resource: Any = worker.resource
+            worker_id = worker.id
+        elif self._spare:
+            resource = self._spare.pop()
+            worker_id = -1
+        else:
+            temporary = True
+            worker_id = -1
+            try:
+                resource = await _maybe_await(self.config.on_create())
+            except Exception as exc:
+                self._finish(job, FAILED, None, exc)
+                raise
+        runner: Worker[R, E] = Worker(worker_id, burst=False)
+        runner.resource = resource
+        self._direct.add(job)
+        job._loc = NOWHERE
+        healthy = True
+
+        async def execute() -> None:
+            nonlocal healthy
+            healthy = await self._execute(runner, job)
+
+        task = self._loop.create_task(execute())
+        runner.task = task
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+        try:
+            return await job
+        except asyncio.CancelledError:
+            job.cancel()
+            raise
+        finally:
+            await asyncio.shield(task)
+            self._direct.discard(job)
+            if worker is not None:
+                worker.borrowed = False
+                self._wake(worker, WAKE if healthy else REPLACE)
+            elif temporary or not healthy or len(self._spare) >= self._pool_size:
+                await self._destroy(resource)
+            else:
+                self._spare.append(resource)
+
+    # ----------------------------------------------------------------- queue plumbing
+
+    def _enqueue(self, job: TaskHandle[E], front: bool = False) -> None:
+        job._enqueued = time.monotonic()
+        self._queue.push(job, front=front)
+        if self._idle:
+            self._wake(self._idle.popleft(), WAKE)
+
+    def _wake(self, worker: Worker[R, E], signal: int) -> None:
+        fut = worker.wake
+        if fut is not None:
+            worker.wake = None
+            if not fut.done():
+                fut.set_result(signal)
+
+    def _room_freed(self) -> None:
+        cap = self._cap
+        assert cap is not None
+        while self._waitlist and self._queue.size < cap:
+            job = self._waitlist.popleft()
+            if job._state is not QUEUED or job._loc != IN_WAITLIST:
+                continue
+            self._waitlisted -= 1
+            if job._btimer is not None:
+                job._btimer.cancel()
+                job._btimer = None
+            self._enqueue(job)
+            fut = self._admission.get(job)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def _on_queue_timeout(self, job: TaskHandle[E]) -> None:
+        job._qtimer = None
+        if job._state is QUEUED and job._attempt == 0:
+            waited = time.monotonic() - job._submitted
+            self._finish(
+                job,
+                TIMED_OUT,
+                None,
+                TaskTimeout(f"task {job.id} never started within {waited:.3f}s (queue_timeout)"),
+            )
+
+    def _on_block_timeout(self, job: TaskHandle[E]) -> None:
+        job._btimer = None
+        if job._state is QUEUED and job._loc == IN_WAITLIST:
+            cap = self._cap
+            self._record_rejection()
+            self._finish(job, FAILED, None, QueueFull(f"queue full ({self._queue.size}/{cap})"))
+
+    def _record_rejection(self) -> None:
+        self._metrics.record_rejection()
+        if self._extra is not None:
+            self._extra.record_rejection()
+
+    # ----------------------------------------------------------------- outcomes
+
+    def _finish(
+        self, job: TaskHandle[E], state: TaskState, result: E | None, error: BaseException | None
+    ) -> bool:
+        """Move ``job`` to a terminal state and answer everyone who waits on it (once)."""
+        old = job._state
+        if old > RUNNING:
+            return False
+        now = time.monotonic()
+        duration = 0.0
+        if old is RUNNING:
+            self._running -= 1
+            self._finished += 1
+            duration = now - job._started
+        else:
+            loc = job._loc
+            if loc == IN_QUEUE:
+                self._queue.forget(job)
+                if self._waitlist:
+                    self._room_freed()
+            elif loc == IN_WAITLIST:
+                self._waitlisted -= 1
+                fut = self._admission.get(job)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            job._loc = NOWHERE
+        job._state = state
+        job._result = result
+        job._error = error
+        for timer in (job._timer, job._qtimer, job._btimer):
+            if timer is not None:
+                timer.cancel()
+        job._timer = job._qtimer = job._btimer = None
+        job._fn = None  # type: ignore[assignment]  # free references early
+        if error is None:
+            self._metrics.record_completion(job.id, duration)
+            if self._extra is not None:
+                self._extra.record_completion(job.id, duration)
+        else:
+            self._metrics.record_failure(job.id, error, duration)
+            if self._extra is not None:
+                self._extra.record_failure(job.id, error, duration)
+        waiters = job._waiters
+        if waiters is not None:
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        event = job._event
+        if event is not None:
+            event.set()
+        callbacks = job._callbacks
+        if callbacks is not None:
+            job._callbacks = None
+            for callback in callbacks:
+                self._loop.call_soon(self._run_callback, callback, job)
+        return True
+
+    def _run_callback(self, callback: Callable[[TaskHandle[E]], Any], job: TaskHandle[E]) -> None:
+        try:
+            outcome = callback(job)
+        except Exception:
+            self._log.exception("callback for task %d raised", job.id)
+            return
+        if inspect.isawaitable(outcome):
+            task = asyncio.ensure_future(outcome)
+            self._side_tasks.add(task)
+            task.add_done_callback(self._callback_done)
+
+    def _callback_done(self, task: asyncio.Future[Any]) -> None:
+        self._side_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log.error("async task callback raised", exc_info=task.exception())
+
+    def _add_done_callback(
+        self, job: TaskHandle[E], callback: Callable[[TaskHandle[E]], Any]
+    ) -> None:
+        if threading.get_ident() != self._thread_id:
+            self._loop.call_soon_threadsafe(self._add_done_callback, job, callback)
+            return
+        if job._state > RUNNING:
+            self._loop.call_soon(self._run_callback, callback, job)
+        elif job._callbacks is None:
+            job._callbacks = [callback]
+        else:
+            job._callbacks.append(callback)
+
+    def _check_not_loop_thread(self, what: str) -> None:
+        if threading.get_ident() == self._thread_id:
+            raise RuntimeError(f"{what} would block the event loop; await the handle instead")
+
+    def _cancel_from_any_thread(self, job: TaskHandle[E]) -> bool:
+        if threading.get_ident() == self._thread_id:
+            return self._cancel(job)
+        reply: concurrent.futures.Future[bool] = concurrent.futures.Future()
+
+        def run() -> None:
+            reply.set_result(self._cancel(job))
+
+        self._loop.call_soon_threadsafe(run)
+        return reply.result()
+
+    def _cancel(self, job: TaskHandle[E]) -> bool:
+        state = job._state
+        if state is QUEUED:
+            return self._finish(job, CANCELLED, None, TaskCancelled(f"task {job.id} cancelled"))
+        if state is RUNNING:
+            self._cancel_running(
+                job, CANCELLED, TaskCancelled(f"task {job.id} cancelled"), CancelReason.USER
+            )
+            return True
+        return False
+
+    def _cancel_running(
+        self, job: TaskHandle[E], state: TaskState, error: TaskError, reason: CancelReason
+    ) -> None:
+        ctx = job._ctx
+        worker = job._worker
+        self._finish(job, state, None, error)
+        if ctx is not None:
+            ctx._cancel(reason)
+        if worker is not None and worker.current is job and not worker.cancel_requested:
+            worker.cancel_requested = True
+            assert worker.task is not None
+            worker.task.cancel()
+
+    def _on_timeout(self, job: TaskHandle[E]) -> None:
+        job._timer = None
+        if job._state is RUNNING:
+            error = TaskTimeout(f"task {job.id} timed out after {job._timeout}s")
+            self._cancel_running(job, TIMED_OUT, error, CancelReason.TIMEOUT)
+
+    # ----------------------------------------------------------------- workers
+
+    def _spawn(self, worker_id: int, burst: bool, first: TaskHandle[E] | None) -> None:
+        worker: Worker[R, E] = Worker(worker_id, burst)
+        self._workers[worker_id] = worker
+        if first is not None:
+            worker.held = first
+            first._loc = HELD
+        task = self._loop.create_task(self._worker_main(worker), name=f"taskerd-worker-{worker_id}")
+        worker.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _free_id(self) -> int:
+        worker_id = 0
+        while worker_id in self._workers:
+            worker_id += 1
+        return worker_id
+
+    async def _acquire(self, worker: Worker[R, E]) -> bool:
+        """Give ``worker`` a resource: a spare one, or on_create() retried with backoff."""
+        if self._spare:
+            worker.resource = self._spare.pop()
+            return True
+        delay = CREATE_BACKOFF[0]
+        worker.creating = True
+        try:
+            while not self._killed:
+                try:
+                    worker.resource = await _maybe_await(self.config.on_create())
+                    return True
+                except Exception:
+                    self._log.exception(
+                        "on_create failed for worker %d; retrying in %.2fs", worker.id, delay
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CREATE_BACKOFF[1])
+            return False
+        finally:
+            worker.creating = False
+
+    async def _destroy(self, resource: R) -> None:
+        if self.config.on_destroy is None:
+            return
+        try:
+            await _maybe_await(self.config.on_destroy(resource))
+        except Exception:
+            self._log.exception("on_destroy raised")
+
+    async def _worker_main(self, worker: Worker[R, E]) -> None:
+        replaced = False
+        has_resource = False
+        try:
+            has_resource = await self._acquire(worker)
+            if not has_resource:
+                return
+            queue = self._queue
+            while True:
+                job = worker.held
+                if job is not None:
+                    worker.held = None
+                    job._loc = NOWHERE
+                    if job._state is not QUEUED:
+                        continue
+                else:
+                    job = queue.pop(time.monotonic())
+                    if job is None:
+                        if self._closing:
+                            return
+                        fut: asyncio.Future[int] = self._loop.create_future()
+                        worker.wake = fut
+                        worker.idle_since = time.monotonic()
+                        self._idle.append(worker)
+                        signal = await fut
+                        if signal == REPLACE:
+                            replaced = True
+                            return
+                        if signal == RETIRE and not queue.size:
+                            return
+                        continue
+                    if self._waitlist:
+                        self._room_freed()
+                if not await self._execute(worker, job):
+                    replaced = True
+                    return
+        finally:
+            if worker.wake is not None:
+                with contextlib.suppress(ValueError):
+                    self._idle.remove(worker)
+                worker.wake = None
+            held = worker.held
+            if replaced and not self._killed:
+                worker.held = None
+                self._spawn(worker.id, worker.burst, held)
+            else:
+                if held is not None:
+                    worker.held = None
+                    if held._state is QUEUED:
+                        self._finish(held, FAILED, None, Killed("worker ended before a retry"))
+                if self._workers.get(worker.id) is worker:
+                    del self._workers[worker.id]
+                    if worker.burst:
+                        self._burst_count -= 1
+            if has_resource:
+                resource = worker.resource
+                worker.resource = None
+                if (
+                    not replaced
+                    and worker.burst
+                    and not self._closing
+                    and len(self._spare) < self._pool_size
+                ):
+                    self._spare.append(resource)  # type: ignore[arg-type]
+                else:
+                    await self._destroy(resource)  # type: ignore[arg-type]
+
+    async def _execute(self, worker: Worker[R, E], job: TaskHandle[E]) -> bool:
+        """Run one attempt of ``job``; return False if the worker became unhealthy."""
+        loop = self._loop
+        now = time.monotonic()
+        job._state = RUNNING
+        job._worker = worker
+        self._running += 1
+        if job._qtimer is not None:
+            job._qtimer.cancel()
+            job._qtimer = None
+        job._attempt += 1
+        job._started = now
+        deadline = None
+        if job._timeout is not None:
+            deadline = now + job._timeout
+            job._timer = loop.call_at(deadline, self._on_timeout, job)
+        ctx = TaskContext(job.id, job._attempt, worker.id, job._priority, deadline, loop)
+        job._ctx = ctx
+        wait = now - job._enqueued
+        self._metrics.record_start(job.id, wait)
+        if self._extra is not None:
+            self._extra.record_start(job.id, wait)
+        worker.job = job
+        error: BaseException | None = None
+        result: Any = None
+        fn = job._fn
+        try:
+            if job._is_async:
+                worker.current = job
+                try:
+                    result = await fn(ctx, worker.resource)  # type: ignore[misc]
+                finally:
+                    worker.current = None
+            else:
+                assert self._executor is not None
+                result = await loop.run_in_executor(self._executor, fn, ctx, worker.resource)
+        except asyncio.CancelledError as exc:
+            if not worker.cancel_requested:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    self._cancel_running(  # the worker itself is being torn down
+                        job, CANCELLED, Killed("worker cancelled"), CancelReason.KILL
+                    )
+                    raise
+                error = TaskCancelled(f"task {job.id} raised CancelledError")
+                error.__cause__ = exc
+        except Exception as exc:
+            error = exc
+        finally:
+            worker.job = None
+            job._ctx = None
+            if worker.cancel_requested:
+                worker.cancel_requested = False
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+        if error is None:
+            if job._state is RUNNING:
+                self._finish(job, SUCCEEDED, result, None)
+            return True
+        return self._failed(job, error)
+
+    def _failed(self, job: TaskHandle[E], error: BaseException) -> bool:
+        healthy = True
+        check = self.config.check_health
+        if check is not None and not isinstance(error, Retry | TaskError):
+            try:
+                healthy = bool(check(error))
+            except Exception:
+                self._log.exception("check_health raised; treating the worker as unhealthy")
+                healthy = False
+            if not healthy:
+                self._log.warning("task %d: unhealthy error %r; replacing worker", job.id, error)
+        if job._state is not RUNNING:
+            return healthy
+        retry = isinstance(error, Retry) or not healthy
+        if retry and not job._once and job._attempt <= job._max_retries and not self._killed:
+            if self._closing and not self._draining:
+                self._finish(job, FAILED, None, ShuttingDown("manager stopped before a retry"))
+                return healthy
+            self._running -= 1
+            self._finished += 1
+            job._state = QUEUED
+            if job._timer is not None:
+                job._timer.cancel()
+                job._timer = None
+            self._metrics.record_retry(job.id, error)
+            if self._extra is not None:
+                self._extra.record_retry(job.id, error)
+            if self._cap is not None and self._queue.size >= self._cap:
+                worker = job._worker
+                assert worker is not None
+                worker.held = job
+                job._loc = HELD
+            else:
+                self._enqueue(job, front=True)
+            return healthy
+        final = error.cause if isinstance(error, Retry) and error.cause is not None else error
+        self._finish(job, FAILED, None, final)
+        return healthy
+
+    # ----------------------------------------------------------------- bursting
+
+    async def _scale_loop(self) -> None:
+        interval = self.config.burst_interval
+        base = self.config.worker_count
+        last_arrived, last_finished = self._arrived, self._finished
+        while not self._closing:
+            await asyncio.sleep(interval)
+            if self._closing:
+                return
+            arrived = self._arrived - last_arrived
+            finished = self._finished - last_finished
+            last_arrived, last_finished = self._arrived, self._finished
+            backlog = self._queue.size
+            if backlog and not self._idle and (arrived > finished or backlog > finished):
+                room = self._max_workers - len(self._workers)
+                for _ in range(min(room, backlog)):
+                    self._burst_count += 1
+                    self._spawn(self._free_id(), burst=True, first=None)
+            elif not backlog and self._burst_count and len(self._workers) > base:
+                now = time.monotonic()
+                for worker in list(self._idle):
+                    if worker.burst and now - worker.idle_since >= RETIRE_AFTER * interval:
+                        self._idle.remove(worker)
+                        self._wake(worker, RETIRE)
+
+    # ----------------------------------------------------------------- observability
+
+    def stats(self) -> Stats:
+        """An O(1) snapshot of workers and queue occupancy."""
+        queued = self._queue.size
+        cap = self._cap
+        return Stats(
+            base_workers=self.config.worker_count,
+            max_workers=self._max_workers,
+            active_workers=len(self._workers),
+            burst_workers=self._burst_count,
+            idle_workers=len(self._idle),
+            queued_by_priority=self._queue.by_priority(),
+            queued=queued,
+            running=self._running,
+            available_resources=len(self._idle) + len(self._spare),
+            queue_capacity=cap,
+            queue_usage=queued / cap if cap else 0.0,
+        )
+
+    def metrics(self) -> Metrics:
+        """Rates, execution/wait statistics and totals from the built-in recorder."""
+        return self._metrics.snapshot()

@@ -1,0 +1,96 @@
+"""The priority queue: one deque per level, O(1) counters and lazy skipping of dead entries."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from taskerd.engine.config import Priority
+from taskerd.engine.handle import IN_QUEUE, NOWHERE, QUEUED, TaskHandle
+
+LEVELS = tuple(Priority)
+TOP = max(LEVELS)
+
+
+class JobQueue:
+    """Queued tasks by priority: higher level first, FIFO within a level.
+
+    Removing a task (cancel, queue timeout) only updates the counters via :meth:`forget`; its
+    entry is skipped when it reaches the front. With ``aging``, a task counts one level higher
+    for every ``aging`` seconds it has waited since submission (capped at CRITICAL).
+    """
+
+    __slots__ = ("_aging", "_levels", "counts", "size")
+
+    def __init__(self, aging: float | None) -> None:
+        self._aging = aging
+        self._levels: list[deque[TaskHandle[Any]]] = [deque() for _ in LEVELS]
+        self.counts = [0] * len(LEVELS)
+        self.size = 0
+
+    def push(self, job: TaskHandle[Any], *, front: bool = False) -> None:
+        """Add a QUEUED task at the back (or front, for retries) of its level."""
+        job._loc = IN_QUEUE
+        level = self._levels[job._priority]
+        if front:
+            level.appendleft(job)
+        else:
+            level.append(job)
+        self.counts[job._priority] += 1
+        self.size += 1
+
+    def forget(self, job: TaskHandle[Any]) -> None:
+        """Account for a queued task that left the queue otherwise (its entry is skipped)."""
+        job._loc = NOWHERE
+        self.counts[job._priority] -= 1
+        self.size -= 1
+
+    def pop(self, now: float) -> TaskHandle[Any] | None:
+        """Remove and return the next task to start, or None."""
+        if not self.size:
+            return None
+        if self._aging is None:
+            for priority in (3, 2, 1, 0):
+                level = self._levels[priority]
+                while level:
+                    job = level.popleft()
+                    if job._state is QUEUED and job._loc == IN_QUEUE:
+                        self.forget(job)
+                        return job
+            return None
+        return self._pop_aged(now)
+
+    def _pop_aged(self, now: float) -> TaskHandle[Any] | None:
+        aging = self._aging
+        assert aging is not None
+        best: deque[TaskHandle[Any]] | None = None
+        best_key = (-1, 0.0)
+        for priority in (3, 2, 1, 0):
+            level = self._levels[priority]
+            while level and not (level[0]._state is QUEUED and level[0]._loc == IN_QUEUE):
+                level.popleft()
+            if level:
+                head = level[0]
+                effective = min(TOP, priority + int((now - head._submitted) / aging))
+                key = (effective, -head._submitted)
+                if key > best_key:
+                    best, best_key = level, key
+        if best is None:
+            return None
+        job = best.popleft()
+        self.forget(job)
+        return job
+
+    def drain(self) -> Iterator[TaskHandle[Any]]:
+        """Remove and yield every live queued task (for stop and kill)."""
+        for level in reversed(self._levels):
+            while level:
+                job = level.popleft()
+                if job._state is QUEUED and job._loc == IN_QUEUE:
+                    self.forget(job)
+                    yield job
+
+    def by_priority(self) -> dict[Priority, int]:
+        """Live queued counts per level."""
+        return {p: self.counts[p] for p in LEVELS}
