@@ -232,7 +232,7 @@ class Store:
         self._read_lock = threading.Lock()
         self._closed = False
         self._env_cache: dict[bytes, int] = {}  # writer thread only
-        self._checkpoint_due = False  # writer thread only
+        self._reclaim_due = False  # writer thread only: vacuum and truncate after this commit
         self._dirty = False  # writer thread only: commits since the last WAL truncation
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -380,13 +380,13 @@ class Store:
                 failure = exc
         if failure is not None:
             self._env_cache.clear()
-            self._checkpoint_due = False
+            self._reclaim_due = False
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             done = [(op, False, failure) for op in batch]
-        elif self._checkpoint_due:
-            self._checkpoint_due = False
-            self._checkpoint(conn)
+        elif self._reclaim_due:
+            self._reclaim_due = False
+            self._reclaim(conn)
         self._resolve(done)
 
     def _resolve(self, done: builtins.list[tuple[_Op, bool, Any]]) -> None:
@@ -566,6 +566,10 @@ class Store:
             )
         )
 
+    async def flush(self) -> None:
+        """Wait until every write queued so far (``mark_started`` included) is committed."""
+        await self._write(lambda conn: None)
+
     async def clean(self, *, older_than: float | None = None, now: float) -> int:
         """Delete terminal tasks that ended at least older_than seconds ago (all when None); their
         labels/outputs too; unreferenced envs. Returns how many tasks."""
@@ -591,7 +595,7 @@ class Store:
             if not more:
                 break
         if total:
-            await self._write(self._reclaim)
+            await self._write(self._want_reclaim)
         return total
 
     def _delete_chunk(
@@ -656,10 +660,17 @@ class Store:
             )
         return env_ids
 
+    def _want_reclaim(self, conn: _Conn) -> None:
+        self._reclaim_due = True
+
     def _reclaim(self, conn: _Conn) -> None:
-        """Give freed pages back to the file system and truncate the WAL after the commit."""
-        conn.execute("PRAGMA incremental_vacuum").fetchall()
-        self._checkpoint_due = True
+        """Give free pages back to the file system and truncate the WAL (outside a transaction)."""
+        try:
+            # executescript steps the pragma to completion (execute frees one page per call).
+            conn.executescript("PRAGMA incremental_vacuum;")
+        except sqlite3.Error:
+            log.exception("journal: incremental vacuum failed")
+        self._checkpoint(conn)
 
     # ---- reads (caller's thread) -----------------------------------------------------------
 
