@@ -23,6 +23,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from inspect import CO_COROUTINE
+from types import FunctionType
 from typing import Any, Generic, TypeVar
 
 from taskerd.engine.config import CancelReason, Config, Priority
@@ -99,6 +101,15 @@ class Worker(Generic[R, E]):
         self.held: TaskHandle[E] | None = None
         self.creating = False
         self.borrowed = False
+
+
+def _is_coroutine_function(fn: Any) -> bool:
+    code = getattr(fn, "__code__", None)
+    if code is not None and type(fn) is FunctionType:
+        return bool(code.co_flags & CO_COROUTINE)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ makes an async callable
+    )
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -301,17 +312,18 @@ class TaskManager(Generic[R, E]):
             raise ValueError(f"max_retries must be >= 0, got {max_retries!r}")
         task_id = self._next_id
         self._next_id = task_id + 1
+        now = time.monotonic()
         job: TaskHandle[E] = TaskHandle(
             self,
             task_id,
             fn,
-            inspect.iscoroutinefunction(fn),
+            _is_coroutine_function(fn),
             priority,
             timeout,
             queue_timeout,
             once,
             max_retries,
-            time.monotonic(),
+            now,
         )
         self._arrived += 1
         self._metrics.record_arrival(task_id)
@@ -358,7 +370,7 @@ class TaskManager(Generic[R, E]):
                 )
             return job
         job = self._new(fn, priority, timeout, queue_timeout, once, max_retries)
-        self._enqueue(job)
+        self._enqueue(job, now=job._submitted)
         return job
 
     async def submit(
@@ -535,8 +547,8 @@ class TaskManager(Generic[R, E]):
 
     # ----------------------------------------------------------------- queue plumbing
 
-    def _enqueue(self, job: TaskHandle[E], front: bool = False) -> None:
-        job._enqueued = time.monotonic()
+    def _enqueue(self, job: TaskHandle[E], front: bool = False, now: float = 0.0) -> None:
+        job._enqueued = now or time.monotonic()
         self._queue.push(job, front=front)
         if self._idle:
             self._wake(self._idle.popleft(), WAKE)
@@ -784,7 +796,7 @@ class TaskManager(Generic[R, E]):
                     if job._state is not QUEUED:
                         continue
                 else:
-                    job = queue.pop(time.monotonic())
+                    job = queue.pop()
                     if job is None:
                         if self._closing:
                             return
@@ -946,6 +958,7 @@ class TaskManager(Generic[R, E]):
             await asyncio.sleep(interval)
             if self._closing:
                 return
+            self._metrics.sample()
             arrived = self._arrived - last_arrived
             finished = self._finished - last_finished
             last_arrived, last_finished = self._arrived, self._finished

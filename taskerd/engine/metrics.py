@@ -12,8 +12,7 @@ from taskerd.engine.errors import TaskCancelled, TaskTimeout
 if TYPE_CHECKING:
     from taskerd.engine.config import Priority
 
-RATE_BUCKET = 0.5  # seconds per rate bucket
-RATE_BUCKETS = 10  # rates are measured over the last ~5 s
+RATE_WINDOW = 5.0  # rates are measured over roughly the last 5 s
 RESERVOIR = 2048  # recent samples kept for execution and wait statistics
 
 
@@ -76,36 +75,25 @@ class Metrics:
     failure_rate: float
 
 
-class _Rate:
-    """Event counts in a ring of time buckets."""
+class _Rates:
+    """Arrival and end rates from counter samples taken by the manager's periodic tick."""
 
-    __slots__ = ("_buckets", "_current", "_start")
+    __slots__ = ("_samples",)
 
     def __init__(self) -> None:
-        self._buckets = [0] * RATE_BUCKETS
-        self._start = time.monotonic()
-        self._current = int(self._start / RATE_BUCKET)
+        self._samples: deque[tuple[float, int, int]] = deque([(time.monotonic(), 0, 0)])
 
-    def _advance(self, now: float) -> None:
-        index = int(now / RATE_BUCKET)
-        steps = index - self._current
-        if steps > 0:
-            for i in range(1, min(steps, RATE_BUCKETS) + 1):
-                self._buckets[(self._current + i) % RATE_BUCKETS] = 0
-            self._current = index
+    def sample(self, now: float, arrived: int, ended: int) -> None:
+        self._samples.append((now, arrived, ended))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW:
+            self._samples.popleft()
 
-    def add(self) -> None:
-        now = time.monotonic()
-        if int(now / RATE_BUCKET) != self._current:
-            self._advance(now)
-        self._buckets[self._current % RATE_BUCKETS] += 1
-
-    def per_second(self) -> float:
-        now = time.monotonic()
-        self._advance(now)
-        span = (RATE_BUCKETS - 1) * RATE_BUCKET + (now - self._current * RATE_BUCKET)
-        span = min(span, now - self._start)
-        return sum(self._buckets) / span if span > 0 else 0.0
+    def per_second(self, now: float, arrived: int, ended: int) -> tuple[float, float]:
+        then, arrived0, ended0 = self._samples[0]
+        span = now - then
+        if span <= 0:
+            return 0.0, 0.0
+        return (arrived - arrived0) / span, (ended - ended0) / span
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -119,8 +107,9 @@ class MetricsRecorder:
     """The built-in collector behind :meth:`TaskManager.metrics`."""
 
     def __init__(self) -> None:
-        self._arrivals = _Rate()
-        self._completions = _Rate()
+        self._rates = _Rates()
+        self.arrived = 0
+        self.ended = 0
         self._exec: deque[float] = deque(maxlen=RESERVOIR)
         self._wait: deque[float] = deque(maxlen=RESERVOIR)
         self.completed = 0
@@ -132,7 +121,7 @@ class MetricsRecorder:
 
     def record_arrival(self, task_id: int) -> None:
         """Count an arrival."""
-        self._arrivals.add()
+        self.arrived += 1
 
     def record_start(self, task_id: int, wait: float) -> None:
         """Sample the queue wait."""
@@ -141,12 +130,12 @@ class MetricsRecorder:
     def record_completion(self, task_id: int, duration: float) -> None:
         """Count a success and sample its duration."""
         self.completed += 1
-        self._completions.add()
+        self.ended += 1
         self._exec.append(duration)
 
     def record_failure(self, task_id: int, error: BaseException, duration: float) -> None:
         """Count a failure, timeout or cancellation."""
-        self._completions.add()
+        self.ended += 1
         if isinstance(error, TaskCancelled):
             self.cancelled += 1
             return
@@ -164,14 +153,21 @@ class MetricsRecorder:
         """Count a refused submission."""
         self.rejected += 1
 
+    def sample(self) -> None:
+        """Take a rate sample (called periodically by the manager)."""
+        self._rates.sample(time.monotonic(), self.arrived, self.ended)
+
     def snapshot(self) -> Metrics:
         """Compute a :class:`Metrics` from the counters and reservoirs."""
+        arrival_rate, completion_rate = self._rates.per_second(
+            time.monotonic(), self.arrived, self.ended
+        )
         ordered = sorted(self._exec)
         waits = list(self._wait)
         ended = self.completed + self.failed
         return Metrics(
-            arrival_rate=self._arrivals.per_second(),
-            completion_rate=self._completions.per_second(),
+            arrival_rate=arrival_rate,
+            completion_rate=completion_rate,
             exec_avg=sum(ordered) / len(ordered) if ordered else 0.0,
             exec_min=ordered[0] if ordered else 0.0,
             exec_max=ordered[-1] if ordered else 0.0,

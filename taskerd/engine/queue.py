@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -46,7 +47,7 @@ class JobQueue:
         self.counts[job._priority] -= 1
         self.size -= 1
 
-    def pop(self, now: float) -> TaskHandle[Any] | None:
+    def pop(self) -> TaskHandle[Any] | None:
         """Remove and return the next task to start, or None."""
         if not self.size:
             return None
@@ -59,7 +60,7 @@ class JobQueue:
                         self.forget(job)
                         return job
             return None
-        return self._pop_aged(now)
+        return self._pop_aged(time.monotonic())
 
     def _pop_aged(self, now: float) -> TaskHandle[Any] | None:
         aging = self._aging
