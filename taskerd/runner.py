@@ -1,0 +1,522 @@
+"""Run one command as a subprocess: capture its output live, end it cleanly, leave nothing behind.
+
+Knows nothing of gRPC, SQLite or the engine. How a run goes:
+
+* Spawn with ``os.posix_spawn(..., setsid=True)`` (``subprocess.Popen`` with
+  ``start_new_session=True`` when a ``cwd`` is given: Python 3.11's posix_spawn has no chdir).
+  Every run is a new session, so its process group is the task. Measured on this machine,
+  posix_spawn costs the daemon ~115 us of CPU per spawn against ~270 us for ``Popen`` and ~700 us
+  for asyncio's ``create_subprocess_exec`` with pipes and a new session.
+* Its end is seen through a pidfd on the event loop, and its pipes are read with plain
+  ``loop.add_reader`` callbacks: no transports, no extra tasks, no threads.
+* When the main process exits, the rest of its group is SIGKILLed (while the zombie leader still
+  pins the group id), the pipes are drained, and only if something outside the group still holds
+  them is /proc scanned for the run's ``TASKER_RUN_TOKEN`` to kill escapees.
+* When the coroutine is cancelled (the engine's timeouts and cancels), the group and any escapee
+  get SIGTERM, then SIGKILL after ``kill_grace`` (or at once on a second cancel); the main process
+  is reaped and ``CancelledError`` re-raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from taskerctl.durations import format_duration
+from taskerd import procs
+from taskerd.procs import (
+    TOKEN_VAR,
+    become_subreaper,
+    install_child_watcher,
+    reap_orphans,
+    reap_orphans_forever,
+)
+
+__all__ = [
+    "STDERR",
+    "STDOUT",
+    "TOKEN_VAR",
+    "Capture",
+    "Exit",
+    "HookError",
+    "SpawnError",
+    "become_subreaper",
+    "install_child_watcher",
+    "reap_orphans",
+    "reap_orphans_forever",
+    "run_command",
+    "run_hook",
+]
+
+STDOUT = 1
+STDERR = 2
+CHUNK = 64 * 1024
+HOOK_KILL_GRACE = 1.0
+HOOK_OUTPUT_LIMIT = 1 << 20
+
+_SYNC_DRAIN_MAX = 1 << 20  # bytes read per stream before yielding when draining at exit
+_LEFTOVER_WAIT = 0.25  # after the group SIGKILL, how long its dying members may hold the pipes
+_ESCAPEE_WAIT = 1.0  # after killing escapees, how long before the pipes are abandoned
+_EXIT_WAIT = 5.0  # after SIGKILL, how long to wait for the main process before giving up
+_SIGDEF = (signal.SIGPIPE, signal.SIGXFSZ)  # ignored by Python; restored for the child
+_devnull = -1
+
+
+class Capture:
+    """Captured output of one run.
+
+    stdout/stderr are kept up to ``limit`` bytes each; past it the rest is dropped and the
+    stream's truncated flag set. Every chunk is also passed live to ``on_chunk(stream, data)``
+    (stream 1 = stdout, 2 = stderr), including chunks past the limit. ``exit`` is set when the
+    run ends, also when it ends by cancellation (where ``run_command`` raises instead).
+    """
+
+    __slots__ = (
+        "exit",
+        "limit",
+        "on_chunk",
+        "stderr",
+        "stderr_truncated",
+        "stdout",
+        "stdout_truncated",
+    )
+
+    def __init__(self, limit: int, on_chunk: Callable[[int, bytes], None] | None = None) -> None:
+        self.limit = limit
+        self.on_chunk = on_chunk
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.stdout_truncated = False
+        self.stderr_truncated = False
+        self.exit: Exit | None = None
+
+    def feed(self, stream: int, data: bytes) -> None:
+        """Record one chunk of ``stream`` (1 or 2) and hand it to ``on_chunk``."""
+        buf = self.stdout if stream == STDOUT else self.stderr
+        room = self.limit - len(buf)
+        if len(data) <= room:
+            buf += data
+        else:
+            if room > 0:
+                buf += data[:room]
+            if stream == STDOUT:
+                self.stdout_truncated = True
+            else:
+                self.stderr_truncated = True
+        if self.on_chunk is not None:
+            self.on_chunk(stream, data)
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """How a run's main process ended."""
+
+    pid: int
+    exit_code: int | None  # set when it exited
+    signal: int | None  # set when a signal killed it
+    killed_by_us: bool  # we sent that signal (cancel/timeout)
+
+
+class SpawnError(Exception):
+    """The command could not be started.
+
+    ``str()`` is a sentence such as ``spawn failed: foo: No such file or directory`` (also for a
+    missing or unusable ``cwd``).
+    """
+
+
+class HookError(Exception):
+    """A worker hook failed: non-zero exit or timeout. ``str()`` is stderr's last line if any."""
+
+    def __init__(self, message: str, *, exit: Exit | None = None, stderr: str = "") -> None:
+        super().__init__(message)
+        self.exit = exit
+        self.stderr = stderr
+
+
+def _devnull_fd() -> int:
+    global _devnull
+    if _devnull < 0:
+        _devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _devnull
+
+
+def _resolve(name: str, env: Mapping[str, str]) -> str:
+    """Find ``name`` in the task's own PATH (as execvpe would), or raise FileNotFoundError."""
+    if "/" in name:
+        return name
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+    return found
+
+
+def _spawn(
+    path: str, args: list[str], env: dict[str, str], cwd: str | None, stdin: bytes
+) -> tuple[int, int, int, int]:
+    """Start the process in a new session; return (pid, stdout_r, stderr_r, stdin_w or -1)."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    in_r, in_w = os.pipe() if stdin else (_devnull_fd(), -1)
+    try:
+        if cwd is None:
+            pid = os.posix_spawn(
+                path,
+                args,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, in_r, 0),
+                    (os.POSIX_SPAWN_DUP2, out_w, 1),
+                    (os.POSIX_SPAWN_DUP2, err_w, 2),
+                ],
+                setsid=True,
+                setsigdef=_SIGDEF,
+                setsigmask=(),
+            )
+        else:
+            proc = subprocess.Popen(
+                args,
+                executable=path,
+                stdin=in_r,
+                stdout=out_w,
+                stderr=err_w,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+            # We reap it through its pidfd; a set returncode keeps subprocess from ever waiting
+            # for it (Popen.__del__ would otherwise queue it for a stray waitpid).
+            proc.returncode = 0
+            pid = proc.pid
+    except BaseException:
+        for fd in (out_r, err_r, in_w):
+            if fd >= 0:
+                os.close(fd)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+        if stdin:
+            os.close(in_r)
+    return pid, out_r, err_r, in_w
+
+
+class _Run:
+    """One started process: its pipes and pidfd, wired to the loop with plain callbacks."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pid: int,
+        token: str,
+        capture: Capture,
+        out_fd: int,
+        err_fd: int,
+        in_fd: int,
+        stdin: bytes,
+    ) -> None:
+        self.loop = loop
+        self.pid = pid
+        self.token = token
+        self.capture = capture
+        self.status: int | None = None  # wait status once reaped
+        self.terminating = False
+        self.signalled: set[int] = set()  # signals sent to the group while the leader lived
+        self.scanned = False  # escapees already hunted by token
+        self.wake: asyncio.Future[None] | None = None
+        self.streams: dict[int, int] = {out_fd: STDOUT, err_fd: STDERR}
+        self.in_fd = in_fd
+        self.stdin = memoryview(stdin)
+        self.writing = False
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except OSError:
+            procs.signal_group(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            self.close()
+            raise
+        loop.add_reader(self.pidfd, self._on_exit)
+        for fd in self.streams:
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, self._on_readable, fd)
+        if in_fd >= 0:
+            os.set_blocking(in_fd, False)
+            self._write_stdin()
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+
+    def _on_exit(self) -> None:
+        self.loop.remove_reader(self.pidfd)
+        if not self.terminating:
+            # The zombie leader still pins the group id: no chance of hitting a reused one.
+            procs.signal_group(self.pid, signal.SIGKILL)
+        try:
+            _, self.status = os.waitpid(self.pid, 0)
+        except ChildProcessError:  # someone else reaped it; status unknown
+            self.status = 255 << 8
+        os.close(self.pidfd)
+        self.pidfd = -1
+        procs.spawned.discard(self.pid)
+        self._notify()
+
+    def _on_readable(self, fd: int) -> None:
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.capture.feed(self.streams[fd], data)
+        else:
+            self._close_stream(fd)
+
+    def _close_stream(self, fd: int) -> None:
+        self.loop.remove_reader(fd)
+        os.close(fd)
+        del self.streams[fd]
+        if not self.streams:
+            self._notify()
+
+    def _write_stdin(self) -> None:
+        try:
+            while self.stdin:
+                n = os.write(self.in_fd, self.stdin)
+                self.stdin = self.stdin[n:]
+        except BlockingIOError:
+            if not self.writing:
+                self.loop.add_writer(self.in_fd, self._write_stdin)
+                self.writing = True
+            return
+        except OSError:  # EPIPE: the command does not read its input
+            pass
+        self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self.in_fd < 0:
+            return
+        if self.writing:
+            self.loop.remove_writer(self.in_fd)
+            self.writing = False
+        os.close(self.in_fd)
+        self.in_fd = -1
+
+    # -- ending ------------------------------------------------------------------------------
+
+    async def _wait(self, timeout: float, done: Callable[[], bool], poll: float = 0.0) -> None:
+        """Wait until ``done()`` or ``timeout`` seconds pass.
+
+        ``done`` is checked on each notify (exit, end of output) and, with ``poll``, also at
+        intervals growing from 5 ms to ``poll`` (for conditions nothing notifies, like a group
+        emptying).
+        """
+        deadline = self.loop.time() + timeout
+        step = 0.005
+        while not done():
+            remaining = deadline - self.loop.time()
+            if remaining <= 0:
+                return
+            self.wake = self.loop.create_future()
+            await asyncio.wait({self.wake}, timeout=min(step, remaining) if poll else remaining)
+            step = min(step * 2, poll)
+
+    async def wait_exit(self) -> None:
+        """Wait for the main process to exit and be reaped."""
+        while self.status is None:
+            self.wake = self.loop.create_future()
+            await self.wake
+
+    def _read_available(self) -> None:
+        """Read what the pipes already hold, without waiting (bounded per stream)."""
+        for fd in list(self.streams):
+            stream = self.streams[fd]
+            got = 0
+            while got < _SYNC_DRAIN_MAX:
+                try:
+                    data = os.read(fd, CHUNK)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    data = b""
+                if not data:
+                    self._close_stream(fd)
+                    break
+                got += len(data)
+                self.capture.feed(stream, data)
+
+    def _kill_escapees(self, sig: int) -> None:
+        self.scanned = True
+        if procs.kill_token(self.token, sig):
+            # Adopted escapees turn into our zombies once dead; reap them soon.
+            self.loop.call_later(0.1, reap_orphans)
+
+    async def drain(self) -> None:
+        """After the exit: read the rest of the output; kill escapees if they hold the pipes."""
+        self._read_available()
+        if not self.streams:
+            return
+        # Killed group members may take a moment to die and release the pipes.
+        await self._wait(_LEFTOVER_WAIT, lambda: not self.streams)
+        if self.streams:
+            self._kill_escapees(signal.SIGKILL)
+            await self._wait(_ESCAPEE_WAIT, lambda: not self.streams)
+        self._read_available()
+
+    async def terminate(self, grace: float) -> None:
+        """SIGTERM the group and escapees, SIGKILL after ``grace``; reap; swallow re-cancels."""
+        self.terminating = True
+        if self.status is None:
+            self.signalled.add(signal.SIGTERM)
+            procs.signal_group(self.pid, signal.SIGTERM)
+            self._kill_escapees(signal.SIGTERM)
+        elif not self.streams:
+            return  # it had already ended (and its group was killed) when the cancel came
+        # A second cancel escalates at once (the caller re-raises the first).
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._wait(
+                grace,
+                lambda: self.status is not None and not procs.group_alive(self.pid),
+                poll=0.05,
+            )
+        if self.status is None:
+            self.signalled.add(signal.SIGKILL)
+        procs.signal_group(self.pid, signal.SIGKILL)
+        self._kill_escapees(signal.SIGKILL)
+        for _ in range(3):
+            try:
+                await self._wait(_EXIT_WAIT, lambda: self.status is not None)
+                await self.drain()
+                return
+            except asyncio.CancelledError:
+                continue
+
+    def result(self) -> Exit | None:
+        """The Exit once the main process is reaped."""
+        if self.status is None:
+            return None
+        code = os.waitstatus_to_exitcode(self.status)
+        if code < 0:
+            return Exit(self.pid, None, -code, -code in self.signalled)
+        return Exit(self.pid, code, None, False)
+
+    def close(self) -> None:
+        """Release everything; kill whatever could still be running."""
+        if self.status is None:
+            # Only on error paths: leave the pidfd reader to reap it once dead.
+            procs.signal_group(self.pid, signal.SIGKILL)
+        if self.streams and not self.scanned:
+            self._kill_escapees(signal.SIGKILL)
+        for fd in list(self.streams):
+            self.loop.remove_reader(fd)
+            os.close(fd)
+        self.streams.clear()
+        self._close_stdin()
+
+
+async def run_command(
+    argv: Sequence[str],
+    *,
+    shell: bool = False,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    stdin: bytes = b"",
+    capture: Capture,
+    kill_grace: float = 5.0,
+    on_spawn: Callable[[int], None] | None = None,
+) -> Exit:
+    """Run a command to its end and return how it ended.
+
+    ``shell=True`` runs ``/bin/sh -c argv[0] argv[1:]...``; otherwise argv[0] is looked up in the
+    task's PATH. ``env`` None inherits the daemon's environment (``TASKER_RUN_TOKEN`` is added
+    either way). ``stdin`` bytes are fed then closed; empty means /dev/null. ``on_spawn(pid)`` is
+    called right after the process starts, before any output is delivered. Raises SpawnError if
+    it cannot start. On cancellation the process group gets SIGTERM, SIGKILL after
+    ``kill_grace`` seconds, and CancelledError is re-raised (``capture.exit`` tells how it died).
+    """
+    if not argv:
+        raise ValueError("argv is empty")
+    loop = asyncio.get_running_loop()
+    token = procs.new_token()
+    full_env = {**(os.environ if env is None else env), TOKEN_VAR: token}
+    args = ["/bin/sh", "-c", *argv] if shell else list(argv)
+    try:
+        path = "/bin/sh" if shell else _resolve(argv[0], full_env)
+        pid, out_fd, err_fd, in_fd = _spawn(path, args, full_env, cwd, stdin)
+    except OSError as e:
+        raise SpawnError(f"spawn failed: {argv[0]}: {e.strerror or e}") from e
+    except ValueError as e:  # bad env entry or NUL byte in an argument
+        raise SpawnError(f"spawn failed: {argv[0]}: {e}") from e
+    procs.spawned.add(pid)
+    procs.live_tokens.add(token)
+    try:
+        run = _Run(loop, pid, token, capture, out_fd, err_fd, in_fd, stdin)
+    except BaseException:
+        procs.live_tokens.discard(token)
+        procs.spawned.discard(pid)
+        raise
+    try:
+        if on_spawn is not None:
+            on_spawn(pid)
+        try:
+            await run.wait_exit()
+        except asyncio.CancelledError:
+            await run.terminate(kill_grace)
+            raise
+        await run.drain()
+        result = run.result()
+        assert result is not None
+        return result
+    finally:
+        capture.exit = run.result()
+        run.close()
+        procs.live_tokens.discard(token)
+
+
+async def run_hook(
+    command: str, *, env: Mapping[str, str] | None = None, timeout: float = 30.0
+) -> str:
+    """Run a worker hook (``/bin/sh -c command``) and return its stdout, stripped.
+
+    Raises HookError carrying stderr's last line on a non-zero exit or when ``timeout`` passes
+    (the hook is then killed like a cancelled task, with a short grace).
+    """
+    capture = Capture(HOOK_OUTPUT_LIMIT)
+    try:
+        async with asyncio.timeout(timeout):
+            ended = await run_command(
+                [command], shell=True, env=env, capture=capture, kill_grace=HOOK_KILL_GRACE
+            )
+    except TimeoutError:
+        last = _last_line(capture.stderr)
+        raise HookError(
+            last or f"hook timed out after {format_duration(timeout)}",
+            exit=capture.exit,
+            stderr=last,
+        ) from None
+    except SpawnError as e:
+        raise HookError(str(e)) from e
+    if ended.exit_code != 0:
+        last = _last_line(capture.stderr)
+        how = (
+            f"exit status {ended.exit_code}"
+            if ended.signal is None
+            else f"killed by signal {ended.signal}"
+        )
+        raise HookError(last or f"hook failed: {how}", exit=ended, stderr=last)
+    return capture.stdout.decode(errors="replace").strip()
+
+
+def _last_line(data: bytes | bytearray) -> str:
+    lines = bytes(data).decode(errors="replace").strip().splitlines()
+    return lines[-1].strip() if lines else ""
