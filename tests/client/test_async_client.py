@@ -119,8 +119,10 @@ async def test_errors(client: AsyncClient, tmp_path: Path) -> None:
     with pytest.raises(InvalidTask) as bad:
         await client.submit(["true"], queue_timeout=-2)
     assert bad.value.field == "tasks[0].queue_timeout"
+    slow = await client.submit(["sleep", "5"])
     with pytest.raises(DeadlineExceeded):
-        await (await client.submit(["sleep", "5"])).wait(timeout=0.3)
+        await slow.wait(timeout=0.3)
+    await slow.cancel()
     async with AsyncClient(tmp_path / "none.sock") as dead:
         with pytest.raises(DaemonUnavailable):
             await dead.submit(["true"])

@@ -173,8 +173,10 @@ def test_errors(client: Client, tmp_path: Path) -> None:
     assert bad_cwd.value.field == "tasks[0].cwd"
     with pytest.raises(TaskNotFound):
         client.cancel(10**12)
+    slow = client.submit(["sleep", "5"])
     with pytest.raises(DeadlineExceeded):
-        client.submit(["sleep", "5"]).wait(timeout=0.3)
+        slow.wait(timeout=0.3)
+    slow.cancel()
     dead = tmp_path / "dead.sock"
     with Client(dead) as c, pytest.raises(DaemonUnavailable) as err:
         c.stats()
