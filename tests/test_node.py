@@ -69,3 +69,13 @@ def test_failing_task_and_stderr(node_modules: Path, daemon: Daemon) -> None:
 def test_unreachable_daemon(node_modules: Path, tmp_path: Path) -> None:
     res = _client(tmp_path / "nobody.sock")
     assert res.returncode == 69, res.stdout + res.stderr
+
+
+def test_live_output_printed_once(node_modules: Path, daemon: Daemon) -> None:
+    """Chunks streamed live are not printed again from the final event."""
+    res = _client(daemon.socket, "sh", "-c", "echo first; sleep 1; echo second")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"^task \d+: started \(pid \d+", res.stdout, re.M), res.stdout
+    lines = res.stdout.splitlines()
+    assert lines.count("first") == 1 and lines.count("second") == 1, res.stdout
+    assert lines.index("first") < lines.index("second") < len(lines) - 2  # before the state

@@ -53,17 +53,25 @@ function unary(client, method, request) {
 function follow(client, id) {
   return new Promise((resolve, reject) => {
     let finished = null;
+    const seen = { stdout: 0, stderr: 0 }; // bytes streamed so far, per stream
     const call = client.streamResults({ ids: [id], output: true });
     call.on('data', (event) => {
       if (event.kind === 'started') {
         console.log(`task ${id}: started (pid ${event.started.pid}, worker ${event.started.worker})`);
       } else if (event.kind === 'output') {
-        const out = event.output.stream === 'OUTPUT_STREAM_STDERR' ? process.stderr : process.stdout;
-        out.write(event.output.data);
+        const name = event.output.stream === 'OUTPUT_STREAM_STDERR' ? 'stderr' : 'stdout';
+        process[name].write(event.output.data);
+        seen[name] += event.output.data.length;
       } else if (event.kind === 'retrying') {
         console.log(`task ${id}: retrying (${event.retrying.reason})`);
       } else if (event.kind === 'finished') {
         finished = event.finished.task;
+        // A task that ended before we watched it streams no chunks: its output
+        // comes whole in `finished`. Print whatever the chunks did not cover.
+        for (const name of ['stdout', 'stderr']) {
+          const rest = (finished[name] || Buffer.alloc(0)).subarray(seen[name]);
+          if (rest.length > 0) process[name].write(rest);
+        }
       }
     });
     call.on('error', reject);
