@@ -11,6 +11,11 @@ from taskerd.engine.config import CancelReason, Priority
 _CREATE_LOCK = threading.Lock()
 
 
+def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
 class TaskContext:
     """What a running task can see: its identity, its deadline and whether it was cancelled.
 
@@ -47,7 +52,7 @@ class TaskContext:
         self._loop = loop
         self._reason: CancelReason | None = None
         self._event: threading.Event | None = None
-        self._waiters: list[asyncio.Future[None]] | None = None
+        self._waiters: list[asyncio.Future[bool]] | None = None
 
     @property
     def reason(self) -> CancelReason | None:
@@ -81,20 +86,25 @@ class TaskContext:
         return event.wait(timeout)
 
     async def wait_cancelled_async(self, timeout: float | None = None) -> bool:
-        """Wait on the loop until cancelled or ``timeout``; True if cancelled."""
+        """Wait on the loop until cancelled or ``timeout``; True if cancelled.
+
+        Never swallows a CancelledError thrown into the caller.
+        """
         if self._reason is not None:
             return True
-        fut: asyncio.Future[None] = self._loop.create_future()
+        fut: asyncio.Future[bool] = self._loop.create_future()
         if self._waiters is None:
             self._waiters = []
         self._waiters.append(fut)
+        timer = None
+        if timeout is not None:
+            timer = self._loop.call_later(timeout, _resolve, fut, False)
         try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            return False
+            return await fut
         finally:
+            if timer is not None:
+                timer.cancel()
             self._waiters.remove(fut)
-        return True
 
     def _cancel(self, reason: CancelReason) -> None:
         """Mark cancelled and wake every waiter (loop thread only)."""
@@ -106,8 +116,7 @@ class TaskContext:
             event.set()
         if self._waiters:
             for fut in self._waiters:
-                if not fut.done():
-                    fut.set_result(None)
+                _resolve(fut, True)
 
     def __repr__(self) -> str:
         return (
