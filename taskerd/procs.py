@@ -99,14 +99,24 @@ def signal_group(pgid: int, sig: int) -> None:
 
 
 def group_alive(pgid: int) -> bool:
-    """True while process group ``pgid`` has a member (a zombie leader counts)."""
+    """True while process group ``pgid`` has a live (non-zombie) member.
+
+    ``killpg(pgid, 0)`` alone also counts zombies, which an init that reaps slowly (or nobody)
+    can keep around; so when it says yes, /proc is checked (cancel path only).
+    """
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            data = _read(f"/proc/{name}/stat")
+            fields = data[data.rfind(b")") + 2 :].split()
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                return True
+    return False
 
 
 def _read(path: str) -> bytes:

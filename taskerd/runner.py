@@ -373,6 +373,13 @@ class _Run:
             await self._wait(_ESCAPEE_WAIT, lambda: not self.streams)
         self._read_available()
 
+    def _group_gone(self) -> bool:
+        if self.status is None:
+            return False
+        # Dead members adopted by us (as subreaper) are zombies that keep the group id alive.
+        reap_orphans()
+        return not procs.group_alive(self.pid)
+
     async def terminate(self, grace: float) -> None:
         """SIGTERM the group and escapees, SIGKILL after ``grace``; reap; swallow re-cancels."""
         self.terminating = True
@@ -384,11 +391,7 @@ class _Run:
             return  # it had already ended (and its group was killed) when the cancel came
         # A second cancel escalates at once (the caller re-raises the first).
         with contextlib.suppress(asyncio.CancelledError):
-            await self._wait(
-                grace,
-                lambda: self.status is not None and not procs.group_alive(self.pid),
-                poll=0.05,
-            )
+            await self._wait(grace, self._group_gone, poll=0.05)
         if self.status is None:
             self.signalled.add(signal.SIGKILL)
         procs.signal_group(self.pid, signal.SIGKILL)

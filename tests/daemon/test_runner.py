@@ -164,7 +164,9 @@ async def test_on_spawn_gets_pid_before_output() -> None:
 
 
 async def test_spawn_errors() -> None:
-    with pytest.raises(SpawnError, match=r"^spawn failed: no-such-cmd-x: No such file or directory"):
+    with pytest.raises(
+        SpawnError, match=r"^spawn failed: no-such-cmd-x: No such file or directory"
+    ):
         await run(["no-such-cmd-x"])
     with pytest.raises(SpawnError, match="No such file or directory"):
         await run(["/nonexistent/bin/x"])
@@ -268,7 +270,9 @@ async def test_cancel_kills_setsid_escapee(subreaper: None) -> None:
 
 async def test_periodic_reaper_kills_stale_escapee_and_reaps_it(subreaper: None) -> None:
     # Finished run whose escapee holds no pipe: the run ends at once, the reaper finishes it.
-    cap, _ = await run(["setsid sleep 300 >/dev/null 2>&1 </dev/null & echo $!; sleep 0.3"], shell=True)
+    cap, _ = await run(
+        ["setsid sleep 300 >/dev/null 2>&1 </dev/null & echo $!; sleep 0.3"], shell=True
+    )
     (child,) = pids_in(cap.stdout)
     assert eventually(lambda: reap_orphans() >= 0 and gone(child))
 
@@ -301,11 +305,11 @@ async def test_reaper_leaves_asyncio_children_alone(subreaper: None) -> None:
 async def test_run_hook() -> None:
     assert await run_hook("echo '  worker-7 '; echo noise >&2") == "worker-7"
     assert await run_hook('echo "$HOOKVAR"', env={"HOOKVAR": "v"}) == "v"
-    with pytest.raises(HookError, match="^second$") as err:
+    with pytest.raises(HookError, match=r"^second$") as err:
         await run_hook("echo first >&2; echo second >&2; exit 3")
     assert err.value.exit is not None and err.value.exit.exit_code == 3
     t0 = time.monotonic()
-    with pytest.raises(HookError, match="^stuck$"):
+    with pytest.raises(HookError, match=r"^stuck$"):
         await run_hook("echo stuck >&2; sleep 300", timeout=0.3)
     assert time.monotonic() - t0 < 5
     with pytest.raises(HookError, match="timed out"):
