@@ -51,7 +51,7 @@ _LIVE = f"state IN ({_QUEUED}, {_RUNNING})"
 MAX_BATCH_OPS = 4096  # operations per group-committed transaction
 DELETE_CHUNK = 5000  # tasks deleted per operation by clean/prune, so other writes interleave
 IDLE_CHECKPOINT = 2.0  # seconds of writer idleness before the WAL is truncated
-_ENV_CACHE_MAX = 4096
+_ENV_CACHE_MAX = 256  # distinct environments remembered by the writer (keyed by content)
 _MAX_ID = 2**63 - 1
 
 _SCHEMA = f"""
@@ -126,28 +126,28 @@ class _Op:
     fn: Callable[[_Conn], Any]
     future: asyncio.Future[Any] | None
     loop: asyncio.AbstractEventLoop | None
+    rows: builtins.list[_NewTask] | None = None  # set for an add, which the writer may merge
 
 
 @dataclass(slots=True)
 class _NewTask:
     """A spec prepared on the caller's thread for insertion."""
 
+    queued_at: float
     priority: int
     once: bool
     max_retries: int | None
     spec: bytes
-    env_hash: bytes | None
-    env: bytes
+    env: bytes  # a serialized TaskSpec holding only env; empty for no env
     stdin: bytes
     labels: list[tuple[str, str]]
 
 
-def _prepare(spec: pb.TaskSpec) -> _NewTask:
+def _prepare(spec: pb.TaskSpec, queued_at: float) -> _NewTask:
     light = pb.TaskSpec()
     light.CopyFrom(spec)
     light.ClearField("env")
     light.ClearField("stdin")
-    env_hash: bytes | None = None
     env = b""
     if spec.env:
         only_env = pb.TaskSpec()
@@ -156,13 +156,12 @@ def _prepare(spec: pb.TaskSpec) -> _NewTask:
             if field.name != "env":
                 cast(Any, only_env).ClearField(field.name)
         env = only_env.SerializeToString(deterministic=True)
-        env_hash = hashlib.sha256(env).digest()
     return _NewTask(
+        queued_at=queued_at,
         priority=spec.priority or pb.PRIORITY_NORMAL,
         once=spec.once,
         max_retries=spec.max_retries if spec.HasField("max_retries") else None,
         spec=light.SerializeToString(),
-        env_hash=env_hash,
         env=env,
         stdin=spec.stdin,
         labels=list(spec.labels.items()) if spec.labels else [],
@@ -350,44 +349,72 @@ class Store:
             log.exception("journal: WAL checkpoint failed")
 
     def _run_batch(self, conn: _Conn, batch: builtins.list[_Op]) -> None:
-        done: builtins.list[tuple[_Op, bool, Any]] = []
-        failure: BaseException | None = None
+        """Run a batch in one transaction. Fast path: no savepoints, adjacent adds merged into
+        one insert. If anything fails, roll back and redo each operation in its own savepoint,
+        so that one bad write fails alone."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            failure = exc
-        for op in batch if failure is None else ():
+            done = self._run_ops(conn, batch, isolated=False)
+        except Exception:
+            try:
+                self._rollback(conn)
+                done = self._run_ops(conn, batch, isolated=True)
+            except Exception as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._rollback(conn)
+                self._reclaim_due = False
+                done = [(op, False, exc) for op in batch]
+        if self._reclaim_due:
+            self._reclaim_due = False
+            self._reclaim(conn)
+        self._resolve(done)
+
+    def _rollback(self, conn: _Conn) -> None:
+        self._env_cache.clear()  # it may name envs rows that were just rolled back
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+    def _run_ops(
+        self, conn: _Conn, batch: builtins.list[_Op], *, isolated: bool
+    ) -> builtins.list[tuple[_Op, bool, Any]]:
+        done: builtins.list[tuple[_Op, bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        i = 0
+        while i < len(batch):
+            op = batch[i]
+            if not isolated and op.rows is not None:
+                j = i + 1
+                while j < len(batch) and batch[j].rows is not None:
+                    j += 1
+                group = batch[i:j]
+                ids = self._insert(conn, [r for g in group for r in g.rows or ()])
+                at = 0
+                for g in group:
+                    n = len(g.rows or ())
+                    done.append((g, True, ids[at : at + n]))
+                    at += n
+                i = j
+                continue
+            i += 1
+            if not isolated:
+                done.append((op, True, op.fn(conn)))
+                continue
             conn.execute("SAVEPOINT op")
             try:
                 result = op.fn(conn)
             except Exception as exc:
-                self._env_cache.clear()
                 if not conn.in_transaction:  # SQLite rolled the whole transaction back
-                    failure = exc
-                    break
+                    raise
+                self._env_cache.clear()
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
                 done.append((op, False, exc))
                 continue
             conn.execute("RELEASE op")
             done.append((op, True, result))
-        if failure is None:
-            try:
-                conn.execute("COMMIT")
-                self.commits += 1
-                self._dirty = True
-            except sqlite3.Error as exc:
-                failure = exc
-        if failure is not None:
-            self._env_cache.clear()
-            self._reclaim_due = False
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            done = [(op, False, failure) for op in batch]
-        elif self._reclaim_due:
-            self._reclaim_due = False
-            self._reclaim(conn)
-        self._resolve(done)
+        conn.execute("COMMIT")
+        self.commits += 1
+        self._dirty = True
+        return done
 
     def _resolve(self, done: builtins.list[tuple[_Op, bool, Any]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, builtins.list[Any]] = {}
@@ -419,11 +446,13 @@ class Store:
         if self._closed:
             raise RuntimeError("journal is closed")
 
-    async def _write(self, fn: Callable[[_Conn], T]) -> T:
+    async def _write(
+        self, fn: Callable[[_Conn], T], rows: builtins.list[_NewTask] | None = None
+    ) -> T:
         self._check_open()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Op(fn, fut, loop))
+        self._queue.put(_Op(fn, fut, loop, rows))
         return await fut
 
     # ---- writes ----------------------------------------------------------------------------
@@ -432,12 +461,15 @@ class Store:
         """Insert QUEUED tasks in one transaction (all or nothing); ids once committed, in order."""
         if not specs:
             return []
-        rows = [_prepare(spec) for spec in specs]
-        return await self._write(lambda conn: self._insert(conn, rows, now))
+        rows = [_prepare(spec, now) for spec in specs]
+        return await self._write(lambda conn: self._insert(conn, rows), rows)
 
-    def _env_id(self, conn: _Conn, env_hash: bytes, env: bytes) -> int:
-        env_id = self._env_cache.get(env_hash)
+    def _env_id(self, conn: _Conn, env: bytes) -> int:
+        # Keyed by content: a dict lookup of bytes keeps the GIL, where sha256 of 3 KB drops it
+        # and then waits to get it back. The hash is only computed to find the row.
+        env_id = self._env_cache.get(env)
         if env_id is None:
+            env_hash = hashlib.sha256(env).digest()
             conn.execute(
                 "INSERT INTO envs (hash, data) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING",
                 (env_hash, env),
@@ -447,25 +479,25 @@ class Store:
             )
             if len(self._env_cache) >= _ENV_CACHE_MAX:
                 self._env_cache.clear()
-            self._env_cache[env_hash] = env_id
+            self._env_cache[env] = env_id
         return env_id
 
-    def _insert(self, conn: _Conn, rows: Sequence[_NewTask], now: float) -> builtins.list[int]:
+    def _insert(self, conn: _Conn, rows: Sequence[_NewTask]) -> builtins.list[int]:
         env_ids: dict[bytes, int] = {}
         for r in rows:
-            if r.env_hash is not None and r.env_hash not in env_ids:
-                env_ids[r.env_hash] = self._env_id(conn, r.env_hash, r.env)
+            if r.env and r.env not in env_ids:
+                env_ids[r.env] = self._env_id(conn, r.env)
         conn.executemany(
             "INSERT INTO tasks (state, priority, queued_at, once, max_retries, spec, env_id) "
             f"VALUES ({_QUEUED}, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     r.priority,
-                    now,
+                    r.queued_at,
                     r.once,
                     r.max_retries,
                     r.spec,
-                    None if r.env_hash is None else env_ids[r.env_hash],
+                    env_ids[r.env] if r.env else None,
                 )
                 for r in rows
             ],
