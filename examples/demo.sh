@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tasker in ~10 seconds: a private taskerd, a mixed workload through taskerctl, then stats.
+# Tasker in ~15 seconds: a private taskerd, a mixed workload through taskerctl, then stats.
 # Run by `make run`. Uses the repo's .venv when present, else taskerd/taskerctl on PATH.
 set -euo pipefail
 
@@ -42,27 +42,28 @@ submit() {
 }
 
 say "Starting taskerd (2 workers, no burst) on $TASKER_SOCKET"
+# Tasks run in the daemon's working directory: the temp dir, so their files stay in it.
+cd "$WORK"
 taskerd --socket "$TASKER_SOCKET" --state-dir "$WORK/state" --workers 2 --max-workers 2 \
     --log-level info >"$WORK/taskerd.log" 2>&1 &
 DAEMON_PID=$!
 for _ in $(seq 150); do
-    taskerctl stats >/dev/null 2>&1 && break
+    if [[ -S "$TASKER_SOCKET" ]] && taskerctl stats >/dev/null 2>&1; then break; fi
     kill -0 "$DAEMON_PID" 2>/dev/null || { echo "demo: taskerd exited early" >&2; exit 1; }
     sleep 0.1
 done
 taskerctl stats >/dev/null || { echo "demo: taskerd did not answer within 15s" >&2; exit 1; }
 echo "taskerd is up (pid $DAEMON_PID)"
 
-say "Occupying both workers with two 1-second tasks"
-blocker1="$(submit -- sleep 1)"
-blocker2="$(submit -- sleep 1)"
-echo "tasks $blocker1 and $blocker2: sleep 1"
+say "Occupying both workers with two tasks that wait for a 'go' file"
+gate1="$(submit --shell -- 'while [ ! -e go ]; do sleep 0.05; done')"
+gate2="$(submit --shell -- 'while [ ! -e go ]; do sleep 0.05; done')"
+echo "tasks $gate1 and $gate2: running, waiting for ./go"
 
-say "Queueing one task per priority, lowest first; they will start highest first"
-ORDER="$WORK/order"
+say "Queueing one task per priority, lowest first"
 by_priority=()
 for p in low normal high critical; do
-    id="$(submit -p "$p" --shell -- "echo $p >> '$ORDER'")"
+    id="$(submit -p "$p" --shell -- "echo $p >> order")"
     by_priority+=("$id")
     echo "task $id: priority $p"
 done
@@ -71,13 +72,14 @@ say "Queueing a task that will time out: sleep 10 with --timeout 1s"
 slow="$(submit -t 1s -- sleep 10)"
 echo "task $slow: sleep 10, timeout 1s"
 
-say "Queueing a critical task that we will cancel once it runs: sleep 30"
-doomed="$(submit -p critical -- sleep 30)"
+say "Queueing a critical task to cancel once it runs: sleep 30"
+doomed="$(submit -p critical --shell -- 'touch doomed-running; exec sleep 30')"
 echo "task $doomed: sleep 30"
 
-say "Waiting for the two 1-second tasks, then cancelling task $doomed"
-taskerctl wait "$blocker1" "$blocker2"
-sleep 0.3
+say "Opening the gate: queued tasks now start, highest priority first"
+touch go
+for _ in $(seq 100); do [[ -e doomed-running ]] && break; sleep 0.1; done
+echo "task $doomed is running; cancelling it (SIGTERM to its process group)"
 taskerctl cancel "$doomed"
 
 say "Running a task with live output (--follow)"
@@ -85,13 +87,15 @@ say "Running a task with live output (--follow)"
 taskerctl submit --follow --shell -- \
     'for i in 1 2 3; do echo "tick $i"; sleep 0.3; done; echo "done ticking" >&2'
 
-say "Waiting for every task; each exit status is the task's own (124 timeout, 125 cancelled)"
-for id in "${by_priority[@]}" "$slow" "$doomed"; do
+say "Waiting for the tasks; the exit status is the task's (124 timed out, 125 cancelled)"
+taskerctl wait "$gate1" "$gate2" "${by_priority[@]}"
+echo "tasks $gate1 $gate2 ${by_priority[*]}: all succeeded"
+echo "they started in this order: $(tr '\n' ' ' <order)"
+for id in "$slow" "$doomed"; do
     status=0
-    taskerctl wait "$id" >/dev/null 2>&1 || status=$?
+    taskerctl wait "$id" || status=$?
     echo "task $id: exit $status"
 done
-echo "start order by priority: $(tr '\n' ' ' <"$ORDER")"
 
 say "taskerctl list"
 taskerctl list
