@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 Sync = Literal["normal", "full"]
+SYNCS: tuple[Sync, ...] = ("normal", "full")
 
 _ROW = os.urandom(120)  # about the size of a task's spec without env
 
@@ -90,8 +91,9 @@ def main() -> None:
         path = Path(tmp) / "bench.db"
         print(f"{'sync':<7}{'workload':<28}{'raw sqlite3 rows/s':>20}{'Store.add rows/s':>18}"
               f"{'rows/commit':>13}")  # fmt: skip
-        for sync in ("normal", "full"):
-            for label, callers, rows in (("64 callers x 1 row", 64, 1), ("1 caller x 1,000 rows", 1, 1000)):  # fmt: skip
+        workloads = [("64 callers x 1 row", 64, 1), ("1 caller x 1,000 rows", 1, 1000)]
+        for sync in SYNCS:
+            for label, callers, rows in workloads:
                 raw = raw_insert_rate(path, sync, rows)
                 rate, per_commit = asyncio.run(
                     store_add_rate(path, sync, callers=callers, rows_per_call=rows)

@@ -255,11 +255,9 @@ class Store:
 
     async def close(self) -> None:
         """Flush pending writes, stop the writer thread and close the database. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        self._closed = True  # refuse new writes; those already queued are still committed
         thread = self._thread
-        if thread is not None:
+        if thread is not None and thread.is_alive():
             self._queue.put(None)
             await asyncio.to_thread(thread.join)
         with self._read_lock:

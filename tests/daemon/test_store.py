@@ -311,8 +311,15 @@ async def test_close_flushes_and_reopen(db: Path) -> None:
         assert t is not None and t.state == R and t.pid == 99 and dict(t.spec.env) == ENV
         assert [u.id for u in s2.unfinished()] == ids
         assert await s2.add([spec()], now=T0) == [3]
+        await s2.mark_finished_many([1, 2, 3], state=CANCELLED, ended_at=T0, error="x")
+        assert await s2.clean(now=T0) == 3
     finally:
         await s2.close()
+    s3 = await Store.open(db)
+    try:  # ids are not reused after a clean, across a restart either
+        assert s3.last_id() == 3 and await s3.add([spec()], now=T0) == [4]
+    finally:
+        await s3.close()
 
 
 async def test_newer_schema_is_refused(db: Path) -> None:
