@@ -165,7 +165,9 @@ async def test_on_create_failures_back_off_and_tasks_are_not_lost() -> None:
 
     from taskerd.engine import Config, TaskManager
 
-    m: TaskManager[str, str] = TaskManager(Config(on_create=create, worker_count=1, max_worker_count=1))
+    m: TaskManager[str, str] = TaskManager(
+        Config(on_create=create, worker_count=1, max_worker_count=1)
+    )
     async with m:
 
         async def which(ctx: TaskContext, r: str) -> str:
