@@ -15,10 +15,13 @@ from tasker.v1 import tasker_pb2 as pb
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "examples" / "node"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or shutil.which("npm") is None,
-    reason="node and npm are not installed",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("node") is None or shutil.which("npm") is None,
+        reason="node and npm are not installed",
+    ),
+    pytest.mark.timeout(360),  # the first test may run `npm ci`
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,6 @@ def _client(socket: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-@pytest.mark.timeout(360)
 def test_default_task_succeeds(node_modules: Path, daemon: Daemon) -> None:
     res = _client(daemon.socket)
     assert res.returncode == 0, res.stdout + res.stderr
