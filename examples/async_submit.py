@@ -19,7 +19,9 @@ async def main() -> None:
         print("task", result.id, result.state.name, "in", f"{result.run:.2f}s")
 
         # Futures: queue_task_async gives asyncio Tasks; gather them.
-        futures = [client.queue_task_async(["sh", "-c", f"exit {int(i % 3 == 2)}"]) for i in range(6)]
+        futures = [
+            client.queue_task_async(["sh", "-c", f"exit {int(i % 3 == 2)}"]) for i in range(6)
+        ]
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
         ok = sum(isinstance(o, TaskResult) for o in outcomes)
         failed = [o.result.id for o in outcomes if isinstance(o, TaskFailed)]
