@@ -159,7 +159,9 @@ def _duration(r: TaskResult) -> str:
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output is not cut to 80 columns: tables stay one row per task.
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 200)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -202,9 +204,9 @@ def list_(
 
     table = Table(box=None, header_style="bold")
     for col in ("ID", "STATE", "PRIO", "COMMAND", "LABELS", "QUEUED", "STARTED", "ENDED"):
-        table.add_column(col, no_wrap=col != "COMMAND")
-    table.add_column("DURATION", justify="right")
-    table.add_column("EXIT", justify="right")
+        table.add_column(col, no_wrap=col not in ("COMMAND", "LABELS"), overflow="fold")
+    table.add_column("DURATION", justify="right", no_wrap=True, min_width=8)
+    table.add_column("EXIT", justify="right", no_wrap=True)
     for t in tasks:
         exit_ = (
             str(t.exit_code) if t.exit_code is not None else (f"sig{t.signal}" if t.signal else "-")
