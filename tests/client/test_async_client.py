@@ -99,6 +99,7 @@ async def test_cancel_run_and_streams(client: AsyncClient) -> None:
         return -1
 
     watcher = asyncio.ensure_future(firehose())
+    await asyncio.sleep(0.3)  # let the watcher subscribe: the firehose carries live events only
     slow = await client.submit(["sleep", "1"])
     assert await asyncio.wait_for(watcher, 20) == slow.id
 
@@ -129,7 +130,7 @@ async def test_errors(client: AsyncClient, tmp_path: Path) -> None:
 
 
 async def test_queue_full_and_shutdown(make_daemon: type[Daemon]) -> None:
-    d = make_daemon("--workers", "1", "--max-queue", "2")
+    d = make_daemon("--workers", "1", "--max-workers", "1", "--max-queue", "2")
     async with AsyncClient(d.socket) as c:
         hs = []
         with pytest.raises(QueueFull):

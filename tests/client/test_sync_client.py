@@ -134,6 +134,7 @@ def test_events_and_firehose(client: Client) -> None:
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
+    time.sleep(0.3)  # let the watcher subscribe: the firehose carries live events only
     slow = client.submit(["sleep", "1"])
     t.join(20)
     assert seen == [slow.id]
@@ -205,7 +206,7 @@ def test_shared_across_threads(client: Client) -> None:
 
 
 def test_queue_full(make_daemon: type[Daemon]) -> None:
-    d = make_daemon("--workers", "1", "--max-queue", "2")
+    d = make_daemon("--workers", "1", "--max-workers", "1", "--max-queue", "2")
     with Client(d.socket) as c:
         hs = []
         with pytest.raises(QueueFull) as err:
