@@ -276,13 +276,13 @@ class Core:
             raise SpawnError(f"task {live.id} vanished from the journal")
         live.attempts += 1
         live.state = RUNNING
-        live.worker = ctx.worker_id
+        live.worker = ctx.worker_id + 1  # 1-based; 0 is a temporary resource (Run)
         live.pid = 0
         live.started_at = time.time()
         done = live.attempt_done = asyncio.Event()
         env = dict(spec.env) if spec.env else dict(os.environ)
         env["TASKER_TASK_ID"] = str(live.id)
-        env["TASKER_WORKER_ID"] = str(ctx.worker_id)
+        env["TASKER_WORKER_ID"] = str(live.worker)
         env["TASKER_ATTEMPT"] = str(live.attempts)
         if live.timeout is not None:
             env["TASKER_DEADLINE"] = f"{live.started_at + live.timeout:.3f}"

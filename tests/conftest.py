@@ -22,8 +22,17 @@ ROOT = Path(__file__).resolve().parent.parent
 class Daemon:
     """A real ``taskerd`` process, started with ``python -m taskerd``."""
 
-    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    #: Test daemons stop fast: a running task gets little time before it is stopped.
+    BASE_CONFIG = 'stop_timeout = "3s"\nkill_grace = "1s"\n'
+
+    def __init__(
+        self, tmp: Path, *args: str, env: dict[str, str] | None = None, config: str = ""
+    ) -> None:
         self.dir = tmp
+        self.config_path = tmp / "taskerd.toml"
+        overridden = {line.split("=")[0].strip() for line in config.splitlines() if "=" in line}
+        base = [ln for ln in self.BASE_CONFIG.splitlines() if ln.split("=")[0].strip() not in overridden]
+        self.config = "\n".join(base) + "\n" + config
         self.socket = tmp / "run" / "taskerd.sock"
         self.state_dir = tmp / "state"
         self.args = list(args)
@@ -43,12 +52,14 @@ class Daemon:
             "--socket", str(self.socket),
             "--state-dir", str(self.state_dir),
             "--log-level", "debug",
+            "--config", str(self.config_path),
             *self.args,
         ]  # fmt: skip
 
     def start(self, timeout: float = 15.0) -> Daemon:
         env = dict(os.environ if self.env is None else self.env)
         env.pop("NOTIFY_SOCKET", None)
+        self.config_path.write_text(self.config)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir
@@ -118,11 +129,14 @@ class Daemon:
 
 @pytest.fixture
 def make_daemon(tmp_path: Path) -> Iterator[type[Daemon]]:
-    """Factory: ``make_daemon("--workers", "1")`` starts a daemon that is stopped after the test."""
+    """Factory: ``make_daemon("--workers", "1", config="max_retries = 0")`` starts a daemon
+    (flags, plus TOML lines added to ``Daemon.BASE_CONFIG``) that is stopped after the test."""
     started: list[Daemon] = []
 
-    def factory(*args: str, env: dict[str, str] | None = None, start: bool = True) -> Daemon:
-        d = Daemon(tmp_path / f"d{len(started)}", *args, env=env)
+    def factory(
+        *args: str, env: dict[str, str] | None = None, config: str = "", start: bool = True
+    ) -> Daemon:
+        d = Daemon(tmp_path / f"d{len(started)}", *args, env=env, config=config)
         d.dir.mkdir(parents=True, exist_ok=True)
         started.append(d)
         return d.start() if start else d

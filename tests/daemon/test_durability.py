@@ -15,7 +15,7 @@ from tests.daemon.util import TERMINAL, poll_state, spec, submit, wait
 
 
 def test_kill9_loses_no_accepted_task(make_daemon: type[Daemon]) -> None:
-    d = make_daemon("--workers", "2", "--max-workers", "4")
+    d = make_daemon("--workers", "4", "--max-workers", "4")
     accepted: list[int] = []
     stop = threading.Event()
 
@@ -23,7 +23,7 @@ def test_kill9_loses_no_accepted_task(make_daemon: type[Daemon]) -> None:
         i = 0
         while not stop.is_set():
             i += 1
-            task = spec("sleep 0.05", shell=True, once=(i % 5 == 0))
+            task = spec("sleep 0.02", shell=True, once=(i % 5 == 0))
             try:
                 accepted.extend(d.stub.Submit(pb.SubmitRequest(tasks=[task] * 5), timeout=5).ids)
             except grpc.RpcError:
@@ -32,7 +32,7 @@ def test_kill9_loses_no_accepted_task(make_daemon: type[Daemon]) -> None:
     threads = [threading.Thread(target=load) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    time.sleep(0.6)
     d.kill9()
     stop.set()
     for t in threads:

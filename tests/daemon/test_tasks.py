@@ -90,9 +90,7 @@ def test_timeout_kills_whole_group(daemon: Daemon, tmp_path: Path) -> None:
 
 
 def test_timeout_escalates_to_sigkill(make_daemon: type[Daemon], tmp_path: Path) -> None:
-    conf = tmp_path / "taskerd.toml"
-    conf.write_text('kill_grace = "300ms"\n')
-    d = make_daemon("--workers", "1", "--config", str(conf))
+    d = make_daemon("--workers", "1", config='kill_grace = "300ms"\n')
     [task_id] = submit(d.stub, spec("trap '' TERM; sleep 300 & wait; wait", shell=True, timeout=0.3))
     started = time.monotonic()
     task = wait(d.stub, task_id)[task_id]
@@ -146,9 +144,7 @@ def test_queue_timeout(make_daemon: type[Daemon]) -> None:
 
 
 def test_output_truncated_at_limit(make_daemon: type[Daemon], tmp_path: Path) -> None:
-    conf = tmp_path / "taskerd.toml"
-    conf.write_text("output_limit = 1000\n")
-    d = make_daemon("--config", str(conf))
+    d = make_daemon(config="output_limit = 1000\n")
     [task_id] = submit(d.stub, spec("head -c 5000 /dev/zero", shell=True))
     wait(d.stub, task_id)
     task = d.stub.Get(pb.GetRequest(id=task_id, output=True))
@@ -156,14 +152,13 @@ def test_output_truncated_at_limit(make_daemon: type[Daemon], tmp_path: Path) ->
 
 
 def test_unhealthy_exit_code_retries_then_fails(make_daemon: type[Daemon], tmp_path: Path) -> None:
-    conf = tmp_path / "taskerd.toml"
     counter = tmp_path / "count"
-    conf.write_text(
+    conf = (
         "unhealthy_exit_codes = [42]\n"
         f"on_create = \"mktemp -d {tmp_path}/res.XXXX\"\n"
         "on_destroy = 'rmdir \"$TASKER_RESOURCE\"'\n"
     )
-    d = make_daemon("--workers", "1", "--max-workers", "1", "--config", str(conf))
+    d = make_daemon("--workers", "1", "--max-workers", "1", config=conf)
     script = f'echo "$TASKER_RESOURCE" >> {counter}; exit 42'
     retried, once = submit(
         d.stub, spec(script, shell=True, max_retries=2), spec("exit 42", shell=True, once=True)
@@ -178,10 +173,8 @@ def test_unhealthy_exit_code_retries_then_fails(make_daemon: type[Daemon], tmp_p
 
 
 def test_retrying_event_is_streamed(make_daemon: type[Daemon], tmp_path: Path) -> None:
-    conf = tmp_path / "taskerd.toml"
     marker = tmp_path / "marker"
-    conf.write_text("unhealthy_exit_codes = [42]\n")
-    d = make_daemon("--workers", "1", "--config", str(conf))
+    d = make_daemon("--workers", "1", config="unhealthy_exit_codes = [42]\n")
     [task_id] = submit(
         d.stub, spec(f"test -e {marker} && exit 0; touch {marker}; exit 42", shell=True)
     )

@@ -327,7 +327,9 @@ class Task(_message.Message):
     attempts: _builtins.int
     """Attempts started so far (1 after a plain run)."""
     pid: _builtins.int
-    """The process id and worker of the last attempt; 0 before it starts."""
+    """The process id and worker of the last attempt; 0 before it starts.
+    Workers are numbered from 1; 0 also means a temporary worker (Run).
+    """
     worker: _builtins.int
     exit_code: _builtins.int
     """How the command ended: an exit status, or the signal that killed it."""
@@ -529,7 +531,9 @@ class TaskEvent(_message.Message):
     FINISHED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     seq: _builtins.int
-    """Per task, increasing from 1, so a watcher can order and de-duplicate."""
+    """Per task, increasing from 1, so a watcher can order and de-duplicate.
+    0 on a `finished` event rebuilt from the journal for a late watcher.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
