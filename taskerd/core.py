@@ -416,6 +416,8 @@ class Core:
         if isinstance(error, Unhealthy):
             result = error.result
         outcome = self._classify(live, result, error)
+        if result is None and live.capture is not None:
+            result = live.capture.exit  # how a timed-out or cancelled command died
         if outcome is None:
             self.live.pop(live.id, None)
             return

@@ -83,6 +83,7 @@ def test_timeout_kills_whole_group(daemon: Daemon, tmp_path: Path) -> None:
     task = wait(daemon.stub, task_id)[task_id]
     assert task.state == pb.TASK_STATE_TIMED_OUT
     assert "timed out after 500ms" in task.error
+    assert task.signal == 15 and not task.HasField("exit_code"), "SIGTERM ended it"
     assert time.monotonic() - started < 8
     children = [int(p) for p in pids.read_text().split()]
     assert len(children) == 2
@@ -95,6 +96,7 @@ def test_timeout_escalates_to_sigkill(make_daemon: type[Daemon], tmp_path: Path)
     started = time.monotonic()
     task = wait(d.stub, task_id)[task_id]
     assert task.state == pb.TASK_STATE_TIMED_OUT
+    assert task.signal == 9, "it ignored SIGTERM, so SIGKILL ended it"
     assert time.monotonic() - started < 8
     wait_gone([task.pid])
 
