@@ -32,19 +32,38 @@ def config() -> Config[None]:
 
 
 async def baseline_async_queue(n: int) -> float:
-    queue: asyncio.Queue[int] = asyncio.Queue()
+    """asyncio.Queue with WORKERS consumers; like the engine, each item's outcome is delivered
+    to the submitter through a future whose done callback the loop schedules."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[Any, asyncio.Future[None]]] = asyncio.Queue()
 
     async def consumer() -> None:
         while True:
-            await queue.get()
-            await noop_async(None, None)  # type: ignore[arg-type]
-            queue.task_done()
+            fn, fut = await queue.get()
+            try:
+                result = await fn(None, None)
+            except Exception as exc:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+    done = asyncio.Event()
+    left = n
+
+    def one_done(_: object) -> None:
+        nonlocal left
+        left -= 1
+        if not left:
+            done.set()
 
     consumers = [asyncio.create_task(consumer()) for _ in range(WORKERS)]
+    await asyncio.sleep(0)  # let the consumers park, as the engine's workers do
     start = time.perf_counter()
-    for i in range(n):
-        queue.put_nowait(i)
-    await queue.join()
+    for _ in range(n):
+        fut: asyncio.Future[None] = loop.create_future()
+        fut.add_done_callback(one_done)
+        queue.put_nowait((noop_async, fut))
+    await done.wait()
     elapsed = time.perf_counter() - start
     for task in consumers:
         task.cancel()
