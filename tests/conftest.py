@@ -47,6 +47,9 @@ class Daemon:
         return f"unix://{self.socket}"
 
     def command(self) -> list[str]:
+        """The daemon's argv; writes its config file."""
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config)
         return [
             sys.executable, "-m", "taskerd",
             "--socket", str(self.socket),
@@ -59,7 +62,6 @@ class Daemon:
     def start(self, timeout: float = 15.0) -> Daemon:
         env = dict(os.environ if self.env is None else self.env)
         env.pop("NOTIFY_SOCKET", None)
-        self.config_path.write_text(self.config)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
             self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir
