@@ -61,6 +61,8 @@ WAKE = 0
 RETIRE = 1
 REPLACE = 2
 
+_monotonic = time.monotonic
+
 RETIRE_AFTER = 3  # idle burst workers retire after this many burst intervals
 CREATE_BACKOFF = (0.05, 2.0)  # first and longest wait between failed on_create calls
 
@@ -161,6 +163,11 @@ class TaskManager(Generic[R, E]):
         self._draining = True
         self._killed = False
         self._shutdown: asyncio.Task[None] | None = None
+        self._last_fn: Any = None
+        self._replies: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
+        self._flush_due = False
+        self._last_async = False
+        self._pending: list[tuple[Callable[[TaskHandle[E]], Any], TaskHandle[E]]] = []
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -310,23 +317,27 @@ class TaskManager(Generic[R, E]):
             max_retries = self._default_retries
         elif max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries!r}")
+        if fn is self._last_fn:  # bursts usually submit the same function
+            is_async = self._last_async
+        else:
+            is_async = _is_coroutine_function(fn)
+            self._last_fn, self._last_async = fn, is_async
         task_id = self._next_id
         self._next_id = task_id + 1
-        now = time.monotonic()
         job: TaskHandle[E] = TaskHandle(
             self,
             task_id,
             fn,
-            _is_coroutine_function(fn),
+            is_async,
             priority,
             timeout,
             queue_timeout,
             once,
             max_retries,
-            now,
+            _monotonic(),
         )
         self._arrived += 1
-        self._metrics.record_arrival(task_id)
+        self._metrics.arrived += 1
         if self._extra is not None:
             self._extra.record_arrival(task_id)
         if queue_timeout is not None:
@@ -354,7 +365,8 @@ class TaskManager(Generic[R, E]):
         QueueFull). Use ``await submit(...)`` to wait for room before getting the handle.
         Raises ShuttingDown once stop()/kill() began.
         """
-        self._check_open()
+        if self._closing or not self._started:
+            self._check_open()
         cap = self._cap
         if cap is not None and (self._queue.size >= cap or self._waitlisted):
             if not block:
@@ -370,7 +382,10 @@ class TaskManager(Generic[R, E]):
                 )
             return job
         job = self._new(fn, priority, timeout, queue_timeout, once, max_retries)
-        self._enqueue(job, now=job._submitted)
+        job._enqueued = job._submitted
+        self._queue.push(job)
+        if self._idle:
+            self._wake(self._idle.popleft(), WAKE)
         return job
 
     async def submit(
@@ -548,7 +563,7 @@ class TaskManager(Generic[R, E]):
     # ----------------------------------------------------------------- queue plumbing
 
     def _enqueue(self, job: TaskHandle[E], front: bool = False, now: float = 0.0) -> None:
-        job._enqueued = now or time.monotonic()
+        job._enqueued = now or _monotonic()
         self._queue.push(job, front=front)
         if self._idle:
             self._wake(self._idle.popleft(), WAKE)
@@ -579,7 +594,7 @@ class TaskManager(Generic[R, E]):
     def _on_queue_timeout(self, job: TaskHandle[E]) -> None:
         job._qtimer = None
         if job._state is QUEUED and job._attempt == 0:
-            waited = time.monotonic() - job._submitted
+            waited = _monotonic() - job._submitted
             self._finish(
                 job,
                 TIMED_OUT,
@@ -602,18 +617,25 @@ class TaskManager(Generic[R, E]):
     # ----------------------------------------------------------------- outcomes
 
     def _finish(
-        self, job: TaskHandle[E], state: TaskState, result: E | None, error: BaseException | None
+        self,
+        job: TaskHandle[E],
+        state: TaskState,
+        result: E | None,
+        error: BaseException | None,
+        now: float = 0.0,
     ) -> bool:
-        """Move ``job`` to a terminal state and answer everyone who waits on it (once)."""
+        """Move ``job`` to a terminal state and answer everyone who waits on it (once).
+
+        ``now`` is when it ended, if already known.
+        """
         old = job._state
         if old > RUNNING:
             return False
-        now = time.monotonic()
         duration = 0.0
         if old is RUNNING:
             self._running -= 1
             self._finished += 1
-            duration = now - job._started
+            duration = (now or _monotonic()) - job._started
         else:
             loc = job._loc
             if loc == IN_QUEUE:
@@ -629,10 +651,15 @@ class TaskManager(Generic[R, E]):
         job._state = state
         job._result = result
         job._error = error
-        for timer in (job._timer, job._qtimer, job._btimer):
-            if timer is not None:
-                timer.cancel()
-        job._timer = job._qtimer = job._btimer = None
+        if job._timer is not None:
+            job._timer.cancel()
+            job._timer = None
+        if job._qtimer is not None:
+            job._qtimer.cancel()
+            job._qtimer = None
+        if job._btimer is not None:
+            job._btimer.cancel()
+            job._btimer = None
         job._fn = None  # type: ignore[assignment]  # free references early
         if error is None:
             self._metrics.record_completion(job.id, duration)
@@ -653,9 +680,17 @@ class TaskManager(Generic[R, E]):
         callbacks = job._callbacks
         if callbacks is not None:
             job._callbacks = None
+            pending = self._pending
+            if not pending:  # one loop callback runs every callback queued until then
+                self._loop.call_soon(self._run_pending)
             for callback in callbacks:
-                self._loop.call_soon(self._run_callback, callback, job)
+                pending.append((callback, job))
         return True
+
+    def _run_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for callback, job in pending:
+            self._run_callback(callback, job)
 
     def _run_callback(self, callback: Callable[[TaskHandle[E]], Any], job: TaskHandle[E]) -> None:
         try:
@@ -663,7 +698,7 @@ class TaskManager(Generic[R, E]):
         except Exception:
             self._log.exception("callback for task %d raised", job.id)
             return
-        if inspect.isawaitable(outcome):
+        if outcome is not None and inspect.isawaitable(outcome):
             task = asyncio.ensure_future(outcome)
             self._side_tasks.add(task)
             task.add_done_callback(self._callback_done)
@@ -802,7 +837,7 @@ class TaskManager(Generic[R, E]):
                             return
                         fut: asyncio.Future[int] = self._loop.create_future()
                         worker.wake = fut
-                        worker.idle_since = time.monotonic()
+                        worker.idle_since = _monotonic()
                         self._idle.append(worker)
                         signal = await fut
                         if signal == REPLACE:
@@ -850,7 +885,7 @@ class TaskManager(Generic[R, E]):
     async def _execute(self, worker: Worker[R, E], job: TaskHandle[E]) -> bool:
         """Run one attempt of ``job``; return False if the worker became unhealthy."""
         loop = self._loop
-        now = time.monotonic()
+        now = _monotonic()
         job._state = RUNNING
         job._worker = worker
         self._running += 1
@@ -882,7 +917,9 @@ class TaskManager(Generic[R, E]):
                     worker.current = None
             else:
                 assert self._executor is not None
-                result = await loop.run_in_executor(self._executor, fn, ctx, worker.resource)
+                reply: asyncio.Future[Any] = loop.create_future()
+                self._executor.submit(self._run_in_thread, reply, fn, ctx, worker.resource)
+                result = await reply
         except asyncio.CancelledError as exc:
             if not worker.cancel_requested:
                 current = asyncio.current_task()
@@ -908,6 +945,35 @@ class TaskManager(Generic[R, E]):
                 self._finish(job, SUCCEEDED, result, None)
             return True
         return self._failed(job, error)
+
+    def _run_in_thread(
+        self, reply: asyncio.Future[Any], fn: Callable[..., Any], ctx: TaskContext, resource: Any
+    ) -> None:
+        """Run a thread task; outcomes go back in batches, one loop wake-up per batch."""
+        try:
+            outcome: tuple[asyncio.Future[Any], Any, BaseException | None] = (
+                reply,
+                fn(ctx, resource),
+                None,
+            )
+        except BaseException as exc:  # handed to the awaiting worker
+            outcome = (reply, None, exc)
+        self._replies.append(outcome)
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon_threadsafe(self._flush_replies)
+
+    def _flush_replies(self) -> None:
+        self._flush_due = False  # before draining: a later append schedules another flush
+        replies = self._replies
+        while replies:
+            reply, result, error = replies.popleft()
+            if reply.done():  # the worker was torn down meanwhile
+                continue
+            if error is None:
+                reply.set_result(result)
+            else:
+                reply.set_exception(error)
 
     def _failed(self, job: TaskHandle[E], error: BaseException) -> bool:
         healthy = True
@@ -969,7 +1035,7 @@ class TaskManager(Generic[R, E]):
                     self._burst_count += 1
                     self._spawn(self._free_id(), burst=True, first=None)
             elif not backlog and self._burst_count and len(self._workers) > base:
-                now = time.monotonic()
+                now = _monotonic()
                 for worker in list(self._idle):
                     if worker.burst and now - worker.idle_since >= RETIRE_AFTER * interval:
                         self._idle.remove(worker)
