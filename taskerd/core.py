@@ -9,6 +9,7 @@ the service turns requests into these calls and ``RequestError`` into status cod
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
 import signal as signals
@@ -16,7 +17,7 @@ import time
 from collections.abc import Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, partial
-from typing import Any
+from typing import Any, TypeAlias
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -31,6 +32,7 @@ from taskerd.store import Store
 
 log = logging.getLogger("taskerd")
 
+State: TypeAlias = pb.TaskState.ValueType
 QUEUED = pb.TASK_STATE_QUEUED
 RUNNING = pb.TASK_STATE_RUNNING
 SUCCEEDED = pb.TASK_STATE_SUCCEEDED
@@ -72,7 +74,7 @@ class Live:
     timeout: float | None
     queue_timeout: float | None
     attempts: int
-    state: int = QUEUED
+    state: State = QUEUED
     seq: int = 0
     handle: engine.TaskHandle[Exit] | None = None
     run_task: asyncio.Task[None] | None = None
@@ -88,7 +90,7 @@ class Live:
 class Counters:
     """Terminal states reached and submissions rejected since the daemon started."""
 
-    by_state: dict[int, int] = field(default_factory=lambda: dict.fromkeys(TERMINAL, 0))
+    by_state: dict[State, int] = field(default_factory=lambda: dict.fromkeys(TERMINAL, 0))
     rejected: int = 0
 
 
@@ -102,7 +104,7 @@ class Core:
         self.live: dict[int, Live] = {}
         self.counters = Counters()
         self.started = time.time()
-        self.shutdown_mode: int | None = None
+        self.shutdown_mode: pb.ShutdownMode.ValueType | None = None
         self._engine_ids: dict[int, int] = {}
         self._reserved = 0
         self._finishing: set[asyncio.Task[None]] = set()
@@ -263,7 +265,7 @@ class Core:
             result = await self.engine.run_task(partial(self._execute, live), timeout=live.timeout)
         except asyncio.CancelledError:
             error = engine.TaskCancelled("cancelled")
-        except BaseException as exc:  # noqa: BLE001 - every outcome is recorded
+        except BaseException as exc:
             error = exc
         await self._finish(live, result, error)
 
@@ -378,7 +380,7 @@ class Core:
 
     def _classify(
         self, live: Live, result: Exit | None, error: BaseException | None
-    ) -> tuple[int, str] | None:
+    ) -> tuple[State, str] | None:
         """The terminal state and error sentence; None to leave the task in the journal."""
         if error is None:
             assert result is not None
@@ -468,7 +470,7 @@ class Core:
     def list(
         self, *, states: Collection[int], labels: Mapping[str, str], limit: int,
         before_id: int | None,
-    ) -> list[pb.Task]:  # fmt: skip
+    ) -> builtins.list[pb.Task]:  # fmt: skip
         """A page of records, newest first."""
         tasks = self.store.list(states=states, labels=labels, limit=limit, before_id=before_id)
         for task in tasks:
@@ -477,7 +479,9 @@ class Core:
                 _overlay(task, live, output=False)
         return tasks
 
-    def watch(self, ids: Sequence[int], *, output: bool) -> tuple[Watcher, list[pb.TaskEvent]]:
+    def watch(
+        self, ids: Sequence[int], *, output: bool
+    ) -> tuple[Watcher, builtins.list[pb.TaskEvent]]:
         """Subscribe to tasks and get their past events; NotFound for an unknown id.
 
         Subscribing and reading the past happen without yielding to the loop, so no event is
@@ -485,7 +489,7 @@ class Core:
         """
         if not ids:
             return self.hub.subscribe(None, output=output), []
-        past: list[pb.TaskEvent] = []
+        past: builtins.list[pb.TaskEvent] = []
         found: list[tuple[int, Live | None]] = []
         for task_id in dict.fromkeys(ids):
             live = self.live.get(task_id)
@@ -504,7 +508,7 @@ class Core:
                 past.append(_event(task_id, 0, finished=pb.TaskEvent.Finished(task=task)))
         return watcher, past
 
-    def cancel(self, task_id: int) -> tuple[bool, int]:
+    def cancel(self, task_id: int) -> tuple[bool, State]:
         """Cancel a queued or running task; (cancelled, state right after)."""
         live = self.live.get(task_id)
         if live is None:
@@ -597,7 +601,7 @@ class Core:
 
     # ----------------------------------------------------------------- shutdown
 
-    async def shutdown(self, mode: int) -> None:
+    async def shutdown(self, mode: pb.ShutdownMode.ValueType) -> None:
         """Stop in ``mode`` (STOP, DRAIN or KILL). A later call may escalate to KILL."""
         if self.shutdown_mode is not None:
             if mode == pb.SHUTDOWN_MODE_KILL and self.shutdown_mode != pb.SHUTDOWN_MODE_KILL:
@@ -675,7 +679,7 @@ def _backlog(live: Live, *, output: bool) -> list[pb.TaskEvent]:
 
 def _overlay(task: pb.Task, live: Live, *, output: bool) -> None:
     """Bring a journal record up to date with what the daemon knows in memory."""
-    task.state = live.state  # type: ignore[assignment]
+    task.state = live.state
     task.attempts = live.attempts
     if live.state == RUNNING and live.started_at is not None:
         task.started_at.FromNanoseconds(int(live.started_at * 1e9))

@@ -83,7 +83,9 @@ def lock_state_dir(state_dir: Path) -> IO[bytes]:
     except OSError as exc:
         handle.close()
         if exc.errno in (errno.EAGAIN, errno.EACCES):
-            raise StartupError(f"another taskerd is using the state directory {state_dir}") from None
+            raise StartupError(
+                f"another taskerd is using the state directory {state_dir}"
+            ) from None
         raise
     return handle
 
@@ -112,7 +114,7 @@ class Daemon:
         self._shutdown_task: asyncio.Task[None] | None = None
         self.core: Core | None = None
 
-    def request_shutdown(self, mode: int) -> None:
+    def request_shutdown(self, mode: pb.ShutdownMode.ValueType) -> None:
         """Begin to stop (Shutdown RPC or a signal); a second request escalates to KILL."""
         if self.core is None:
             return

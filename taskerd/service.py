@@ -1,4 +1,4 @@
-"""The ``tasker.v1.Tasker`` gRPC service: one handler per RPC, each a thin translation onto ``Core``.
+"""The ``tasker.v1.Tasker`` gRPC service: one handler per RPC, each a thin call into ``Core``.
 
 Every handler validates its request (``taskerd.validate``), calls the core, and builds the reply.
 Errors take one path: a ``RequestError`` becomes its status code; anything else is logged and
@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
@@ -26,7 +26,7 @@ log = logging.getLogger("taskerd")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = Any  # grpc.aio.ServicerContext; grpcio ships no type information
 
 
 async def _abort(context: Context, exc: BaseException) -> None:
@@ -78,7 +78,7 @@ def streaming(
 class Service(pb_grpc.TaskerServicer):
     """The gRPC face of the daemon."""
 
-    def __init__(self, core: Core, on_shutdown: Callable[[int], Any]) -> None:
+    def __init__(self, core: Core, on_shutdown: Callable[[pb.ShutdownMode.ValueType], Any]) -> None:
         self.core = core
         self._on_shutdown = on_shutdown
 
@@ -113,7 +113,7 @@ class Service(pb_grpc.TaskerServicer):
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
         validate.ids("id", [request.id])
         cancelled, state = self.core.cancel(request.id)
-        return pb.CancelResponse(cancelled=cancelled, state=state)  # type: ignore[arg-type]
+        return pb.CancelResponse(cancelled=cancelled, state=state)
 
     @unary
     async def Get(self, request: pb.GetRequest, context: Context) -> pb.Task:

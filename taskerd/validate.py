@@ -131,7 +131,7 @@ def page_token(token: str) -> int | None:
     return int(token)
 
 
-def shutdown_mode(value: int) -> int:
+def shutdown_mode(value: pb.ShutdownMode.ValueType) -> pb.ShutdownMode.ValueType:
     if value not in _MODES:
         raise InvalidArgument("mode", f"unknown value {value}")
     return value or pb.SHUTDOWN_MODE_STOP

@@ -31,7 +31,9 @@ class Daemon:
         self.dir = tmp
         self.config_path = tmp / "taskerd.toml"
         overridden = {line.split("=")[0].strip() for line in config.splitlines() if "=" in line}
-        base = [ln for ln in self.BASE_CONFIG.splitlines() if ln.split("=")[0].strip() not in overridden]
+        base = [
+            ln for ln in self.BASE_CONFIG.splitlines() if ln.split("=")[0].strip() not in overridden
+        ]
         self.config = "\n".join(base) + "\n" + config
         self.socket = tmp / "run" / "taskerd.sock"
         self.state_dir = tmp / "state"

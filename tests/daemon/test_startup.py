@@ -56,7 +56,8 @@ def test_never_clobbers_a_non_socket(tmp_path: Path) -> None:
     path = tmp_path / "precious"
     path.write_text("keep me")
     result = subprocess.run(
-        [sys.executable, "-m", "taskerd", "--socket", str(path), "--state-dir", str(tmp_path / "s")],
+        [sys.executable, "-m", "taskerd", "--socket", str(path),
+         "--state-dir", str(tmp_path / "s")],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 1 and "not a socket" in result.stderr
@@ -78,13 +79,13 @@ def test_print_config_merges_file_and_flags(tmp_path: Path) -> None:
 
 def test_bad_config_is_one_line(tmp_path: Path) -> None:
     conf = tmp_path / "taskerd.toml"
-    conf.write_text('workers = 0\n')
+    conf.write_text("workers = 0\n")
     result = subprocess.run(
         [sys.executable, "-m", "taskerd", "--config", str(conf), "--print-config"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 2 and "workers must be >= 1" in result.stderr
-    conf.write_text('wrokers = 2\n')
+    conf.write_text("wrokers = 2\n")
     result = subprocess.run(
         [sys.executable, "-m", "taskerd", "--config", str(conf), "--print-config"],
         capture_output=True, text=True, timeout=30,

@@ -24,8 +24,8 @@ def test_live_watcher_sees_every_event_in_order(daemon: Daemon) -> None:
     assert events[-1].WhichOneof("kind") == "finished"
     final = events[-1].finished.task
     assert final.state == pb.TASK_STATE_SUCCEEDED and final.stdout == b"1\n2\n3\n"
-    out = b"".join(e.output.data for e in events
-                   if e.HasField("output") and e.output.stream == pb.OUTPUT_STREAM_STDOUT)  # fmt: skip
+    stdout = pb.OUTPUT_STREAM_STDOUT
+    out = b"".join(e.output.data for e in events if e.output.stream == stdout)
     assert out == b"1\n2\n3\n"
 
 

@@ -87,12 +87,14 @@ def test_timeout_kills_whole_group(daemon: Daemon, tmp_path: Path) -> None:
     assert time.monotonic() - started < 8
     children = [int(p) for p in pids.read_text().split()]
     assert len(children) == 2
-    wait_gone(children + [task.pid])
+    wait_gone([*children, task.pid])
 
 
 def test_timeout_escalates_to_sigkill(make_daemon: type[Daemon], tmp_path: Path) -> None:
     d = make_daemon("--workers", "1", config='kill_grace = "300ms"\n')
-    [task_id] = submit(d.stub, spec("trap '' TERM; sleep 300 & wait; wait", shell=True, timeout=0.3))
+    [task_id] = submit(
+        d.stub, spec("trap '' TERM; sleep 300 & wait; wait", shell=True, timeout=0.3)
+    )
     started = time.monotonic()
     task = wait(d.stub, task_id)[task_id]
     assert task.state == pb.TASK_STATE_TIMED_OUT
@@ -157,7 +159,7 @@ def test_unhealthy_exit_code_retries_then_fails(make_daemon: type[Daemon], tmp_p
     counter = tmp_path / "count"
     conf = (
         "unhealthy_exit_codes = [42]\n"
-        f"on_create = \"mktemp -d {tmp_path}/res.XXXX\"\n"
+        f'on_create = "mktemp -d {tmp_path}/res.XXXX"\n'
         "on_destroy = 'rmdir \"$TASKER_RESOURCE\"'\n"
     )
     d = make_daemon("--workers", "1", "--max-workers", "1", config=conf)
@@ -180,8 +182,8 @@ def test_retrying_event_is_streamed(make_daemon: type[Daemon], tmp_path: Path) -
     [task_id] = submit(
         d.stub, spec(f"test -e {marker} && exit 0; touch {marker}; exit 42", shell=True)
     )
-    kinds = [e.WhichOneof("kind")
-             for e in d.stub.StreamResults(pb.StreamResultsRequest(ids=[task_id]), timeout=20)]  # fmt: skip
+    request = pb.StreamResultsRequest(ids=[task_id])
+    kinds = [e.WhichOneof("kind") for e in d.stub.StreamResults(request, timeout=20)]
     task = d.stub.Get(pb.GetRequest(id=task_id))
     assert task.state == pb.TASK_STATE_SUCCEEDED and task.attempts == 2
     assert kinds[-1] == "finished"

@@ -45,7 +45,9 @@ def wait(stub: pb_grpc.TaskerStub, *ids: int, timeout: float = 30) -> dict[int, 
     return done
 
 
-def poll_state(stub: pb_grpc.TaskerStub, task_id: int, states: set[int], timeout: float = 15) -> pb.Task:
+def poll_state(
+    stub: pb_grpc.TaskerStub, task_id: int, states: set[int], timeout: float = 15
+) -> pb.Task:
     """Poll Get until the task is in one of ``states``."""
     deadline = time.monotonic() + timeout
     while True:
