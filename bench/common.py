@@ -1,0 +1,140 @@
+"""Helpers shared by the bench scripts: a private taskerd, percentiles, ratio and goal lines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from tasker.v1 import tasker_pb2 as pb
+from tasker.v1 import tasker_pb2_grpc as pb_grpc
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class BenchDaemon:
+    """A real ``python -m taskerd`` on a socket and state directory under ``tmp``.
+
+    ``config`` is TOML text (e.g. ``journal_sync = "full"``). Used as a context manager it
+    starts, then stops with a STOP shutdown (queued tasks stay journaled, so stopping is cheap
+    at any queue size), falling back to SIGKILL.
+    """
+
+    def __init__(
+        self, tmp: Path, *, workers: int, max_queue: int = 200_000, config: str = "",
+        profile: Path | None = None,
+    ) -> None:  # fmt: skip
+        self.dir = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.socket = tmp / "run" / "taskerd.sock"
+        self.config_path = tmp / "taskerd.toml"
+        self.config_path.write_text('stop_timeout = "1s"\nkill_grace = "0.5s"\n' + config + "\n")
+        self.args = [
+            "--socket", str(self.socket), "--state-dir", str(tmp / "state"),
+            "--workers", str(workers), "--max-workers", str(workers),
+            "--max-queue", str(max_queue), "--config", str(self.config_path),
+            "--log-level", "warning",
+        ]  # fmt: skip
+        self.profile = profile
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.channel: grpc.Channel | None = None
+
+    @property
+    def target(self) -> str:
+        """The gRPC target of the daemon's socket."""
+        return f"unix:{self.socket}"
+
+    @property
+    def pid(self) -> int:
+        """The daemon's process id."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 20.0) -> pb_grpc.TaskerStub:
+        """Start the daemon; return a sync stub once ``Stats`` answers."""
+        prefix = [PY, "-m", "cProfile", "-o", str(self.profile)] if self.profile else [PY]
+        log = open(self.dir / "taskerd.log", "wb")  # noqa: SIM115 - owned by the process
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        self.proc = subprocess.Popen(
+            [*prefix, "-m", "taskerd", *self.args], stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.dir, env=env,
+        )  # fmt: skip
+        log.close()
+        self.channel = grpc.insecure_channel(self.target)
+        stub = pb_grpc.TaskerStub(self.channel)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"taskerd exited {self.proc.returncode}: {self.log()}")
+            if self.socket.exists():
+                try:
+                    stub.Stats(pb.StatsRequest(), timeout=2)
+                    return stub
+                except grpc.RpcError:
+                    pass
+            time.sleep(0.02)
+        raise RuntimeError(f"taskerd not ready after {timeout}s: {self.log()}")
+
+    def log(self) -> str:
+        """The tail of the daemon's log."""
+        return (self.dir / "taskerd.log").read_text(errors="replace")[-4000:]
+
+    def rss_kib(self) -> int:
+        """The daemon's resident set size (VmRSS) in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def stop(self, timeout: float = 20.0) -> float:
+        """STOP-shutdown the daemon; return the seconds it took to exit (SIGKILL past timeout)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        t0 = time.perf_counter()
+        try:
+            assert self.channel is not None
+            pb_grpc.TaskerStub(self.channel).Shutdown(
+                pb.ShutdownRequest(mode=pb.SHUTDOWN_MODE_STOP), timeout=5
+            )
+        except grpc.RpcError:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.channel is not None:
+            self.channel.close()
+        return time.perf_counter() - t0
+
+    def __enter__(self) -> BenchDaemon:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``samples`` by nearest rank."""
+    ordered = sorted(samples)
+    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def verdict(ok: bool) -> str:
+    """``ok`` or ``MISSED``."""
+    return "ok" if ok else "MISSED"
+
+
+def rate(n: float) -> str:
+    """A rate with thousands separators."""
+    return f"{n:,.0f}/s"
