@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tasker.v1 import tasker_pb2 as pb
 from tests.conftest import Daemon
@@ -80,3 +82,32 @@ def test_garbage_bytes_do_not_crash_the_daemon(daemon: Daemon) -> None:
                                 grpc.StatusCode.UNKNOWN)  # fmt: skip
     channel.close()
     assert daemon.stub.Stats(pb.StatsRequest()).base_workers == 2
+
+
+_text = st.text(st.characters(codec="utf-8"), max_size=20)
+
+
+@st.composite
+def _specs(draw: st.DrawFn) -> pb.TaskSpec:
+    task = pb.TaskSpec(argv=["true", *draw(st.lists(_text, max_size=4))])
+    task.env.update(draw(st.dictionaries(_text, _text, max_size=4)))
+    task.labels.update(draw(st.dictionaries(_text, _text, max_size=3)))
+    task.cwd = draw(st.sampled_from(["", "/", "/tmp", "relative", "/no/such", "/tmp\0x"]))
+    task.priority = draw(st.integers(-2, 6))  # type: ignore[assignment]
+    if draw(st.booleans()):
+        task.timeout.FromNanoseconds(draw(st.integers(-(10**9), 40 * 86400 * 10**9)))
+    if draw(st.booleans()):
+        task.max_retries = draw(st.integers(0, 200))
+    return task
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(task=_specs())
+def test_random_specs_are_accepted_or_named(daemon: Daemon, task: pb.TaskSpec) -> None:
+    try:
+        daemon.stub.Submit(pb.SubmitRequest(tasks=[task]), timeout=10)
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+        assert err.details().startswith("tasks[0]."), err.details()
+    assert daemon.stub.Stats(pb.StatsRequest(), timeout=5).base_workers == 2
