@@ -607,22 +607,33 @@ class Core:
             if mode == pb.SHUTDOWN_MODE_KILL and self.shutdown_mode != pb.SHUTDOWN_MODE_KILL:
                 self.shutdown_mode = mode
                 log.warning("shutdown escalated to KILL")
+                for live in list(self.live.values()):
+                    if live.run_task is not None:
+                        live.run_task.cancel()
                 await self.engine.kill()
             await self._closed.wait()
             return
         self.shutdown_mode = mode
         log.info("shutting down (%s)", pb.ShutdownMode.Name(mode)[14:])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.stop_timeout
         if mode == pb.SHUTDOWN_MODE_KILL:
             await self.engine.kill()
         elif mode == pb.SHUTDOWN_MODE_DRAIN:
             await self.engine.stop(drain=True)
         else:
             await self.engine.stop(drain=False, timeout=self.config.stop_timeout)
-        run_tasks = [live.run_task for live in self.live.values() if live.run_task is not None]
-        for task in run_tasks:
+        # Run tasks bypass the queue: they get the same treatment as running ones.
+        runs = {live.run_task for live in self.live.values() if live.run_task is not None}
+        if runs:
             if mode == pb.SHUTDOWN_MODE_KILL:
+                for task in runs:
+                    task.cancel()
+            limit = None if mode == pb.SHUTDOWN_MODE_DRAIN else max(0, deadline - loop.time())
+            _, late = await asyncio.wait(runs, timeout=limit)
+            for task in late:
                 task.cancel()
-        await asyncio.gather(*run_tasks, return_exceptions=True)
+            await asyncio.gather(*runs, return_exceptions=True)
         while self._finishing:
             await asyncio.gather(*list(self._finishing), return_exceptions=True)
         self.hub.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -124,3 +125,19 @@ def test_sigterm_keeps_queue_for_next_start(make_daemon: type[Daemon]) -> None:
     done = wait(d.stub, running, queued)
     assert done[running].state == pb.TASK_STATE_SUCCEEDED
     assert done[queued].state == pb.TASK_STATE_SUCCEEDED
+
+
+def test_second_sigterm_kills(make_daemon: type[Daemon]) -> None:
+    d = make_daemon("--workers", "1", config='stop_timeout = "60s"\n')
+    [running] = submit(d.stub, spec("sleep", "300"))
+    poll_state(d.stub, running, {pb.TASK_STATE_RUNNING})
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert d.proc.poll() is None, "the first SIGTERM waits for the running task"
+    started = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(20) == 0
+    assert time.monotonic() - started < 10
+    d.start()
+    assert d.stub.Get(pb.GetRequest(id=running)).state == pb.TASK_STATE_CANCELLED
