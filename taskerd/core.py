@@ -323,7 +323,7 @@ class Core:
                 started=pb.TaskEvent.Started(pid=pid, worker=live.worker, attempt=live.attempts),
             ),
         )  # fmt: skip
-        log.debug("task %d started: pid %d, worker %d, attempt %d", live.id, pid, live.worker,
+        log.info("task %d started: pid %d, worker %d, attempt %d", live.id, pid, live.worker,
                   live.attempts)  # fmt: skip
 
     def _on_output(self, live: Live, stream: int, data: bytes) -> None:
