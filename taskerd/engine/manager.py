@@ -56,6 +56,11 @@ E = TypeVar("E")
 
 TaskFn = Callable[[TaskContext, R], Awaitable[E] | E]
 
+# Kinds of records thread lanes hand back to the loop.
+REPLY = 0  # the lane ended: answer the worker with the last task's outcome
+DONE = 1  # a task the lane ran succeeded (the lane went on)
+STARTED = 2  # the lane started another queued task
+
 # Signals a parked worker is woken with.
 WAKE = 0
 RETIRE = 1
@@ -164,7 +169,9 @@ class TaskManager(Generic[R, E]):
         self._killed = False
         self._shutdown: asyncio.Task[None] | None = None
         self._last_fn: Any = None
-        self._replies: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
+        # Queue mutations and QUEUED -> other transitions hold this: thread lanes pop too.
+        self._qlock = threading.Lock()
+        self._replies: deque[tuple[int, Any, Any, BaseException | None, float]] = deque()
         self._flush_due = False
         self._last_async = False
         self._pending: list[tuple[Callable[[TaskHandle[E]], Any], TaskHandle[E]]] = []
@@ -276,7 +283,9 @@ class TaskManager(Generic[R, E]):
     def _fail_queued(self, error: TaskError) -> None:
         while self._waitlist:
             self._finish(self._waitlist.popleft(), FAILED, None, error)
-        for job in list(self._queue.drain()):
+        with self._qlock:  # closing/killed is set: no lane takes another task after this
+            queued = list(self._queue.drain())
+        for job in queued:
             self._finish(job, FAILED, None, error)
         for worker in list(self._workers.values()):
             if worker.held is not None:
@@ -383,7 +392,8 @@ class TaskManager(Generic[R, E]):
             return job
         job = self._new(fn, priority, timeout, queue_timeout, once, max_retries)
         job._enqueued = job._submitted
-        self._queue.push(job)
+        with self._qlock:
+            self._queue.push(job)
         if self._idle:
             self._wake(self._idle.popleft(), WAKE)
         return job
@@ -564,7 +574,8 @@ class TaskManager(Generic[R, E]):
 
     def _enqueue(self, job: TaskHandle[E], front: bool = False, now: float = 0.0) -> None:
         job._enqueued = now or _monotonic()
-        self._queue.push(job, front=front)
+        with self._qlock:
+            self._queue.push(job, front=front)
         if self._idle:
             self._wake(self._idle.popleft(), WAKE)
 
@@ -639,7 +650,11 @@ class TaskManager(Generic[R, E]):
         else:
             loc = job._loc
             if loc == IN_QUEUE:
-                self._queue.forget(job)
+                with self._qlock:
+                    if job._state is not QUEUED:
+                        return False  # a thread lane started it meanwhile
+                    self._queue.forget(job)
+                    job._state = state
                 if self._waitlist:
                     self._room_freed()
             elif loc == IN_WAITLIST:
@@ -737,10 +752,11 @@ class TaskManager(Generic[R, E]):
         return reply.result()
 
     def _cancel(self, job: TaskHandle[E]) -> bool:
-        state = job._state
-        if state is QUEUED:
-            return self._finish(job, CANCELLED, None, TaskCancelled(f"task {job.id} cancelled"))
-        if state is RUNNING:
+        if job._state is QUEUED and self._finish(
+            job, CANCELLED, None, TaskCancelled(f"task {job.id} cancelled")
+        ):
+            return True
+        if job._state is RUNNING:  # (also if a thread lane started it just now)
             self._cancel_running(
                 job, CANCELLED, TaskCancelled(f"task {job.id} cancelled"), CancelReason.USER
             )
@@ -831,7 +847,8 @@ class TaskManager(Generic[R, E]):
                     if job._state is not QUEUED:
                         continue
                 else:
-                    job = queue.pop()
+                    with self._qlock:
+                        job = queue.pop()
                     if job is None:
                         if self._closing:
                             return
@@ -848,7 +865,7 @@ class TaskManager(Generic[R, E]):
                         continue
                     if self._waitlist:
                         self._room_freed()
-                if not await self._execute(worker, job):
+                if not await self._execute(worker, job, True):
                     replaced = True
                     return
         finally:
@@ -882,29 +899,40 @@ class TaskManager(Generic[R, E]):
                 else:
                     await self._destroy(resource)  # type: ignore[arg-type]
 
-    async def _execute(self, worker: Worker[R, E], job: TaskHandle[E]) -> bool:
-        """Run one attempt of ``job``; return False if the worker became unhealthy."""
-        loop = self._loop
-        now = _monotonic()
+    def _claim(self, worker: Worker[R, E], job: TaskHandle[E], now: float) -> TaskContext:
+        """Mark ``job`` RUNNING on ``worker`` (loop, or a thread lane holding the lock)."""
         job._state = RUNNING
         job._worker = worker
+        job._attempt += 1
+        job._started = now
+        deadline = None if job._timeout is None else now + job._timeout
+        ctx = TaskContext(job.id, job._attempt, worker.id, job._priority, deadline, self._loop)
+        job._ctx = ctx
+        worker.job = job
+        return ctx
+
+    def _account_start(self, job: TaskHandle[E]) -> None:
+        """The loop-side part of a start: counters, timers and metrics."""
         self._running += 1
         if job._qtimer is not None:
             job._qtimer.cancel()
             job._qtimer = None
-        job._attempt += 1
-        job._started = now
-        deadline = None
-        if job._timeout is not None:
-            deadline = now + job._timeout
-            job._timer = loop.call_at(deadline, self._on_timeout, job)
-        ctx = TaskContext(job.id, job._attempt, worker.id, job._priority, deadline, loop)
-        job._ctx = ctx
-        wait = now - job._enqueued
+        if job._timeout is not None and job._state is RUNNING:
+            job._timer = self._loop.call_at(job._started + job._timeout, self._on_timeout, job)
+        wait = job._started - job._enqueued
         self._metrics.record_start(job.id, wait)
         if self._extra is not None:
             self._extra.record_start(job.id, wait)
-        worker.job = job
+
+    async def _execute(self, worker: Worker[R, E], job: TaskHandle[E], lane: bool = False) -> bool:
+        """Run one attempt of ``job``; return False if the worker became unhealthy.
+
+        With ``lane``, a thread task's thread may go on with further queued thread tasks
+        (see :meth:`_take_for_lane`); the outcome handled here is then the last one's.
+        """
+        loop = self._loop
+        ctx = self._claim(worker, job, _monotonic())
+        self._account_start(job)
         error: BaseException | None = None
         result: Any = None
         fn = job._fn
@@ -918,8 +946,21 @@ class TaskManager(Generic[R, E]):
             else:
                 assert self._executor is not None
                 reply: asyncio.Future[Any] = loop.create_future()
-                self._executor.submit(self._run_in_thread, reply, fn, ctx, worker.resource)
-                result = await reply
+                self._executor.submit(
+                    self._run_in_thread,
+                    reply,
+                    job,
+                    fn,
+                    ctx,
+                    worker.resource,
+                    worker if lane else None,
+                )
+                try:
+                    result = await reply
+                finally:
+                    last = worker.job  # the lane may have moved on to later tasks
+                    if last is not None:
+                        job = last
         except asyncio.CancelledError as exc:
             if not worker.cancel_requested:
                 current = asyncio.current_task()
@@ -947,18 +988,55 @@ class TaskManager(Generic[R, E]):
         return self._failed(job, error)
 
     def _run_in_thread(
-        self, reply: asyncio.Future[Any], fn: Callable[..., Any], ctx: TaskContext, resource: Any
+        self,
+        reply: asyncio.Future[Any],
+        job: TaskHandle[E],
+        fn: Callable[..., Any],
+        ctx: TaskContext,
+        resource: Any,
+        lane: Worker[R, E] | None,
     ) -> None:
-        """Run a thread task; outcomes go back in batches, one loop wake-up per batch."""
-        try:
-            outcome: tuple[asyncio.Future[Any], Any, BaseException | None] = (
-                reply,
-                fn(ctx, resource),
-                None,
-            )
-        except BaseException as exc:  # handed to the awaiting worker
-            outcome = (reply, None, exc)
-        self._replies.append(outcome)
+        """Run thread tasks: ``job``, then (with a lane) each queued thread task that is next.
+
+        Outcomes go back in batches (one loop wake-up per batch); the worker's ``reply`` is
+        answered with the last task's outcome once the lane ends.
+        """
+        while True:
+            try:
+                result = fn(ctx, resource)
+                error: BaseException | None = None
+            except BaseException as exc:  # handed to the awaiting worker
+                result, error = None, exc
+            taken = None
+            if error is None and lane is not None and not reply.done():
+                taken = self._take_for_lane(lane)
+            if taken is None:
+                self._post(REPLY, (reply, job), result, error, 0.0)
+                return
+            self._post(DONE, job, result, None, taken[0]._started)
+            self._post(STARTED, taken[0], None, None, 0.0)
+            job, fn, ctx = taken
+
+    def _take_for_lane(
+        self, worker: Worker[R, E]
+    ) -> tuple[TaskHandle[E], Callable[..., Any], TaskContext] | None:
+        """In a lane's thread: claim the next queued task if it is a thread task, else None.
+
+        Priority order holds: only the task the queue would hand any worker next is taken.
+        """
+        with self._qlock:
+            if self._killed or (self._closing and not self._draining) or self._waitlist:
+                return None
+            job = self._queue.pop_thread_task()
+            if job is None:
+                return None
+            fn = job._fn
+            return job, fn, self._claim(worker, job, _monotonic())
+
+    def _post(
+        self, kind: int, item: Any, result: Any, error: BaseException | None, when: float
+    ) -> None:
+        self._replies.append((kind, item, result, error, when))
         if not self._flush_due:
             self._flush_due = True
             self._loop.call_soon_threadsafe(self._flush_replies)
@@ -967,13 +1045,28 @@ class TaskManager(Generic[R, E]):
         self._flush_due = False  # before draining: a later append schedules another flush
         replies = self._replies
         while replies:
-            reply, result, error = replies.popleft()
-            if reply.done():  # the worker was torn down meanwhile
-                continue
-            if error is None:
-                reply.set_result(result)
+            kind, item, result, error, when = replies.popleft()
+            if kind == REPLY:
+                reply, job = item
+                if not reply.done():
+                    if error is None:
+                        reply.set_result(result)
+                    else:
+                        reply.set_exception(error)
+                elif job._state is RUNNING:  # its worker was torn down meanwhile
+                    job._ctx = None
+                    if error is None:
+                        self._finish(job, SUCCEEDED, result, None)
+                    else:
+                        self._finish(job, FAILED, None, error)
+            elif kind == DONE:
+                item._ctx = None
+                if item._state is RUNNING:
+                    self._finish(item, SUCCEEDED, result, None, when)
             else:
-                reply.set_exception(error)
+                self._account_start(item)
+                if self._waitlist:
+                    self._room_freed()
 
     def _failed(self, job: TaskHandle[E], error: BaseException) -> bool:
         healthy = True

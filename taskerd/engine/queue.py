@@ -62,6 +62,23 @@ class JobQueue:
             return None
         return self._pop_aged(time.monotonic())
 
+    def pop_thread_task(self) -> TaskHandle[Any] | None:
+        """Like :meth:`pop`, but only if the next task is a thread task (never with aging)."""
+        if not self.size or self._aging is not None:
+            return None
+        for priority in (3, 2, 1, 0):
+            level = self._levels[priority]
+            while level:
+                job = level[0]
+                if job._state is QUEUED and job._loc == IN_QUEUE:
+                    if job._is_async:
+                        return None
+                    level.popleft()
+                    self.forget(job)
+                    return job
+                level.popleft()
+        return None
+
     def _pop_aged(self, now: float) -> TaskHandle[Any] | None:
         aging = self._aging
         assert aging is not None

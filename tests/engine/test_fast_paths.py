@@ -11,9 +11,18 @@ from typing import Any
 
 import pytest
 
-from taskerd.engine import Priority, TaskContext, TaskHandle
+from taskerd.engine import (
+    Killed,
+    Priority,
+    TaskCancelled,
+    TaskContext,
+    TaskHandle,
+    TaskState,
+    TaskTimeout,
+)
 
-from .conftest import Resources, assert_nothing_left, make
+from .conftest import Resources, assert_nothing_left, make, until
+from .test_stress import Outcomes
 
 
 async def test_every_callback_runs_once_in_order_despite_a_raising_one(
@@ -108,3 +117,98 @@ async def test_draining_worker_takes_the_highest_priority_next() -> None:
     assert ran[1] == (Priority.LOW, 0)
     assert ran[2] == (Priority.CRITICAL, 100)
     assert [i for _, i in ran[3:]] == [1, 2, 3, 4]
+
+
+async def test_thread_lane_keeps_priority_order_and_yields_to_async_tasks() -> None:
+    ran: list[str] = []
+    release = threading.Event()
+    async with make(Resources(), worker_count=1) as m:
+
+        def first(ctx: TaskContext, r: str) -> None:
+            release.wait(5)
+            ran.append("low0")
+
+        def low(name: str) -> Any:
+            def task(ctx: TaskContext, r: str) -> None:
+                ran.append(name)
+
+            return task
+
+        async def urgent_async(ctx: TaskContext, r: str) -> None:
+            ran.append("async-high")
+
+        handles = [m.queue_task_async(first, priority=Priority.LOW)]
+        handles += [m.queue_task_async(low(f"low{i}"), priority=Priority.LOW) for i in (1, 2)]
+        await until(lambda: m.stats().running == 1)
+        # Queued while the thread runs low0: the lane must take these next, in this order.
+        handles.append(m.queue_task_async(urgent_async, priority=Priority.HIGH))
+        handles.append(m.queue_task_async(low("sync-critical"), priority=Priority.CRITICAL))
+        release.set()
+        for handle in handles:
+            await handle
+        assert m.stats().running == 0 and m.metrics().completed == 5
+    assert ran == ["low0", "sync-critical", "async-high", "low1", "low2"]
+
+
+async def test_thread_lane_tasks_cancel_time_out_and_count_like_others() -> None:
+    release = threading.Event()
+    outcomes = Outcomes()
+    async with make(Resources(), worker_count=1, collector=outcomes) as m:
+
+        def gate(ctx: TaskContext, r: str) -> str:
+            release.wait(5)
+            return "gate"
+
+        def patient(ctx: TaskContext, r: str) -> Any:
+            return ctx.wait_cancelled(5), ctx.reason
+
+        def quick(ctx: TaskContext, r: str) -> int:
+            return ctx.task_id
+
+        first = m.queue_task_async(gate)
+        timed = m.queue_task_async(patient, timeout=0.1)
+        dropped = m.queue_task_async(quick)
+        cancelled = m.queue_task_async(patient)
+        last = m.queue_task_async(quick)
+        await until(lambda: m.stats().running == 1)
+        assert dropped.cancel()
+        release.set()
+        assert await first == "gate"
+        with pytest.raises(TaskTimeout):
+            await timed  # taken by the lane; its deadline still holds
+        await until(lambda: cancelled.state is TaskState.RUNNING)
+        assert cancelled.cancel()
+        with pytest.raises(TaskCancelled):
+            await cancelled
+        assert await last == last.id
+        with pytest.raises(TaskCancelled):
+            await dropped
+        await until(lambda: m.stats().running == 0)
+        metrics = m.metrics()
+        assert (metrics.completed, metrics.timed_out, metrics.cancelled) == (2, 1, 2)
+    ended = {h.id for h in (first, timed, dropped, cancelled, last)}
+    assert set(outcomes.ended) == ended and set(outcomes.ended.values()) == {1}
+    assert set(outcomes.started) == ended - {dropped.id}
+    assert_nothing_left()
+
+
+async def test_kill_stops_a_thread_lane() -> None:
+    release = threading.Event()
+    started: list[int] = []
+    async with make(Resources(), worker_count=1) as m:
+
+        def task(ctx: TaskContext, r: str) -> None:
+            started.append(ctx.task_id)
+            release.wait(5)
+
+        handles = [m.queue_task_async(task) for _ in range(5)]
+        await until(lambda: len(started) == 1)
+        killing = asyncio.ensure_future(m.kill())
+        await asyncio.sleep(0.01)
+        release.set()
+        await killing
+        for handle in handles:
+            with pytest.raises(Killed):
+                await handle
+    assert started == [handles[0].id]
+    assert_nothing_left()
