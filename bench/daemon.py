@@ -118,16 +118,20 @@ class Firehose:
 # ---------------------------------------------------------------------------------- 1. accept
 
 
-async def single_rate(stub: pb_grpc.TaskerStub, one: pb.TaskSpec, seconds: float) -> float:
-    """Tasks/s of single-task Submits, 64 in flight, during ``seconds``."""
+async def single_rate(stub: pb_grpc.TaskerStub, one: pb.TaskSpec | None, seconds: float) -> float:
+    """Tasks/s of single-task Submits, 64 in flight, during ``seconds``; with ``one`` None,
+    calls/s of ``Stats`` the same way (the gRPC round-trip ceiling of this client and machine)."""
     stop = time.perf_counter() + seconds
     done = 0
 
     async def caller() -> None:
         nonlocal done
-        request = pb.SubmitRequest(tasks=[one])
+        request = pb.SubmitRequest(tasks=[one] if one is not None else [])
         while time.perf_counter() < stop:
-            await stub.Submit(request)
+            if one is None:
+                await stub.Stats(pb.StatsRequest())
+            else:
+                await stub.Submit(request)
             done += 1
 
     t0 = time.perf_counter()
@@ -150,17 +154,27 @@ async def accept(tmp: Path, sizes: Sizes) -> list[Row]:
             async with channel:
                 await stub.Submit(pb.SubmitRequest(tasks=[spec("sleep", "3600")]))  # holds worker
                 single = await single_rate(stub, one, sizes.single_seconds)
+                rpc = await single_rate(stub, None, sizes.single_seconds / 2)
                 t0 = time.perf_counter()
                 for _ in range(sizes.batches):
                     await stub.Submit(batch)
                 batched = sizes.batches * 1000 / (time.perf_counter() - t0)
         print(f"accept [{sync:6}] single x64 in flight {rate(single):>12}  "
-              f"raw sqlite 1 row/txn {rate(raw1):>12}  ratio {single / raw1:5.2f}")  # fmt: skip
+              f"raw sqlite 1 row/txn {rate(raw1):>12}  ratio {single / raw1:5.2f}; "
+              f"Stats x64 (gRPC ceiling) {rate(rpc)}, ratio {single / rpc:4.2f}")  # fmt: skip
         print(f"accept [{sync:6}] batch of 1,000      {rate(batched):>12}  "
               f"raw sqlite 1,000/txn {rate(raw1000):>12}  ratio {batched / raw1000:5.2f}  "
               f"(goal >= 20,000/s: {verdict(batched >= 20_000)})")  # fmt: skip
-        rows.append(Row(f"accept single x64 ({sync})", rate(single), f"raw 1/txn {rate(raw1)}",
-                        single / raw1))  # fmt: skip
+        rows.append(
+            Row(
+                f"accept single x64 ({sync})",
+                rate(single),
+                f"raw 1/txn {rate(raw1)}",
+                single / raw1,
+            )
+        )
+        rows.append(Row(f"  same vs Stats x64 ({sync})", rate(single), f"Stats calls {rate(rpc)}",
+                        single / rpc))  # fmt: skip
         rows.append(Row(f"accept batch 1k ({sync})", rate(batched),
                         f"raw 1k/txn {rate(raw1000)}", batched / raw1000, ">= 20,000/s",
                         batched >= 20_000))  # fmt: skip
