@@ -171,6 +171,7 @@ class TaskManager(Generic[R, E]):
         self._last_fn: Any = None
         # Queue mutations and QUEUED -> other transitions hold this: thread lanes pop too.
         self._qlock = threading.Lock()
+        self._lanes = 0  # thread lanes that may still claim tasks; no locking while 0
         self._replies: deque[tuple[int, Any, Any, BaseException | None, float]] = deque()
         self._flush_due = False
         self._last_async = False
@@ -392,8 +393,7 @@ class TaskManager(Generic[R, E]):
             return job
         job = self._new(fn, priority, timeout, queue_timeout, once, max_retries)
         job._enqueued = job._submitted
-        with self._qlock:
-            self._queue.push(job)
+        self._push(job)
         if self._idle:
             self._wake(self._idle.popleft(), WAKE)
         return job
@@ -574,10 +574,22 @@ class TaskManager(Generic[R, E]):
 
     def _enqueue(self, job: TaskHandle[E], front: bool = False, now: float = 0.0) -> None:
         job._enqueued = now or _monotonic()
-        with self._qlock:
-            self._queue.push(job, front=front)
+        self._push(job, front)
         if self._idle:
             self._wake(self._idle.popleft(), WAKE)
+
+    def _push(self, job: TaskHandle[E], front: bool = False) -> None:
+        if self._lanes:  # a thread lane may be popping: take the lock
+            with self._qlock:
+                self._queue.push(job, front=front)
+        else:
+            self._queue.push(job, front=front)
+
+    def _pop(self) -> TaskHandle[E] | None:
+        if self._lanes:
+            with self._qlock:
+                return self._queue.pop()
+        return self._queue.pop()
 
     def _wake(self, worker: Worker[R, E], signal: int) -> None:
         fut = worker.wake
@@ -650,11 +662,14 @@ class TaskManager(Generic[R, E]):
         else:
             loc = job._loc
             if loc == IN_QUEUE:
-                with self._qlock:
-                    if job._state is not QUEUED:
-                        return False  # a thread lane started it meanwhile
+                if self._lanes:
+                    with self._qlock:
+                        if job._state is not QUEUED:
+                            return False  # a thread lane started it meanwhile
+                        self._queue.forget(job)
+                        job._state = state
+                else:
                     self._queue.forget(job)
-                    job._state = state
                 if self._waitlist:
                     self._room_freed()
             elif loc == IN_WAITLIST:
@@ -847,8 +862,7 @@ class TaskManager(Generic[R, E]):
                     if job._state is not QUEUED:
                         continue
                 else:
-                    with self._qlock:
-                        job = queue.pop()
+                    job = self._pop()
                     if job is None:
                         if self._closing:
                             return
@@ -946,15 +960,22 @@ class TaskManager(Generic[R, E]):
             else:
                 assert self._executor is not None
                 reply: asyncio.Future[Any] = loop.create_future()
-                self._executor.submit(
-                    self._run_in_thread,
-                    reply,
-                    job,
-                    fn,
-                    ctx,
-                    worker.resource,
-                    worker if lane else None,
-                )
+                if lane:
+                    self._lanes += 1  # until the loop handles the lane's REPLY
+                try:
+                    self._executor.submit(
+                        self._run_in_thread,
+                        reply,
+                        job,
+                        fn,
+                        ctx,
+                        worker.resource,
+                        worker if lane else None,
+                    )
+                except BaseException:
+                    if lane:
+                        self._lanes -= 1
+                    raise
                 try:
                     result = await reply
                 finally:
@@ -1011,7 +1032,7 @@ class TaskManager(Generic[R, E]):
             if error is None and lane is not None and not reply.done():
                 taken = self._take_for_lane(lane)
             if taken is None:
-                self._post(REPLY, (reply, job), result, error, 0.0)
+                self._post(REPLY, (reply, job, lane is not None), result, error, 0.0)
                 return
             self._post(DONE, job, result, None, taken[0]._started)
             self._post(STARTED, taken[0], None, None, 0.0)
@@ -1047,7 +1068,9 @@ class TaskManager(Generic[R, E]):
         while replies:
             kind, item, result, error, when = replies.popleft()
             if kind == REPLY:
-                reply, job = item
+                reply, job, was_lane = item
+                if was_lane:
+                    self._lanes -= 1
                 if not reply.done():
                     if error is None:
                         reply.set_result(result)
