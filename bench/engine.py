@@ -1,6 +1,11 @@
 """Engine benchmarks: figures as ratios against baselines measured in the same run.
 
 Run: ``.venv/bin/python bench/engine.py``. Prints, asserts nothing.
+
+Both sides do the same work per item: the async baseline (asyncio.Queue, WORKERS consumers)
+resolves a future per item whose done callback reaches the submitter, as the engine's handle
+and done callback do; the thread baseline (ThreadPoolExecutor, WORKERS threads) hands each
+result back through its future, as awaiting the engine's handle does.
 """
 
 from __future__ import annotations
