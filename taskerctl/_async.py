@@ -44,11 +44,11 @@ from taskerctl.models import (
     TaskResult,
     TaskState,
     build_spec,
-    build_specs,
     channel_target,
     list_request,
     older_than_request,
     shutdown_mode,
+    submit_requests,
 )
 from taskerctl.paths import client_socket_path
 
@@ -225,22 +225,10 @@ class AsyncClient:
     ) -> builtins.list[AsyncTaskHandle]:
         """Submit many tasks, one Submit RPC per ``batch_size`` tasks, as ``Client.submit_many``."""
         handles: builtins.list[AsyncTaskHandle] = []
-        batch: builtins.list[pb.TaskSpec] = []
-        size = max(1, min(batch_size, 10_000))
-        for spec in build_specs(items, options):
-            batch.append(spec)
-            if len(batch) >= size:
-                handles.extend(await self._submit_batch(batch, rpc_timeout))
-                batch = []
-        if batch:
-            handles.extend(await self._submit_batch(batch, rpc_timeout))
+        for request in submit_requests(items, options, batch_size):
+            resp = await self._call("Submit", request, rpc_timeout)
+            handles.extend(AsyncTaskHandle(self, i) for i in resp.ids)
         return handles
-
-    async def _submit_batch(
-        self, batch: builtins.list[pb.TaskSpec], rpc_timeout: Any
-    ) -> builtins.list[AsyncTaskHandle]:
-        resp = await self._call("Submit", pb.SubmitRequest(tasks=batch), rpc_timeout)
-        return [AsyncTaskHandle(self, i) for i in resp.ids]
 
     async def queue_task(
         self, cmd: Command, *, wait_timeout: float | None = None, **kw: Any

@@ -36,11 +36,11 @@ from taskerctl.models import (
     TaskResult,
     TaskState,
     build_spec,
-    build_specs,
     channel_target,
     list_request,
     older_than_request,
     shutdown_mode,
+    submit_requests,
 )
 from taskerctl.paths import client_socket_path
 
@@ -218,22 +218,10 @@ class Client:
         ``options`` are ``submit`` kwargs shared by all items. Each batch is all or nothing.
         """
         handles: builtins.list[TaskHandle] = []
-        batch: builtins.list[pb.TaskSpec] = []
-        size = max(1, min(batch_size, 10_000))
-        for spec in build_specs(items, options):
-            batch.append(spec)
-            if len(batch) >= size:
-                handles.extend(self._submit_batch(batch, rpc_timeout))
-                batch = []
-        if batch:
-            handles.extend(self._submit_batch(batch, rpc_timeout))
+        for request in submit_requests(items, options, batch_size):
+            resp = self._call(self._stub.Submit, request, rpc_timeout)
+            handles.extend(TaskHandle(self, i) for i in resp.ids)
         return handles
-
-    def _submit_batch(
-        self, batch: builtins.list[pb.TaskSpec], rpc_timeout: Any
-    ) -> Iterator[TaskHandle]:
-        resp = self._call(self._stub.Submit, pb.SubmitRequest(tasks=batch), rpc_timeout)
-        return (TaskHandle(self, i) for i in resp.ids)
 
     def queue_task(
         self, cmd: Command, *, wait_timeout: float | None = None, **kw: Any

@@ -11,7 +11,7 @@ import dataclasses
 import enum
 import os
 import shlex
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
@@ -162,22 +162,34 @@ def build_spec(
 SpecLike: TypeAlias = str | Sequence[str] | pb.TaskSpec | Mapping[str, Any]
 
 
-def build_specs(items: Iterable[SpecLike], options: Mapping[str, Any]) -> Iterable[pb.TaskSpec]:
-    """Lazily turn ``submit_many`` items into specs (``options`` are shared ``submit`` kwargs)."""
-    # One environment copy and cwd for the whole batch, not one per task.
+def submit_requests(
+    items: Iterable[SpecLike], options: Mapping[str, Any], batch_size: int
+) -> Iterator[pb.SubmitRequest]:
+    """Lazily turn ``submit_many`` items into Submit requests of at most ``batch_size`` tasks.
+
+    ``options`` are ``submit`` kwargs shared by all items. Their environment (by default a copy of
+    ``os.environ``) travels once per request, in ``SubmitRequest.env``, not once per task.
+    """
     shared = dict(options)
-    if shared.get("env") is None:
-        shared["env"] = dict(os.environ)
+    env = shared.pop("env", None)
+    env = dict(os.environ if env is None else env)
     if shared.get("cwd") is None:
         shared["cwd"] = os.getcwd()
+    size = max(1, min(batch_size, 10_000))
+    request = pb.SubmitRequest(env=env)
     for item in items:
         if isinstance(item, pb.TaskSpec):
-            yield item
+            request.tasks.append(item)
         elif isinstance(item, Mapping):
-            merged = {**shared, **item}
-            yield build_spec(merged.pop("cmd"), **merged)
+            merged = {"env": {}, **shared, **item}
+            request.tasks.append(build_spec(merged.pop("cmd"), **merged))
         else:
-            yield build_spec(item, **shared)
+            request.tasks.append(build_spec(item, **shared, env={}))
+        if len(request.tasks) >= size:
+            yield request
+            request = pb.SubmitRequest(env=env)
+    if request.tasks:
+        yield request
 
 
 def shutdown_mode(mode: str) -> pb.ShutdownMode.ValueType:

@@ -189,8 +189,13 @@ class Core:
         if self.shutdown_mode is not None:
             raise ShuttingDown()
 
-    async def submit(self, specs: Sequence[pb.TaskSpec]) -> list[int]:
-        """Journal the (validated) specs, then queue them; answers with their ids."""
+    async def submit(
+        self, specs: Sequence[pb.TaskSpec], *, env: Mapping[str, str] | None = None
+    ) -> list[int]:
+        """Journal the (validated) specs, then queue them; answers with their ids.
+
+        ``env`` is the environment of the specs whose own env is empty.
+        """
         self._check_open()
         queued = self.engine.stats().queued + self._reserved
         if queued + len(specs) > self.config.max_queue:
@@ -199,7 +204,7 @@ class Core:
         self._reserved += len(specs)
         try:
             now = time.time()
-            ids = await self.store.add(specs, now=now)
+            ids = await self.store.add(specs, now=now, env=env)
         finally:
             self._reserved -= len(specs)
         for task_id, spec in zip(ids, specs, strict=True):
@@ -223,8 +228,13 @@ class Core:
             attempts=attempts,
         )
         self.live[task_id] = live
+        execute = self._execute
+
+        async def run(ctx: engine.TaskContext, resource: str) -> Exit:
+            return await execute(live, ctx, resource)
+
         handle = self.engine.queue_task_async(
-            partial(self._execute, live),
+            run,
             priority=_PRIORITY[spec.priority],
             timeout=live.timeout,
             queue_timeout=queue_timeout,

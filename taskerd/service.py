@@ -85,7 +85,7 @@ class Service(pb_grpc.TaskerServicer):
     @unary
     async def Submit(self, request: pb.SubmitRequest, context: Context) -> pb.SubmitResponse:
         validate.submit(request)
-        ids = await self.core.submit(request.tasks)
+        ids = await self.core.submit(request.tasks, env=request.env)
         return pb.SubmitResponse(ids=ids)
 
     @streaming

@@ -143,12 +143,23 @@ class _NewTask:
     labels: list[tuple[str, str]]
 
 
-def _prepare(spec: pb.TaskSpec, queued_at: float) -> _NewTask:
+def _prepare(spec: pb.TaskSpec, queued_at: float, shared_env: bytes = b"") -> _NewTask:
+    if not spec.env and not spec.stdin:  # the batch fast path: nothing to split off
+        return _NewTask(
+            queued_at=queued_at,
+            priority=spec.priority or pb.PRIORITY_NORMAL,
+            once=spec.once,
+            max_retries=spec.max_retries if spec.HasField("max_retries") else None,
+            spec=spec.SerializeToString(),
+            env=shared_env,
+            stdin=b"",
+            labels=list(spec.labels.items()) if spec.labels else [],
+        )
     light = pb.TaskSpec()
     light.CopyFrom(spec)
     light.ClearField("env")
     light.ClearField("stdin")
-    env = b""
+    env = shared_env
     if spec.env:
         only_env = pb.TaskSpec()
         only_env.CopyFrom(spec)
@@ -455,11 +466,17 @@ class Store:
 
     # ---- writes ----------------------------------------------------------------------------
 
-    async def add(self, specs: Sequence[pb.TaskSpec], *, now: float) -> builtins.list[int]:
-        """Insert QUEUED tasks in one transaction (all or nothing); ids once committed, in order."""
+    async def add(
+        self, specs: Sequence[pb.TaskSpec], *, now: float, env: Mapping[str, str] | None = None
+    ) -> builtins.list[int]:
+        """Insert QUEUED tasks in one transaction (all or nothing); ids once committed, in order.
+
+        ``env`` is the environment of the specs whose own env is empty (stored once).
+        """
         if not specs:
             return []
-        rows = [_prepare(spec, now) for spec in specs]
+        shared = pb.TaskSpec(env=env).SerializeToString(deterministic=True) if env else b""
+        rows = [_prepare(spec, now, shared) for spec in specs]
         return await self._write(lambda conn: self._insert(conn, rows), rows)
 
     def _env_id(self, conn: _Conn, env: bytes) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -27,14 +29,26 @@ _STATES = frozenset(pb.TaskState.values()) - {pb.TASK_STATE_UNSPECIFIED}
 _MODES = frozenset(pb.ShutdownMode.values())
 
 
-def _no_nul(field: str, texts: Iterable[str]) -> int:
-    """Check for NUL bytes; returns the total encoded size."""
-    size = 0
-    for text in texts:
-        if "\0" in text:
-            raise InvalidArgument(field, "must not contain NUL bytes")
-        size += len(text.encode("utf-8", "surrogateescape")) + 1
-    return size
+def _joined(field: str, texts: Iterable[str]) -> str:
+    """All of ``texts`` joined by newlines, after checking that none holds a NUL byte."""
+    joined = "\n".join(texts)
+    if "\0" in joined:
+        raise InvalidArgument(field, "must not contain NUL bytes")
+    return joined
+
+
+@lru_cache(maxsize=64)
+def _isdir_cached(path: str, _tick: int) -> bool:
+    return os.path.isdir(path)
+
+
+def _isdir(path: str) -> bool:
+    """``os.path.isdir``, remembered for a second: a batch names the same cwd a thousand times."""
+    return _isdir_cached(path, int(time.monotonic()))
+
+
+def _size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _duration(field: str, d: Duration) -> None:
@@ -45,6 +59,22 @@ def _duration(field: str, d: Duration) -> None:
         raise InvalidArgument(field, f"must be at most {MAX_TIMEOUT_SECONDS // 86400} days")
 
 
+def env(field: str, variables: Mapping[str, str]) -> int:
+    """Check an environment; returns its size in bytes (as the kernel counts it)."""
+    if not variables:
+        return 0
+    if len(variables) > MAX_ENV_ENTRIES:
+        raise InvalidArgument(field, f"at most {MAX_ENV_ENTRIES} entries")
+    names = _joined(field, variables)
+    if "=" in names or "" in variables:
+        bad = next(n for n in variables if not n or "=" in n)
+        raise InvalidArgument(field, f"bad variable name {bad!r}")
+    size = _size(names) + _size(_joined(field, variables.values())) + 2 * len(variables)
+    if size > MAX_ARG_ENV_BYTES:
+        raise InvalidArgument(field, "over 1 MiB")
+    return size
+
+
 def spec(s: pb.TaskSpec, where: str) -> None:
     """Validate one task spec; ``where`` prefixes field names (``tasks[3]``)."""
     if not s.argv:
@@ -53,21 +83,14 @@ def spec(s: pb.TaskSpec, where: str) -> None:
         raise InvalidArgument(f"{where}.argv", f"at most {MAX_ARGV_ITEMS} items")
     if not s.argv[0]:
         raise InvalidArgument(f"{where}.argv", "argv[0] must not be empty")
-    size = _no_nul(f"{where}.argv", s.argv)
-    if len(s.env) > MAX_ENV_ENTRIES:
-        raise InvalidArgument(f"{where}.env", f"at most {MAX_ENV_ENTRIES} entries")
-    for name in s.env:
-        if not name or "=" in name:
-            raise InvalidArgument(f"{where}.env", f"bad variable name {name!r}")
-    size += _no_nul(f"{where}.env", s.env)
-    size += _no_nul(f"{where}.env", s.env.values())
+    size = _size(_joined(f"{where}.argv", s.argv)) + 1 + env(f"{where}.env", s.env)
     if size > MAX_ARG_ENV_BYTES:
         raise InvalidArgument(f"{where}.argv", "argv and env together exceed 1 MiB")
     if s.cwd:
-        _no_nul(f"{where}.cwd", [s.cwd])
+        _joined(f"{where}.cwd", [s.cwd])
         if not os.path.isabs(s.cwd):
             raise InvalidArgument(f"{where}.cwd", f"must be an absolute path, got {s.cwd!r}")
-        if not os.path.isdir(s.cwd):
+        if not _isdir(s.cwd):
             raise InvalidArgument(f"{where}.cwd", f"no such directory: {s.cwd}")
     if len(s.stdin) > MAX_STDIN_BYTES:
         raise InvalidArgument(f"{where}.stdin", "at most 1 MiB")
@@ -79,15 +102,16 @@ def spec(s: pb.TaskSpec, where: str) -> None:
         _duration(f"{where}.queue_timeout", s.queue_timeout)
     if s.HasField("max_retries") and s.max_retries > MAX_RETRIES:
         raise InvalidArgument(f"{where}.max_retries", f"at most {MAX_RETRIES}")
-    if len(s.labels) > MAX_LABELS:
-        raise InvalidArgument(f"{where}.labels", f"at most {MAX_LABELS}")
-    for key, value in s.labels.items():
-        if not 1 <= len(key) <= MAX_LABEL_KEY:
-            raise InvalidArgument(f"{where}.labels", f"key {key!r} must be 1 to 63 characters")
-        if len(value) > MAX_LABEL_VALUE:
-            raise InvalidArgument(f"{where}.labels", f"value of {key!r} over 256 characters")
-    _no_nul(f"{where}.labels", s.labels)
-    _no_nul(f"{where}.labels", s.labels.values())
+    if s.labels:
+        if len(s.labels) > MAX_LABELS:
+            raise InvalidArgument(f"{where}.labels", f"at most {MAX_LABELS}")
+        for key, value in s.labels.items():
+            if not 1 <= len(key) <= MAX_LABEL_KEY:
+                raise InvalidArgument(f"{where}.labels", f"key {key!r} must be 1 to 63 characters")
+            if len(value) > MAX_LABEL_VALUE:
+                raise InvalidArgument(f"{where}.labels", f"value of {key!r} over 256 characters")
+        _joined(f"{where}.labels", s.labels)
+        _joined(f"{where}.labels", s.labels.values())
 
 
 def submit(request: pb.SubmitRequest) -> None:
@@ -96,6 +120,7 @@ def submit(request: pb.SubmitRequest) -> None:
         raise InvalidArgument("tasks", "at least one task is required")
     if len(request.tasks) > MAX_BATCH:
         raise InvalidArgument("tasks", f"at most {MAX_BATCH} per request")
+    env("env", request.env)
     for i, task in enumerate(request.tasks):
         spec(task, f"tasks[{i}]")
 

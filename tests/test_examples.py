@@ -9,7 +9,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import ROOT, Daemon
+
+from tests.conftest import ROOT, Daemon
 
 EXAMPLES = ROOT / "examples"
 

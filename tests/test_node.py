@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Daemon
 
 from tasker.v1 import tasker_pb2 as pb
+from tests.conftest import Daemon
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "examples" / "node"
 

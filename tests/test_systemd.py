@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Daemon
 
 from tasker.v1 import tasker_pb2 as pb
 from taskerctl.durations import parse_duration
+from tests.conftest import Daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMD = ROOT / "systemd"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import Daemon
+from tests.conftest import Daemon
 
 
 def tc(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from conftest import Daemon
+
+from tests.conftest import Daemon
 
 
 @pytest.fixture(scope="module")

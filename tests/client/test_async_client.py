@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import Daemon
 
 from taskerctl import (
     AsyncClient,
@@ -23,6 +22,7 @@ from taskerctl import (
     TaskState,
     TaskTimedOut,
 )
+from tests.conftest import Daemon
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from taskerctl.errors import (
     ended_error,
     parse_field,
 )
-from taskerctl.models import Priority, TaskResult, TaskState, build_spec, build_specs
+from taskerctl.models import Priority, TaskResult, TaskState, build_spec, submit_requests
 
 
 def test_states_come_from_the_proto() -> None:
@@ -72,20 +72,17 @@ def test_build_spec_strings_env_cwd_durations() -> None:
         build_spec(["true"], timeout="5 parsecs")
 
 
-def test_build_specs_mixes_items_and_shares_one_env() -> None:
-    specs = list(
-        build_specs(
-            [
-                "echo a",
-                ["echo", "b"],
-                {"cmd": "echo c", "priority": "low"},
-                pb.TaskSpec(argv=["x"]),
-            ],
-            {"labels": {"k": "v"}},
-        )
-    )
-    assert [list(s.argv) for s in specs] == [["echo", "a"], ["echo", "b"], ["echo", "c"], ["x"]]
+def test_submit_requests_batch_items_and_carry_env_once() -> None:
+    items = ["echo a", ["echo", "b"], {"cmd": "echo c", "priority": "low"},
+             {"cmd": "env", "env": {"ONLY": "me"}}, pb.TaskSpec(argv=["x"])]  # fmt: skip
+    requests = list(submit_requests(items, {"labels": {"k": "v"}, "env": {"A": "1"}}, 3))
+    assert [len(r.tasks) for r in requests] == [3, 2]
+    specs = [s for r in requests for s in r.tasks]
+    assert [list(s.argv) for s in specs] == [["echo", "a"], ["echo", "b"], ["echo", "c"], ["env"],
+                                             ["x"]]  # fmt: skip
     assert specs[2].priority == pb.PRIORITY_LOW and specs[0].labels["k"] == "v"
+    assert all(r.env == {"A": "1"} for r in requests), "the shared env, once per request"
+    assert [dict(s.env) for s in specs] == [{}, {}, {}, {"ONLY": "me"}, {}]
 
 
 def test_invalid_argument_field_parsing() -> None:

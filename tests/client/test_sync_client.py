@@ -9,7 +9,6 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
-from conftest import Daemon
 
 from tasker.v1 import tasker_pb2 as pb
 from taskerctl import (
@@ -25,6 +24,7 @@ from taskerctl import (
     TaskState,
     TaskTimedOut,
 )
+from tests.conftest import Daemon
 
 
 @pytest.fixture

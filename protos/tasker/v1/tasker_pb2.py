@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tasker/v1/tasker.proto\x12\ttasker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb7\x03\n\x08TaskSpec\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\x08\x12)\n\x03\x65nv\x18\x03 \x03(\x0b\x32\x1c.tasker.v1.TaskSpec.EnvEntry\x12\x0b\n\x03\x63wd\x18\x04 \x01(\t\x12\r\n\x05stdin\x18\x05 \x01(\x0c\x12%\n\x08priority\x18\x06 \x01(\x0e\x32\x13.tasker.v1.Priority\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rqueue_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04once\x18\t \x01(\x08\x12\x18\n\x0bmax_retries\x18\n \x01(\rH\x00\x88\x01\x01\x12/\n\x06labels\x18\x0b \x03(\x0b\x32\x1f.tasker.v1.TaskSpec.LabelsEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_max_retries\"\x90\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\x04\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.tasker.v1.TaskSpec\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.tasker.v1.TaskState\x12-\n\tqueued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x04wait\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03run\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08\x61ttempts\x18\t \x01(\r\x12\x0b\n\x03pid\x18\n \x01(\x05\x12\x0e\n\x06worker\x18\x0b \x01(\r\x12\x16\n\texit_code\x18\x0c \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\r \x01(\x05H\x01\x88\x01\x01\x12\r\n\x05\x65rror\x18\x0e \x01(\t\x12\x0e\n\x06stdout\x18\x0f \x01(\x0c\x12\x0e\n\x06stderr\x18\x10 \x01(\x0c\x12\x18\n\x10stdout_truncated\x18\x11 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x12 \x01(\x08\x42\x0c\n\n_exit_codeB\t\n\x07_signal\"\xd3\x04\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x06queued\x18\n \x01(\x0b\x32\x1b.tasker.v1.TaskEvent.QueuedH\x00\x12/\n\x07started\x18\x0b \x01(\x0b\x32\x1c.tasker.v1.TaskEvent.StartedH\x00\x12-\n\x06output\x18\x0c \x01(\x0b\x32\x1b.tasker.v1.TaskEvent.OutputH\x00\x12\x31\n\x08retrying\x18\r \x01(\x0b\x32\x1d.tasker.v1.TaskEvent.RetryingH\x00\x12\x31\n\x08\x66inished\x18\x0e \x01(\x0b\x32\x1d.tasker.v1.TaskEvent.FinishedH\x00\x1a/\n\x06Queued\x12%\n\x08priority\x18\x01 \x01(\x0e\x32\x13.tasker.v1.Priority\x1a\x37\n\x07Started\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0e\n\x06worker\x18\x02 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x1a?\n\x06Output\x12\'\n\x06stream\x18\x01 \x01(\x0e\x32\x17.tasker.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x1a+\n\x08Retrying\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\x1a)\n\x08\x46inished\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.tasker.v1.TaskB\x06\n\x04kind\"3\n\rSubmitRequest\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.tasker.v1.TaskSpec\"\x1d\n\x0eSubmitResponse\x12\x0b\n\x03ids\x18\x01 \x03(\x04\"3\n\x14StreamResultsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x04\x12\x0e\n\x06output\x18\x02 \x01(\x08\"\x1b\n\rCancelRequest\x12\n\n\x02id\x18\x01 \x01(\x04\"H\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.tasker.v1.TaskState\"(\n\nGetRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06output\x18\x02 \x01(\x08\"\xbd\x01\n\x0bListRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.tasker.v1.TaskState\x12\x32\n\x06labels\x18\x02 \x03(\x0b\x32\".tasker.v1.ListRequest.LabelsEntry\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x0cListResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.tasker.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\nRunRequest\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.tasker.v1.TaskSpec\"\x0e\n\x0cStatsRequest\"\xe9\x03\n\rStatsResponse\x12\x14\n\x0c\x62\x61se_workers\x18\x01 \x01(\r\x12\x13\n\x0bmax_workers\x18\x02 \x01(\r\x12\x16\n\x0e\x61\x63tive_workers\x18\x03 \x01(\r\x12\x15\n\rburst_workers\x18\x04 \x01(\r\x12\x0f\n\x07running\x18\x05 \x01(\r\x12\x1b\n\x13\x61vailable_resources\x18\x06 \x01(\r\x12\x12\n\nqueued_low\x18\x07 \x01(\x04\x12\x15\n\rqueued_normal\x18\x08 \x01(\x04\x12\x13\n\x0bqueued_high\x18\t \x01(\x04\x12\x17\n\x0fqueued_critical\x18\n \x01(\x04\x12\x0e\n\x06queued\x18\x0b \x01(\x04\x12\x16\n\x0equeue_capacity\x18\x0c \x01(\x04\x12\x13\n\x0bqueue_usage\x18\r \x01(\x01\x12\x11\n\tsucceeded\x18\x0e \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x0f \x01(\x04\x12\x11\n\ttimed_out\x18\x10 \x01(\x04\x12\x11\n\tcancelled\x18\x11 \x01(\x04\x12\x0c\n\x04lost\x18\x12 \x01(\x04\x12\x10\n\x08rejected\x18\x13 \x01(\x04\x12)\n\x06uptime\x18\x14 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07version\x18\x15 \x01(\t\x12\x15\n\rshutting_down\x18\x16 \x01(\x08\"\x10\n\x0eMetricsRequest\"\x93\x04\n\x0fMetricsResponse\x12\x14\n\x0c\x61rrival_rate\x18\x01 \x01(\x01\x12\x17\n\x0f\x63ompletion_rate\x18\x02 \x01(\x01\x12+\n\x08\x65xec_avg\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x65xec_min\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x65xec_max\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x65xec_p50\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x65xec_p95\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x65xec_p99\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08wait_avg\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tcompleted\x18\n \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x0b \x01(\x04\x12\x0f\n\x07retried\x18\x0c \x01(\x04\x12\x11\n\ttimed_out\x18\r \x01(\x04\x12\x11\n\tcancelled\x18\x0e \x01(\x04\x12\x10\n\x08rejected\x18\x0f \x01(\x04\x12\x14\n\x0csuccess_rate\x18\x10 \x01(\x01\x12\x14\n\x0c\x66\x61ilure_rate\x18\x11 \x01(\x01\"=\n\x0c\x43leanRequest\x12-\n\nolder_than\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\" \n\rCleanResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\"8\n\x0fShutdownRequest\x12%\n\x04mode\x18\x01 \x01(\x0e\x32\x17.tasker.v1.ShutdownMode\"\x12\n\x10ShutdownResponse*u\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x12\x15\n\x11PRIORITY_CRITICAL\x10\x04*\xd0\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_QUEUED\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11TASK_STATE_FAILED\x10\x04\x12\x18\n\x14TASK_STATE_TIMED_OUT\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x12\x13\n\x0fTASK_STATE_LOST\x10\x07*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02*v\n\x0cShutdownMode\x12\x1d\n\x19SHUTDOWN_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12SHUTDOWN_MODE_STOP\x10\x01\x12\x17\n\x13SHUTDOWN_MODE_DRAIN\x10\x02\x12\x16\n\x12SHUTDOWN_MODE_KILL\x10\x03\x32\xed\x04\n\x06Tasker\x12=\n\x06Submit\x12\x18.tasker.v1.SubmitRequest\x1a\x19.tasker.v1.SubmitResponse\x12H\n\rStreamResults\x12\x1f.tasker.v1.StreamResultsRequest\x1a\x14.tasker.v1.TaskEvent0\x01\x12=\n\x06\x43\x61ncel\x12\x18.tasker.v1.CancelRequest\x1a\x19.tasker.v1.CancelResponse\x12-\n\x03Get\x12\x15.tasker.v1.GetRequest\x1a\x0f.tasker.v1.Task\x12\x37\n\x04List\x12\x16.tasker.v1.ListRequest\x1a\x17.tasker.v1.ListResponse\x12\x34\n\x03Run\x12\x15.tasker.v1.RunRequest\x1a\x14.tasker.v1.TaskEvent0\x01\x12:\n\x05Stats\x12\x17.tasker.v1.StatsRequest\x1a\x18.tasker.v1.StatsResponse\x12@\n\x07Metrics\x12\x19.tasker.v1.MetricsRequest\x1a\x1a.tasker.v1.MetricsResponse\x12:\n\x05\x43lean\x12\x17.tasker.v1.CleanRequest\x1a\x18.tasker.v1.CleanResponse\x12\x43\n\x08Shutdown\x12\x1a.tasker.v1.ShutdownRequest\x1a\x1b.tasker.v1.ShutdownResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tasker/v1/tasker.proto\x12\ttasker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb7\x03\n\x08TaskSpec\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\x12\r\n\x05shell\x18\x02 \x01(\x08\x12)\n\x03\x65nv\x18\x03 \x03(\x0b\x32\x1c.tasker.v1.TaskSpec.EnvEntry\x12\x0b\n\x03\x63wd\x18\x04 \x01(\t\x12\r\n\x05stdin\x18\x05 \x01(\x0c\x12%\n\x08priority\x18\x06 \x01(\x0e\x32\x13.tasker.v1.Priority\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rqueue_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04once\x18\t \x01(\x08\x12\x18\n\x0bmax_retries\x18\n \x01(\rH\x00\x88\x01\x01\x12/\n\x06labels\x18\x0b \x03(\x0b\x32\x1f.tasker.v1.TaskSpec.LabelsEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_max_retries\"\x90\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\x04\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.tasker.v1.TaskSpec\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.tasker.v1.TaskState\x12-\n\tqueued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x04wait\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03run\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08\x61ttempts\x18\t \x01(\r\x12\x0b\n\x03pid\x18\n \x01(\x05\x12\x0e\n\x06worker\x18\x0b \x01(\r\x12\x16\n\texit_code\x18\x0c \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06signal\x18\r \x01(\x05H\x01\x88\x01\x01\x12\r\n\x05\x65rror\x18\x0e \x01(\t\x12\x0e\n\x06stdout\x18\x0f \x01(\x0c\x12\x0e\n\x06stderr\x18\x10 \x01(\x0c\x12\x18\n\x10stdout_truncated\x18\x11 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x12 \x01(\x08\x42\x0c\n\n_exit_codeB\t\n\x07_signal\"\xd3\x04\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x06queued\x18\n \x01(\x0b\x32\x1b.tasker.v1.TaskEvent.QueuedH\x00\x12/\n\x07started\x18\x0b \x01(\x0b\x32\x1c.tasker.v1.TaskEvent.StartedH\x00\x12-\n\x06output\x18\x0c \x01(\x0b\x32\x1b.tasker.v1.TaskEvent.OutputH\x00\x12\x31\n\x08retrying\x18\r \x01(\x0b\x32\x1d.tasker.v1.TaskEvent.RetryingH\x00\x12\x31\n\x08\x66inished\x18\x0e \x01(\x0b\x32\x1d.tasker.v1.TaskEvent.FinishedH\x00\x1a/\n\x06Queued\x12%\n\x08priority\x18\x01 \x01(\x0e\x32\x13.tasker.v1.Priority\x1a\x37\n\x07Started\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0e\n\x06worker\x18\x02 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x1a?\n\x06Output\x12\'\n\x06stream\x18\x01 \x01(\x0e\x32\x17.tasker.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x1a+\n\x08Retrying\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\x1a)\n\x08\x46inished\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.tasker.v1.TaskB\x06\n\x04kind\"\x8f\x01\n\rSubmitRequest\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.tasker.v1.TaskSpec\x12.\n\x03\x65nv\x18\x02 \x03(\x0b\x32!.tasker.v1.SubmitRequest.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\x0eSubmitResponse\x12\x0b\n\x03ids\x18\x01 \x03(\x04\"3\n\x14StreamResultsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x04\x12\x0e\n\x06output\x18\x02 \x01(\x08\"\x1b\n\rCancelRequest\x12\n\n\x02id\x18\x01 \x01(\x04\"H\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.tasker.v1.TaskState\"(\n\nGetRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06output\x18\x02 \x01(\x08\"\xbd\x01\n\x0bListRequest\x12$\n\x06states\x18\x01 \x03(\x0e\x32\x14.tasker.v1.TaskState\x12\x32\n\x06labels\x18\x02 \x03(\x0b\x32\".tasker.v1.ListRequest.LabelsEntry\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x0cListResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.tasker.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\nRunRequest\x12!\n\x04task\x18\x01 \x01(\x0b\x32\x13.tasker.v1.TaskSpec\"\x0e\n\x0cStatsRequest\"\xe9\x03\n\rStatsResponse\x12\x14\n\x0c\x62\x61se_workers\x18\x01 \x01(\r\x12\x13\n\x0bmax_workers\x18\x02 \x01(\r\x12\x16\n\x0e\x61\x63tive_workers\x18\x03 \x01(\r\x12\x15\n\rburst_workers\x18\x04 \x01(\r\x12\x0f\n\x07running\x18\x05 \x01(\r\x12\x1b\n\x13\x61vailable_resources\x18\x06 \x01(\r\x12\x12\n\nqueued_low\x18\x07 \x01(\x04\x12\x15\n\rqueued_normal\x18\x08 \x01(\x04\x12\x13\n\x0bqueued_high\x18\t \x01(\x04\x12\x17\n\x0fqueued_critical\x18\n \x01(\x04\x12\x0e\n\x06queued\x18\x0b \x01(\x04\x12\x16\n\x0equeue_capacity\x18\x0c \x01(\x04\x12\x13\n\x0bqueue_usage\x18\r \x01(\x01\x12\x11\n\tsucceeded\x18\x0e \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x0f \x01(\x04\x12\x11\n\ttimed_out\x18\x10 \x01(\x04\x12\x11\n\tcancelled\x18\x11 \x01(\x04\x12\x0c\n\x04lost\x18\x12 \x01(\x04\x12\x10\n\x08rejected\x18\x13 \x01(\x04\x12)\n\x06uptime\x18\x14 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07version\x18\x15 \x01(\t\x12\x15\n\rshutting_down\x18\x16 \x01(\x08\"\x10\n\x0eMetricsRequest\"\x93\x04\n\x0fMetricsResponse\x12\x14\n\x0c\x61rrival_rate\x18\x01 \x01(\x01\x12\x17\n\x0f\x63ompletion_rate\x18\x02 \x01(\x01\x12+\n\x08\x65xec_avg\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x65xec_min\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x65xec_max\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x65xec_p50\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x65xec_p95\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x65xec_p99\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08wait_avg\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tcompleted\x18\n \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x0b \x01(\x04\x12\x0f\n\x07retried\x18\x0c \x01(\x04\x12\x11\n\ttimed_out\x18\r \x01(\x04\x12\x11\n\tcancelled\x18\x0e \x01(\x04\x12\x10\n\x08rejected\x18\x0f \x01(\x04\x12\x14\n\x0csuccess_rate\x18\x10 \x01(\x01\x12\x14\n\x0c\x66\x61ilure_rate\x18\x11 \x01(\x01\"=\n\x0c\x43leanRequest\x12-\n\nolder_than\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\" \n\rCleanResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\"8\n\x0fShutdownRequest\x12%\n\x04mode\x18\x01 \x01(\x0e\x32\x17.tasker.v1.ShutdownMode\"\x12\n\x10ShutdownResponse*u\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x10\n\x0cPRIORITY_LOW\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n\rPRIORITY_HIGH\x10\x03\x12\x15\n\x11PRIORITY_CRITICAL\x10\x04*\xd0\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_QUEUED\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x03\x12\x15\n\x11TASK_STATE_FAILED\x10\x04\x12\x18\n\x14TASK_STATE_TIMED_OUT\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x12\x13\n\x0fTASK_STATE_LOST\x10\x07*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02*v\n\x0cShutdownMode\x12\x1d\n\x19SHUTDOWN_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12SHUTDOWN_MODE_STOP\x10\x01\x12\x17\n\x13SHUTDOWN_MODE_DRAIN\x10\x02\x12\x16\n\x12SHUTDOWN_MODE_KILL\x10\x03\x32\xed\x04\n\x06Tasker\x12=\n\x06Submit\x12\x18.tasker.v1.SubmitRequest\x1a\x19.tasker.v1.SubmitResponse\x12H\n\rStreamResults\x12\x1f.tasker.v1.StreamResultsRequest\x1a\x14.tasker.v1.TaskEvent0\x01\x12=\n\x06\x43\x61ncel\x12\x18.tasker.v1.CancelRequest\x1a\x19.tasker.v1.CancelResponse\x12-\n\x03Get\x12\x15.tasker.v1.GetRequest\x1a\x0f.tasker.v1.Task\x12\x37\n\x04List\x12\x16.tasker.v1.ListRequest\x1a\x17.tasker.v1.ListResponse\x12\x34\n\x03Run\x12\x15.tasker.v1.RunRequest\x1a\x14.tasker.v1.TaskEvent0\x01\x12:\n\x05Stats\x12\x17.tasker.v1.StatsRequest\x1a\x18.tasker.v1.StatsResponse\x12@\n\x07Metrics\x12\x19.tasker.v1.MetricsRequest\x1a\x1a.tasker.v1.MetricsResponse\x12:\n\x05\x43lean\x12\x17.tasker.v1.CleanRequest\x1a\x18.tasker.v1.CleanResponse\x12\x43\n\x08Shutdown\x12\x1a.tasker.v1.ShutdownRequest\x1a\x1b.tasker.v1.ShutdownResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,16 +37,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSPEC_ENVENTRY']._serialized_options = b'8\001'
   _globals['_TASKSPEC_LABELSENTRY']._loaded_options = None
   _globals['_TASKSPEC_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_SUBMITREQUEST_ENVENTRY']._loaded_options = None
+  _globals['_SUBMITREQUEST_ENVENTRY']._serialized_options = b'8\001'
   _globals['_LISTREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_LISTREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_PRIORITY']._serialized_start=3504
-  _globals['_PRIORITY']._serialized_end=3621
-  _globals['_TASKSTATE']._serialized_start=3624
-  _globals['_TASKSTATE']._serialized_end=3832
-  _globals['_OUTPUTSTREAM']._serialized_start=3834
-  _globals['_OUTPUTSTREAM']._serialized_end=3931
-  _globals['_SHUTDOWNMODE']._serialized_start=3933
-  _globals['_SHUTDOWNMODE']._serialized_end=4051
+  _globals['_PRIORITY']._serialized_start=3597
+  _globals['_PRIORITY']._serialized_end=3714
+  _globals['_TASKSTATE']._serialized_start=3717
+  _globals['_TASKSTATE']._serialized_end=3925
+  _globals['_OUTPUTSTREAM']._serialized_start=3927
+  _globals['_OUTPUTSTREAM']._serialized_end=4024
+  _globals['_SHUTDOWNMODE']._serialized_start=4026
+  _globals['_SHUTDOWNMODE']._serialized_end=4144
   _globals['_TASKSPEC']._serialized_start=103
   _globals['_TASKSPEC']._serialized_end=542
   _globals['_TASKSPEC_ENVENTRY']._serialized_start=437
@@ -67,42 +69,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKEVENT_RETRYING']._serialized_end=1620
   _globals['_TASKEVENT_FINISHED']._serialized_start=1622
   _globals['_TASKEVENT_FINISHED']._serialized_end=1663
-  _globals['_SUBMITREQUEST']._serialized_start=1673
-  _globals['_SUBMITREQUEST']._serialized_end=1724
-  _globals['_SUBMITRESPONSE']._serialized_start=1726
-  _globals['_SUBMITRESPONSE']._serialized_end=1755
-  _globals['_STREAMRESULTSREQUEST']._serialized_start=1757
-  _globals['_STREAMRESULTSREQUEST']._serialized_end=1808
-  _globals['_CANCELREQUEST']._serialized_start=1810
-  _globals['_CANCELREQUEST']._serialized_end=1837
-  _globals['_CANCELRESPONSE']._serialized_start=1839
-  _globals['_CANCELRESPONSE']._serialized_end=1911
-  _globals['_GETREQUEST']._serialized_start=1913
-  _globals['_GETREQUEST']._serialized_end=1953
-  _globals['_LISTREQUEST']._serialized_start=1956
-  _globals['_LISTREQUEST']._serialized_end=2145
+  _globals['_SUBMITREQUEST']._serialized_start=1674
+  _globals['_SUBMITREQUEST']._serialized_end=1817
+  _globals['_SUBMITREQUEST_ENVENTRY']._serialized_start=437
+  _globals['_SUBMITREQUEST_ENVENTRY']._serialized_end=479
+  _globals['_SUBMITRESPONSE']._serialized_start=1819
+  _globals['_SUBMITRESPONSE']._serialized_end=1848
+  _globals['_STREAMRESULTSREQUEST']._serialized_start=1850
+  _globals['_STREAMRESULTSREQUEST']._serialized_end=1901
+  _globals['_CANCELREQUEST']._serialized_start=1903
+  _globals['_CANCELREQUEST']._serialized_end=1930
+  _globals['_CANCELRESPONSE']._serialized_start=1932
+  _globals['_CANCELRESPONSE']._serialized_end=2004
+  _globals['_GETREQUEST']._serialized_start=2006
+  _globals['_GETREQUEST']._serialized_end=2046
+  _globals['_LISTREQUEST']._serialized_start=2049
+  _globals['_LISTREQUEST']._serialized_end=2238
   _globals['_LISTREQUEST_LABELSENTRY']._serialized_start=481
   _globals['_LISTREQUEST_LABELSENTRY']._serialized_end=526
-  _globals['_LISTRESPONSE']._serialized_start=2147
-  _globals['_LISTRESPONSE']._serialized_end=2218
-  _globals['_RUNREQUEST']._serialized_start=2220
-  _globals['_RUNREQUEST']._serialized_end=2267
-  _globals['_STATSREQUEST']._serialized_start=2269
-  _globals['_STATSREQUEST']._serialized_end=2283
-  _globals['_STATSRESPONSE']._serialized_start=2286
-  _globals['_STATSRESPONSE']._serialized_end=2775
-  _globals['_METRICSREQUEST']._serialized_start=2777
-  _globals['_METRICSREQUEST']._serialized_end=2793
-  _globals['_METRICSRESPONSE']._serialized_start=2796
-  _globals['_METRICSRESPONSE']._serialized_end=3327
-  _globals['_CLEANREQUEST']._serialized_start=3329
-  _globals['_CLEANREQUEST']._serialized_end=3390
-  _globals['_CLEANRESPONSE']._serialized_start=3392
-  _globals['_CLEANRESPONSE']._serialized_end=3424
-  _globals['_SHUTDOWNREQUEST']._serialized_start=3426
-  _globals['_SHUTDOWNREQUEST']._serialized_end=3482
-  _globals['_SHUTDOWNRESPONSE']._serialized_start=3484
-  _globals['_SHUTDOWNRESPONSE']._serialized_end=3502
-  _globals['_TASKER']._serialized_start=4054
-  _globals['_TASKER']._serialized_end=4675
+  _globals['_LISTRESPONSE']._serialized_start=2240
+  _globals['_LISTRESPONSE']._serialized_end=2311
+  _globals['_RUNREQUEST']._serialized_start=2313
+  _globals['_RUNREQUEST']._serialized_end=2360
+  _globals['_STATSREQUEST']._serialized_start=2362
+  _globals['_STATSREQUEST']._serialized_end=2376
+  _globals['_STATSRESPONSE']._serialized_start=2379
+  _globals['_STATSRESPONSE']._serialized_end=2868
+  _globals['_METRICSREQUEST']._serialized_start=2870
+  _globals['_METRICSREQUEST']._serialized_end=2886
+  _globals['_METRICSRESPONSE']._serialized_start=2889
+  _globals['_METRICSRESPONSE']._serialized_end=3420
+  _globals['_CLEANREQUEST']._serialized_start=3422
+  _globals['_CLEANREQUEST']._serialized_end=3483
+  _globals['_CLEANRESPONSE']._serialized_start=3485
+  _globals['_CLEANRESPONSE']._serialized_end=3517
+  _globals['_SHUTDOWNREQUEST']._serialized_start=3519
+  _globals['_SHUTDOWNREQUEST']._serialized_end=3575
+  _globals['_SHUTDOWNRESPONSE']._serialized_start=3577
+  _globals['_SHUTDOWNRESPONSE']._serialized_end=3595
+  _globals['_TASKER']._serialized_start=4147
+  _globals['_TASKER']._serialized_end=4768
 # @@protoc_insertion_point(module_scope)
