@@ -28,7 +28,7 @@ from taskerd.config import DaemonConfig
 from taskerd.errors import NotFound, QueueFull, ShuttingDown
 from taskerd.events import EventHub, Watcher
 from taskerd.runner import Capture, Exit, SpawnError, run_command, run_hook
-from taskerd.store import Store
+from taskerd.store import Store, task_record
 
 log = logging.getLogger("taskerd")
 
@@ -41,6 +41,10 @@ TIMED_OUT = pb.TASK_STATE_TIMED_OUT
 CANCELLED = pb.TASK_STATE_CANCELLED
 LOST = pb.TASK_STATE_LOST
 TERMINAL = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, LOST)
+#: A non-once task's RUNNING state is journaled this long after it starts (if still running).
+STARTED_WRITE_DELAY = 0.1
+#: Up to this many live tasks, specs stay in memory from submission to start.
+KEEP_SPECS = 10_000
 
 _PRIORITY = {
     pb.PRIORITY_UNSPECIFIED: engine.Priority.NORMAL,
@@ -82,6 +86,12 @@ class Live:
     worker: int = 0
     started_at: float | None = None
     capture: Capture | None = None
+    once: bool = False
+    started_write: asyncio.TimerHandle | None = None
+    # The spec as submitted, kept while the queue is short to spare a journal read at start;
+    # ``env`` is the request's shared environment, for a spec without its own.
+    spec: pb.TaskSpec | None = None
+    env: Mapping[str, str] | None = None
     attempt_done: asyncio.Event | None = None
     cancel_requested: bool = False
 
@@ -207,15 +217,26 @@ class Core:
             ids = await self.store.add(specs, now=now, env=env)
         finally:
             self._reserved -= len(specs)
+        keep = len(self.live) < KEEP_SPECS
         for task_id, spec in zip(ids, specs, strict=True):
-            self._enqueue(task_id, spec, now, 0)
+            self._enqueue(task_id, spec, now, 0, keep=keep, env=env)
         if len(ids) == 1:
             log.info("task %d accepted: %s", ids[0], _describe(specs[0]))
         else:
             log.info("tasks %d..%d accepted (%d)", ids[0], ids[-1], len(ids))
         return ids
 
-    def _enqueue(self, task_id: int, spec: pb.TaskSpec, queued_at: float, attempts: int) -> None:
+    def _enqueue(
+        self,
+        task_id: int,
+        spec: pb.TaskSpec,
+        queued_at: float,
+        attempts: int,
+        *,
+        keep: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Queue a journaled task; ``keep`` holds its full spec (and shared ``env``) in memory."""
         queue_timeout = seconds(spec.queue_timeout) if spec.HasField("queue_timeout") else None
         if queue_timeout is not None:
             queue_timeout = max(1e-3, queue_timeout - (time.time() - queued_at))
@@ -226,7 +247,10 @@ class Core:
             timeout=seconds(spec.timeout) if spec.HasField("timeout") else None,
             queue_timeout=seconds(spec.queue_timeout) if spec.HasField("queue_timeout") else None,
             attempts=attempts,
+            once=spec.once,
         )
+        if keep:
+            live.spec, live.env = spec, env
         self.live[task_id] = live
         execute = self._execute
 
@@ -260,6 +284,8 @@ class Core:
             timeout=seconds(spec.timeout) if spec.HasField("timeout") else None,
             queue_timeout=None,
             attempts=0,
+            once=spec.once,
+            spec=spec,
         )
         self.live[task_id] = live
         watcher = self.hub.subscribe([task_id], output=True)
@@ -283,16 +309,19 @@ class Core:
 
     async def _execute(self, live: Live, ctx: engine.TaskContext, resource: str) -> Exit:
         """One attempt: run the command with the task's environment. Runs on a worker."""
-        spec = self.store.spec(live.id)
-        if spec is None:  # cleaned while queued: cannot happen for live tasks, but never crash
-            raise SpawnError(f"task {live.id} vanished from the journal")
+        spec = live.spec
+        if spec is None:
+            spec = live.spec = self.store.spec(live.id)
+            if spec is None:  # cleaned while queued: cannot happen for live tasks; never crash
+                raise SpawnError(f"task {live.id} vanished from the journal")
         live.attempts += 1
         live.state = RUNNING
         live.worker = ctx.worker_id + 1  # 1-based; 0 is a temporary resource (Run)
         live.pid = 0
         live.started_at = time.time()
         done = live.attempt_done = asyncio.Event()
-        env = dict(spec.env) if spec.env else dict(os.environ)
+        variables = spec.env or live.env
+        env = dict(variables) if variables else dict(os.environ)
         env["TASKER_TASK_ID"] = str(live.id)
         env["TASKER_WORKER_ID"] = str(live.worker)
         env["TASKER_ATTEMPT"] = str(live.attempts)
@@ -301,6 +330,12 @@ class Core:
         if resource:
             env["TASKER_RESOURCE"] = resource
         live.capture = Capture(self.config.output_limit, on_chunk=partial(self._on_output, live))
+        if live.once:  # at most once: RUNNING must be durable before the command can start
+            self.store.mark_started(
+                live.id, attempt=live.attempts, pid=0, worker=live.worker,
+                started_at=live.started_at,
+            )  # fmt: skip
+            await self.store.flush()
         try:
             result = await run_command(
                 list(spec.argv),
@@ -320,10 +355,13 @@ class Core:
 
     def _on_spawn(self, live: Live, pid: int) -> None:
         live.pid = pid
-        assert live.started_at is not None
-        self.store.mark_started(
-            live.id, attempt=live.attempts, pid=pid, worker=live.worker, started_at=live.started_at
-        )
+        if live.once:
+            self._journal_started(live)
+        else:
+            # Most tasks are short: their finish records the start too, in one write. A crash
+            # before this write re-runs the task without counting the attempt.
+            loop = asyncio.get_running_loop()
+            live.started_write = loop.call_later(STARTED_WRITE_DELAY, self._journal_started, live)
         live.seq += 1
         seq = live.seq
         self.hub.publish(
@@ -335,6 +373,14 @@ class Core:
         )  # fmt: skip
         log.info("task %d started: pid %d, worker %d, attempt %d", live.id, pid, live.worker,
                   live.attempts)  # fmt: skip
+
+    def _journal_started(self, live: Live) -> None:
+        live.started_write = None
+        if live.state == RUNNING and live.started_at is not None:
+            self.store.mark_started(
+                live.id, attempt=live.attempts, pid=live.pid, worker=live.worker,
+                started_at=live.started_at,
+            )  # fmt: skip
 
     def _on_output(self, live: Live, stream: int, data: bytes) -> None:
         live.seq += 1
@@ -436,6 +482,9 @@ class Core:
         state, message = outcome
         capture = live.capture
         now = time.time()
+        if live.started_write is not None:  # the finish records the start
+            live.started_write.cancel()
+            live.started_write = None
         await self.store.mark_finished(
             live.id,
             state=state,
@@ -445,6 +494,8 @@ class Core:
             signal=result.signal if result else None,
             attempts=live.attempts,
             started_at=live.started_at,
+            pid=live.pid or None,
+            worker=live.worker if live.pid else None,
             stdout=bytes(capture.stdout) if capture else b"",
             stderr=bytes(capture.stderr) if capture else b"",
             stdout_truncated=capture.stdout_truncated if capture else False,
@@ -457,7 +508,19 @@ class Core:
         seq = live.seq
 
         def make(output: bool) -> pb.TaskEvent:
-            task = self.store.get(live.id, output=output) or pb.Task(id=live.id, state=state)
+            if live.spec is None:  # it never started: the journal has the spec
+                task = self.store.get(live.id, output=output) or pb.Task(id=live.id, state=state)
+            else:
+                task = task_record(
+                    live.id, state=state, queued_at=live.queued_at, started_at=live.started_at,
+                    ended_at=now, attempts=live.attempts, pid=live.pid, worker=live.worker,
+                    exit_code=result.exit_code if result else None,
+                    signal=result.signal if result else None, error=message, spec=live.spec,
+                )  # fmt: skip
+                if output and capture is not None:
+                    task.stdout, task.stderr = bytes(capture.stdout), bytes(capture.stderr)
+                    task.stdout_truncated = capture.stdout_truncated
+                    task.stderr_truncated = capture.stderr_truncated
             return _event(live.id, seq, finished=pb.TaskEvent.Finished(task=task))
 
         self.hub.publish(live.id, make)
@@ -677,7 +740,7 @@ class _RetryListener:
 
 def _event(task_id: int, seq: int, **kind: Any) -> pb.TaskEvent:
     event = pb.TaskEvent(task_id=task_id, seq=seq, **kind)
-    event.time.GetCurrentTime()
+    event.time.FromNanoseconds(time.time_ns())
     return event
 
 

@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -148,13 +149,29 @@ def _devnull_fd() -> int:
     return _devnull
 
 
+_WHICH_TTL = 1.0
+_which_cache: dict[tuple[str, str], tuple[float, str]] = {}
+
+
 def _resolve(name: str, env: Mapping[str, str]) -> str:
-    """Find ``name`` in the task's own PATH (as execvpe would), or raise FileNotFoundError."""
+    """Find ``name`` in the task's own PATH (as execvpe would), or raise FileNotFoundError.
+
+    A hit is remembered for a second: a PATH walk is several stat calls, and a burst of tasks
+    runs the same few commands.
+    """
     if "/" in name:
         return name
-    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    path = env.get("PATH", os.defpath)
+    now = time.monotonic()
+    cached = _which_cache.get((name, path))
+    if cached is not None and now - cached[0] < _WHICH_TTL:
+        return cached[1]
+    found = shutil.which(name, path=path)
     if found is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+    if len(_which_cache) > 1024:
+        _which_cache.clear()
+    _which_cache[(name, path)] = (now, found)
     return found
 
 

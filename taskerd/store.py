@@ -183,25 +183,38 @@ def _nanos(seconds: float) -> int:
     return round(seconds * 1e9)
 
 
-def _task(row: Sequence[Any], *, full: bool = False, output: bool = False) -> pb.Task:
-    """Build a pb.Task from a row of ``_COLS`` (+ env, stdin when full, + outputs when output)."""
-    (tid, state, queued_at, started_at, ended_at, attempts, pid, worker) = row[:8]
-    exit_code, sig, error, spec = row[8:12]
-    task = pb.Task(id=tid, state=state, attempts=attempts, pid=pid, worker=worker, error=error)
-    task.spec.ParseFromString(spec)
-    if full:
-        env, stdin = row[12:14]
-        if env is not None:
-            task.spec.MergeFromString(env)
-        if stdin is not None:
-            task.spec.stdin = stdin
-    if output and row[14] is not None:
-        task.stdout, task.stderr = row[14], row[15]
-        task.stdout_truncated, task.stderr_truncated = bool(row[16]), bool(row[17])
+def task_record(
+    task_id: int,
+    *,
+    state: int,
+    queued_at: float,
+    started_at: float | None,
+    ended_at: float | None,
+    attempts: int,
+    pid: int,
+    worker: int,
+    exit_code: int | None,
+    signal: int | None,
+    error: str,
+    spec: bytes | pb.TaskSpec,
+) -> pb.Task:
+    """The one builder of a ``pb.Task`` record, from the journal's row or the daemon's memory."""
+    task = pb.Task(
+        id=task_id,
+        state=cast("pb.TaskState.ValueType", state),
+        attempts=attempts,
+        pid=pid,
+        worker=worker,
+        error=error,
+    )
+    if isinstance(spec, bytes):
+        task.spec.ParseFromString(spec)
+    else:
+        task.spec.CopyFrom(spec)
     if exit_code is not None:
         task.exit_code = exit_code
-    if sig is not None:
-        task.signal = sig
+    if signal is not None:
+        task.signal = signal
     task.queued_at.FromNanoseconds(_nanos(queued_at))
     if started_at is not None:
         task.started_at.FromNanoseconds(_nanos(started_at))
@@ -212,6 +225,27 @@ def _task(row: Sequence[Any], *, full: bool = False, output: bool = False) -> pb
             task.run.FromNanoseconds(max(0, _nanos(ended_at - started_at)))
         else:
             task.wait.FromNanoseconds(max(0, _nanos(ended_at - queued_at)))
+    return task
+
+
+def _task(row: Sequence[Any], *, full: bool = False, output: bool = False) -> pb.Task:
+    """Build a pb.Task from a row of ``_COLS`` (+ env, stdin when full, + outputs when output)."""
+    (tid, state, queued_at, started_at, ended_at, attempts, pid, worker) = row[:8]
+    exit_code, sig, error, spec = row[8:12]
+    task = task_record(
+        tid, state=state, queued_at=queued_at, started_at=started_at, ended_at=ended_at,
+        attempts=attempts, pid=pid, worker=worker, exit_code=exit_code, signal=sig, error=error,
+        spec=spec,
+    )  # fmt: skip
+    if full:
+        env, stdin = row[12:14]
+        if env is not None:
+            task.spec.MergeFromString(env)
+        if stdin is not None:
+            task.spec.stdin = stdin
+    if output and row[14] is not None:
+        task.stdout, task.stderr = row[14], row[15]
+        task.stdout_truncated, task.stderr_truncated = bool(row[16]), bool(row[17])
     return task
 
 
@@ -554,6 +588,8 @@ class Store:
         signal: int | None = None,
         attempts: int | None = None,
         started_at: float | None = None,
+        pid: int | None = None,
+        worker: int | None = None,
         stdout: bytes = b"",
         stderr: bytes = b"",
         stdout_truncated: bool = False,
@@ -566,9 +602,20 @@ class Store:
         def run(conn: _Conn) -> None:
             conn.execute(
                 "UPDATE tasks SET state = ?, ended_at = ?, error = ?, exit_code = ?, signal = ?, "
-                "attempts = COALESCE(?, attempts), started_at = COALESCE(?, started_at) "
-                "WHERE id = ?",
-                (state, ended_at, error, exit_code, signal, attempts, started_at, task_id),
+                "attempts = COALESCE(?, attempts), started_at = COALESCE(?, started_at), "
+                "pid = COALESCE(?, pid), worker = COALESCE(?, worker) WHERE id = ?",
+                (
+                    state,
+                    ended_at,
+                    error,
+                    exit_code,
+                    signal,
+                    attempts,
+                    started_at,
+                    pid,
+                    worker,
+                    task_id,
+                ),
             )
             if stdout or stderr or stdout_truncated or stderr_truncated:
                 conn.execute(

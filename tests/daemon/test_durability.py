@@ -141,3 +141,24 @@ def test_second_sigterm_kills(make_daemon: type[Daemon]) -> None:
     assert time.monotonic() - started < 10
     d.start()
     assert d.stub.Get(pb.GetRequest(id=running)).state == pb.TASK_STATE_CANCELLED
+
+
+def test_once_task_is_lost_not_rerun_after_crash(make_daemon: type[Daemon], tmp_path: Path) -> None:
+    d = make_daemon("--workers", "2")
+    runs = tmp_path / "runs"
+    once, again = submit(
+        d.stub,
+        spec(f"echo once >> {runs}; sleep 300", shell=True, once=True),
+        spec(f"echo again >> {runs}; sleep 300", shell=True),
+    )
+    poll_state(d.stub, once, {pb.TASK_STATE_RUNNING})
+    poll_state(d.stub, again, {pb.TASK_STATE_RUNNING})
+    time.sleep(0.3)  # past the delayed RUNNING write of the ordinary task
+    d.kill9()
+    d.start()
+    assert d.stub.Get(pb.GetRequest(id=once)).state == pb.TASK_STATE_LOST
+    rerun = poll_state(d.stub, again, {pb.TASK_STATE_RUNNING})
+    assert rerun.attempts == 2, "the interrupted attempt counts"
+    d.stub.Cancel(pb.CancelRequest(id=again))
+    wait(d.stub, again)
+    assert runs.read_text().split().count("once") == 1

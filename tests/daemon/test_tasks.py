@@ -253,3 +253,23 @@ def test_clean(daemon: Daemon) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     [new] = submit(daemon.stub, spec("true"))
     assert new > ids[-1], "ids are never reused"
+
+
+def test_request_env_is_shared_by_tasks_without_their_own(daemon: Daemon) -> None:
+    path = os.environ["PATH"]
+    request = pb.SubmitRequest(
+        env={"SHARED": "yes", "PATH": path},
+        tasks=[
+            pb.TaskSpec(argv=["sh", "-c", "echo $SHARED-$OWN"]),
+            pb.TaskSpec(argv=["sh", "-c", "echo $SHARED-$OWN"], env={"OWN": "mine", "PATH": path}),
+        ],
+    )
+    ids = list(daemon.stub.Submit(request, timeout=10).ids)
+    wait(daemon.stub, *ids)
+    out = [daemon.stub.Get(pb.GetRequest(id=i, output=True)).stdout for i in ids]
+    assert out == [b"yes-\n", b"-mine\n"]
+    assert daemon.stub.Get(pb.GetRequest(id=ids[0])).spec.env["SHARED"] == "yes"
+    bad = pb.SubmitRequest(env={"A=B": "x"}, tasks=[pb.TaskSpec(argv=["true"])])
+    with pytest.raises(grpc.RpcError) as err:
+        daemon.stub.Submit(bad, timeout=10)
+    assert err.value.details().startswith("env:")
