@@ -143,7 +143,8 @@ async def accept(tmp: Path, sizes: Sizes) -> list[Row]:
     """Accepted tasks/s, single (64 in flight) and batched, vs raw sqlite3, per sync mode."""
     rows: list[Row] = []
     one = spec("true")
-    batch = pb.SubmitRequest(tasks=[one] * 1000)
+    # As taskerctl's batches: the environment once per request, not once per task.
+    batch = pb.SubmitRequest(env=dict(os.environ), tasks=[pb.TaskSpec(argv=["true"])] * 1000)
     for sync in SYNCS:
         raw1 = raw_insert_rate(tmp / "raw.db", sync, 1, seconds=sizes.raw_seconds)
         raw1000 = raw_insert_rate(tmp / "raw.db", sync, 1000, seconds=sizes.raw_seconds)
@@ -193,8 +194,11 @@ async def taskerd_e2e(tmp: Path, workers: int, n: int, drain_jobs: int) -> tuple
         async with channel:
             hose = Firehose(stub)
             await hose.ready(stub)
-            requests = [pb.SubmitRequest(tasks=[spec("true")] * min(500, n - i))
-                        for i in range(0, n, 500)]  # fmt: skip
+            env = dict(os.environ)
+            requests = [
+                pb.SubmitRequest(env=env, tasks=[pb.TaskSpec(argv=["true"])] * min(500, n - i))
+                for i in range(0, n, 500)
+            ]
             t0 = time.perf_counter()
             ids: set[int] = set()
             waiter = asyncio.ensure_future(_finish_after(hose, ids, requests, stub))

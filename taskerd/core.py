@@ -33,6 +33,7 @@ from taskerd.store import Store, task_record
 log = logging.getLogger("taskerd")
 
 State: TypeAlias = pb.TaskState.ValueType
+NORMAL = pb.PRIORITY_NORMAL
 QUEUED = pb.TASK_STATE_QUEUED
 RUNNING = pb.TASK_STATE_RUNNING
 SUCCEEDED = pb.TASK_STATE_SUCCEEDED
@@ -237,18 +238,13 @@ class Core:
         env: Mapping[str, str] | None = None,
     ) -> None:
         """Queue a journaled task; ``keep`` holds its full spec (and shared ``env``) in memory."""
-        queue_timeout = seconds(spec.queue_timeout) if spec.HasField("queue_timeout") else None
-        if queue_timeout is not None:
-            queue_timeout = max(1e-3, queue_timeout - (time.time() - queued_at))
-        live = Live(
-            id=task_id,
-            priority=spec.priority or pb.PRIORITY_NORMAL,
-            queued_at=queued_at,
-            timeout=seconds(spec.timeout) if spec.HasField("timeout") else None,
-            queue_timeout=seconds(spec.queue_timeout) if spec.HasField("queue_timeout") else None,
-            attempts=attempts,
-            once=spec.once,
-        )
+        timeout = seconds(spec.timeout) if spec.HasField("timeout") else None
+        queue_timeout = remaining = None
+        if spec.HasField("queue_timeout"):
+            queue_timeout = seconds(spec.queue_timeout)
+            remaining = max(1e-3, queue_timeout - (time.time() - queued_at))
+        live = Live(task_id, spec.priority or NORMAL, queued_at, timeout, queue_timeout, attempts)
+        live.once = spec.once
         if keep:
             live.spec, live.env = spec, env
         self.live[task_id] = live
@@ -260,15 +256,16 @@ class Core:
         handle = self.engine.queue_task_async(
             run,
             priority=_PRIORITY[spec.priority],
-            timeout=live.timeout,
-            queue_timeout=queue_timeout,
-            once=spec.once,
+            timeout=timeout,
+            queue_timeout=remaining,
+            once=live.once,
             max_retries=max(0, self._max_retries(spec) - attempts),
         )
         live.handle = handle
         self._engine_ids[handle.id] = task_id
         handle.add_done_callback(partial(self._on_done, live))
-        self._publish_queued(live)
+        if self.hub.watched(task_id):
+            self._publish_queued(live)
 
     # ----------------------------------------------------------------- run
 
