@@ -264,8 +264,7 @@ class Core:
         live.handle = handle
         self._engine_ids[handle.id] = task_id
         handle.add_done_callback(partial(self._on_done, live))
-        if self.hub.watched(task_id):
-            self._publish_queued(live)
+        self._publish_queued(live)
 
     # ----------------------------------------------------------------- run
 
@@ -392,6 +391,8 @@ class Core:
 
     def _publish_queued(self, live: Live) -> None:
         live.seq += 1
+        if not self.hub.watched(live.id):
+            return
         seq = live.seq
         self.hub.publish(
             live.id,
