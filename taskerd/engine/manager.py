@@ -994,6 +994,9 @@ class TaskManager(Generic[R, E]):
                 error.__cause__ = exc
         except Exception as exc:
             error = exc
+        except BaseException as exc:  # SystemExit & co. from a task end the task, not the worker
+            error = TaskError(f"task {job.id} raised {exc!r}")
+            error.__cause__ = exc
         finally:
             worker.job = None
             job._ctx = None

@@ -11,6 +11,7 @@ from taskerd.engine import (
     Config,
     Priority,
     TaskContext,
+    TaskError,
     TaskHandle,
     TaskManager,
     TaskState,
@@ -159,3 +160,26 @@ async def test_not_started_and_sync_on_create_coroutine() -> None:
         m.queue_task_async(which)
     async with m:
         assert await m.queue_task(which) == "async-made"
+
+
+@pytest.mark.parametrize("kind", [SystemExit, KeyboardInterrupt])
+async def test_base_exception_in_a_task_is_its_error_not_the_workers(
+    kind: type[BaseException],
+) -> None:
+    res = Resources()
+    async with make(res) as m:
+
+        async def on_loop(ctx: TaskContext, r: str) -> None:
+            raise kind(3)
+
+        def in_thread(ctx: TaskContext, r: str) -> None:
+            raise kind(4)
+
+        for fn in (on_loop, in_thread):
+            handle = m.queue_task_async(fn)
+            with pytest.raises(TaskError) as err:
+                await handle
+            assert isinstance(err.value.__cause__, kind)
+            assert handle.state is TaskState.FAILED
+        assert await m.queue_task(lambda ctx, r: "still serving") == "still serving"
+    assert_nothing_left()
