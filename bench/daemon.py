@@ -90,7 +90,7 @@ class Firehose:
     """Every live event of a daemon; call ``ready`` before relying on it."""
 
     def __init__(self, stub: pb_grpc.TaskerStub) -> None:
-        self.call = stub.StreamResults(pb.StreamResultsRequest())
+        self.call = stub.StreamResults(pb.StreamResultsRequest(finished_only=True))
         self.events: AsyncIterator[pb.TaskEvent] = self.call.__aiter__()
 
     async def ready(self, stub: pb_grpc.TaskerStub) -> None:

@@ -317,7 +317,7 @@ def wait(
             progress.start()
             bar = progress.add_task("waiting", total=len(ids))
         try:
-            for ev in client.stream_results(ids):
+            for ev in client.stream_results(ids, finished_only=True):
                 if ev.kind == "finished" and ev.result is not None:
                     results[ev.task_id] = ev.result
                     if progress is not None:

@@ -291,16 +291,20 @@ class AsyncClient:
         ids: Iterable[int] | None = None,
         output: bool = False,
         *,
+        finished_only: bool = False,
         timeout: float | None = None,
     ) -> AsyncIterator[TaskEvent]:
-        """Iterate events of ``ids`` (every task, live, when None) until they all finish."""
-        req = pb.StreamResultsRequest(ids=list(ids or ()), output=output)
+        """Iterate events of ``ids`` (every task, live, when None) until they all finish;
+        ``finished_only`` keeps just each task's final event."""
+        req = pb.StreamResultsRequest(
+            ids=list(ids or ()), output=output, finished_only=finished_only
+        )
         return self._stream("StreamResults", req, timeout)
 
     async def wait(self, task_id: int, timeout: float | None = None) -> TaskResult:
         """Wait until task ``task_id`` is terminal and return its result."""
         try:
-            async for ev in self.stream_results([task_id], timeout=timeout):
+            async for ev in self.stream_results([task_id], finished_only=True, timeout=timeout):
                 if ev.kind == "finished" and ev.result is not None and ev.task_id == task_id:
                     return ev.result
         except DeadlineExceeded:

@@ -280,16 +280,20 @@ class Client:
         ids: Iterable[int] | None = None,
         output: bool = False,
         *,
+        finished_only: bool = False,
         timeout: float | None = None,
     ) -> Iterator[TaskEvent]:
-        """Iterate events of ``ids`` (every task, live, when None) until they all finish."""
-        req = pb.StreamResultsRequest(ids=list(ids or ()), output=output)
+        """Iterate events of ``ids`` (every task, live, when None) until they all finish;
+        ``finished_only`` keeps just each task's final event."""
+        req = pb.StreamResultsRequest(
+            ids=list(ids or ()), output=output, finished_only=finished_only
+        )
         for ev in self._stream(self._stub.StreamResults, req, timeout):
             yield TaskEvent.from_proto(ev)
 
     def _wait(self, task_id: int, timeout: float | None) -> TaskResult:
         try:
-            for ev in self.stream_results([task_id], timeout=timeout):
+            for ev in self.stream_results([task_id], finished_only=True, timeout=timeout):
                 if ev.kind == "finished" and ev.result is not None and ev.task_id == task_id:
                     return ev.result
         except DeadlineExceeded:

@@ -521,7 +521,7 @@ class Core:
                     task.stderr_truncated = capture.stderr_truncated
             return _event(live.id, seq, finished=pb.TaskEvent.Finished(task=task))
 
-        self.hub.publish(live.id, make)
+        self.hub.publish(live.id, make, is_final=True)
         took = format_duration(now - live.started_at) if live.started_at else "-"
         log.info("task %d %s in %s%s", live.id, pb.TaskState.Name(state)[11:], took,
                  f": {message}" if message else "")  # fmt: skip
@@ -551,7 +551,7 @@ class Core:
         return tasks
 
     def watch(
-        self, ids: Sequence[int], *, output: bool
+        self, ids: Sequence[int], *, output: bool, finished_only: bool = False
     ) -> tuple[Watcher, builtins.list[pb.TaskEvent]]:
         """Subscribe to tasks and get their past events; NotFound for an unknown id.
 
@@ -559,7 +559,7 @@ class Core:
         missed or seen twice.
         """
         if not ids:
-            return self.hub.subscribe(None, output=output), []
+            return self.hub.subscribe(None, output=output, finished_only=finished_only), []
         past: builtins.list[pb.TaskEvent] = []
         found: list[tuple[int, Live | None]] = []
         for task_id in dict.fromkeys(ids):
@@ -567,10 +567,13 @@ class Core:
             if live is None and self.store.get(task_id) is None:
                 raise NotFound(task_id)
             found.append((task_id, live))
-        watcher = self.hub.subscribe([i for i, _ in found], output=output)
+        watcher = self.hub.subscribe(
+            [i for i, _ in found], output=output, finished_only=finished_only
+        )
         for task_id, live in found:
             if live is not None:
-                past.extend(_backlog(live, output=output))
+                if not finished_only:
+                    past.extend(_backlog(live, output=output))
                 continue
             task = self.store.get(task_id, output=output)
             if task is None:  # cleaned just now

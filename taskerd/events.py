@@ -21,13 +21,18 @@ class WatcherTooSlow(Exception):
 class Watcher:
     """One subscription: events for some task ids (or all), with or without output."""
 
-    __slots__ = ("_closed", "_hub", "_queue", "ids", "output", "overflowed", "remaining")
+    __slots__ = (
+        "_closed", "_hub", "_queue", "finished_only", "ids", "output", "overflowed", "remaining",
+    )  # fmt: skip
 
-    def __init__(self, hub: EventHub, ids: Collection[int] | None, output: bool) -> None:
+    def __init__(
+        self, hub: EventHub, ids: Collection[int] | None, output: bool, finished_only: bool
+    ) -> None:
         self._hub = hub
         self.ids = frozenset(ids) if ids is not None else None
         self.remaining = set(ids) if ids is not None else None
         self.output = output
+        self.finished_only = finished_only
         self.overflowed = False
         self._closed = False
         self._queue: asyncio.Queue[pb.TaskEvent | None] = asyncio.Queue(WATCHER_QUEUE)
@@ -77,9 +82,11 @@ class EventHub:
         self._all: set[Watcher] = set()
         self._closed = False
 
-    def subscribe(self, ids: Collection[int] | None, *, output: bool) -> Watcher:
+    def subscribe(
+        self, ids: Collection[int] | None, *, output: bool, finished_only: bool = False
+    ) -> Watcher:
         """Watch ``ids`` (None: every task). Subscribe before reading any past state."""
-        watcher = Watcher(self, ids, output)
+        watcher = Watcher(self, ids, output, finished_only)
         if self._closed:
             watcher.push(None)
         elif ids is None:
@@ -113,6 +120,7 @@ class EventHub:
         make: Callable[[bool], pb.TaskEvent],
         *,
         is_output: bool = False,
+        is_final: bool = False,
     ) -> None:
         """Deliver an event built by ``make(with_output)`` to each interested watcher.
 
@@ -123,7 +131,7 @@ class EventHub:
             return
         cache: dict[bool, pb.TaskEvent] = {}
         for watcher in (*(subs or ()), *self._all):
-            if is_output and not watcher.output:
+            if (is_output and not watcher.output) or (watcher.finished_only and not is_final):
                 continue
             event = cache.get(watcher.output)
             if event is None:

@@ -93,7 +93,9 @@ class Service(pb_grpc.TaskerServicer):
         self, request: pb.StreamResultsRequest, context: Context
     ) -> AsyncIterator[pb.TaskEvent]:
         validate.ids("ids", request.ids)
-        watcher, past = self.core.watch(list(request.ids), output=request.output)
+        watcher, past = self.core.watch(
+            list(request.ids), output=request.output, finished_only=request.finished_only
+        )
         try:
             finished: set[int] = set()
             for event in past:

@@ -158,3 +158,16 @@ def make_daemon(tmp_path: Path) -> Iterator[type[Daemon]]:
 def daemon(make_daemon: type[Daemon]) -> Daemon:
     """A started daemon with 2 workers."""
     return make_daemon("--workers", "2")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A started daemon with 4 workers, shared by a module's tests (one per test is slow)."""
+    d = Daemon(tmp_path_factory.mktemp("daemon"), "--workers", "4")
+    d.start()
+    yield d
+    try:
+        d.stop()
+    except Exception:
+        if d.proc is not None:
+            d.proc.kill()

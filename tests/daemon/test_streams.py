@@ -90,3 +90,11 @@ def test_firehose_sees_new_tasks(daemon: Daemon) -> None:
     stream.cancel()
     assert [e.WhichOneof("kind") for e in seen] == ["queued", "started", "finished"]
     assert all(e.task_id == task_id for e in seen)
+
+
+def test_finished_only(daemon: Daemon) -> None:
+    ids = submit(daemon.stub, spec("echo", "a"), spec("sh", "-c", "echo b; sleep 0.2"))
+    request = pb.StreamResultsRequest(ids=ids, output=True, finished_only=True)
+    events = list(daemon.stub.StreamResults(request, timeout=20))
+    assert [e.WhichOneof("kind") for e in events] == ["finished", "finished"]
+    assert {e.task_id: e.finished.task.stdout for e in events} == {ids[0]: b"a\n", ids[1]: b"b\n"}

@@ -647,8 +647,11 @@ class StreamResultsRequest(_message.Message):
 
     IDS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    FINISHED_ONLY_FIELD_NUMBER: _builtins.int
     output: _builtins.bool
     """Also stream output chunks, and include output in `finished`."""
+    finished_only: _builtins.bool
+    """Only each task's `finished` event: the cheap way to wait for many tasks."""
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The tasks to watch (at most 10,000). Empty: every task, live."""
@@ -658,10 +661,11 @@ class StreamResultsRequest(_message.Message):
         *,
         ids: _abc.Iterable[_builtins.int] | None = ...,
         output: _builtins.bool = ...,
+        finished_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_only", b"finished_only", "ids", b"ids", "output", b"output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
