@@ -81,11 +81,6 @@ def aio_stub(d: BenchDaemon) -> tuple[grpc.aio.Channel, pb_grpc.TaskerStub]:
     return channel, pb_grpc.TaskerStub(channel)
 
 
-def event_time(event: pb.TaskEvent) -> float:
-    """An event's daemon-side time in seconds since the epoch."""
-    return event.time.seconds + event.time.nanos / 1e9
-
-
 class Firehose:
     """Every live event of a daemon; call ``ready`` before relying on it."""
 
@@ -333,7 +328,7 @@ async def end_to_end(tmp: Path, sizes: Sizes) -> list[Row]:
 
 
 async def latency(tmp: Path, sizes: Sizes) -> list[Row]:
-    """Idle submit-to-start: client send time to the Started event's daemon time."""
+    """Idle submit-to-start: client send time to the task's started_at (daemon clock)."""
     d = BenchDaemon(tmp / "latency", workers=2)
     samples: list[float] = []
     with d:
@@ -347,13 +342,9 @@ async def latency(tmp: Path, sizes: Sizes) -> list[Row]:
                 sent = time.time()
                 [task_id] = (await stub.Submit(request)).ids
                 started = 0.0
-                async for event in hose.events:
-                    if event.task_id != task_id:
-                        continue
-                    kind = event.WhichOneof("kind")
-                    if kind == "started":
-                        started = event_time(event)
-                    elif kind == "finished":
+                async for event in hose.events:  # finished events only
+                    if event.task_id == task_id:
+                        started = event.finished.task.started_at.ToNanoseconds() / 1e9
                         break
                 samples.append(started - sent)
             hose.close()
