@@ -7,6 +7,7 @@ import contextlib
 import errno
 import fcntl
 import grp
+import io
 import logging
 import os
 import signal
@@ -209,7 +210,13 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     INTERVAL = 0.2
 
     def __init__(self) -> None:
-        super().__init__(sys.stderr)
+        # sys.stderr is line-buffered (a write call per line): give the handler a buffered one.
+        stream = io.TextIOWrapper(
+            open(sys.stderr.fileno(), "wb", buffering=1 << 16, closefd=False),  # noqa: SIM115
+            encoding="utf-8",
+            errors="backslashreplace",
+        )
+        super().__init__(stream)
         self._dirty = threading.Event()
         threading.Thread(target=self._flusher, name="log-flush", daemon=True).start()
 

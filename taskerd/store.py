@@ -260,8 +260,14 @@ def _settle(results: builtins.list[tuple[asyncio.Future[Any], bool, Any]]) -> No
 
 
 class Store:
-    """The durable task journal. Writes go through one writer thread (group commit); reads run on
-    the caller's thread with their own connection. Create it with ``await Store.open(path)``."""
+    """The durable task journal. Create it with ``await Store.open(path)``.
+
+    Writes are group-committed: every write queued while the loop is busy goes into one
+    transaction. With ``sync="full"`` a writer thread commits them, since each commit waits for
+    fsync. With ``sync="normal"`` a WAL commit does not touch the disk, so the loop commits them
+    itself at the end of its iteration: cheaper than handing every write to a thread. Reads run
+    on the caller's thread with their own connection.
+    """
 
     def __init__(self, path: Path, sync: Literal["normal", "full"]) -> None:
         if sync not in ("normal", "full"):
@@ -275,9 +281,16 @@ class Store:
         self._reader: _Conn | None = None
         self._read_lock = threading.Lock()
         self._closed = False
-        self._env_cache: dict[bytes, int] = {}  # writer thread only
-        self._reclaim_due = False  # writer thread only: vacuum and truncate after this commit
-        self._dirty = False  # writer thread only: commits since the last WAL truncation
+        self._env_cache: dict[bytes, int] = {}  # the writer only
+        self._reclaim_due = False  # the writer only: vacuum and truncate after this commit
+        self._dirty = False  # the writer only: commits since the last WAL truncation
+        # sync="normal": the loop writes itself (see the class docstring).
+        self._inline = sync == "normal"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: _Conn | None = None
+        self._pending: builtins.list[_Op] = []
+        self._flushing = False
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -285,13 +298,16 @@ class Store:
     async def open(cls, path: Path, *, sync: Literal["normal", "full"] = "normal") -> Store:
         """Open (creating it and its schema if needed) the journal at ``path``."""
         self = cls(Path(path), sync)
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        self._thread = threading.Thread(
-            target=self._writer, args=(loop, ready), name="taskerd-store", daemon=True
-        )
-        self._thread.start()
-        await ready
+        loop = self._loop = asyncio.get_running_loop()
+        if self._inline:
+            self._conn = self._connect_writer()
+        else:
+            ready: asyncio.Future[None] = loop.create_future()
+            self._thread = threading.Thread(
+                target=self._writer, args=(loop, ready), name="taskerd-store", daemon=True
+            )
+            self._thread.start()
+            await ready
         reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         reader.execute("PRAGMA busy_timeout = 5000")
         reader.execute("PRAGMA query_only = 1")
@@ -301,6 +317,10 @@ class Store:
     async def close(self) -> None:
         """Flush pending writes, stop the writer thread and close the database. Idempotent."""
         self._closed = True  # refuse new writes; those already queued are still committed
+        if self._conn is not None:
+            self._flush_inline()
+            self._finish_writer(self._conn)
+            self._conn = None
         thread = self._thread
         if thread is not None and thread.is_alive():
             self._queue.put(None)
@@ -355,13 +375,42 @@ class Store:
             self._closed = True
             self._fail_pending(exc)
         finally:
-            try:
-                conn.execute("PRAGMA optimize")
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            except sqlite3.Error:
-                log.exception("journal: final checkpoint failed")
-            conn.close()
+            self._finish_writer(conn)
             self._fail_pending(RuntimeError("journal is closed"))
+
+    def _finish_writer(self, conn: _Conn) -> None:
+        try:
+            conn.execute("PRAGMA optimize")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            log.exception("journal: final checkpoint failed")
+        conn.close()
+
+    # ---- the loop as writer (sync="normal") -------------------------------------------------
+
+    def _flush_inline(self) -> None:
+        """Commit everything queued since the last flush (runs on the loop, once per iteration)."""
+        self._flushing = False
+        conn = self._conn
+        if conn is None:
+            return
+        while self._pending:
+            batch = self._pending[:MAX_BATCH_OPS]
+            del self._pending[:MAX_BATCH_OPS]
+            self._run_batch(conn, batch)
+        if self._dirty and self._idle_timer is None and self._loop is not None:
+            self._idle_timer = self._loop.call_later(IDLE_CHECKPOINT, self._idle_checkpoint)
+
+    def _idle_checkpoint(self) -> None:
+        self._idle_timer = None
+        if self._conn is None:
+            return
+        if self._pending or self._flushing:  # busy: look again later
+            self._idle_timer = asyncio.get_running_loop().call_later(
+                IDLE_CHECKPOINT, self._idle_checkpoint
+            )
+            return
+        self._checkpoint(self._conn)
 
     def _serve(self, conn: _Conn) -> None:
         while True:
@@ -460,6 +509,12 @@ class Store:
         return done
 
     def _resolve(self, done: builtins.list[tuple[_Op, bool, Any]]) -> None:
+        if self._inline:
+            for op, ok, value in done:
+                if op.future is None and not ok:
+                    log.error("journal write failed: %s", value, exc_info=value)
+            _settle([(op.future, ok, value) for op, ok, value in done if op.future is not None])
+            return
         by_loop: dict[asyncio.AbstractEventLoop, builtins.list[Any]] = {}
         for op, ok, value in done:
             if op.future is None or op.loop is None:
@@ -495,8 +550,19 @@ class Store:
         self._check_open()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Op(fn, fut, loop, rows))
+        self._submit(_Op(fn, fut, loop, rows))
         return await fut
+
+    def _submit(self, op: _Op) -> None:
+        """Queue a write for the next group commit."""
+        if not self._inline:
+            self._queue.put(op)
+            return
+        self._pending.append(op)
+        if not self._flushing:
+            self._flushing = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush_inline)
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -575,7 +641,7 @@ class Store:
                 (attempt, pid, worker, started_at, task_id),
             )
 
-        self._queue.put(_Op(run, None, None))
+        self._submit(_Op(run, None, None))
 
     async def mark_finished(
         self,

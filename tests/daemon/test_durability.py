@@ -15,8 +15,9 @@ from tests.conftest import Daemon
 from tests.daemon.util import TERMINAL, poll_state, spec, submit, wait
 
 
-def test_kill9_loses_no_accepted_task(make_daemon: type[Daemon]) -> None:
-    d = make_daemon("--workers", "4", "--max-workers", "4")
+@pytest.mark.parametrize("sync", ["normal", "full"])
+def test_kill9_loses_no_accepted_task(make_daemon: type[Daemon], sync: str) -> None:
+    d = make_daemon("--workers", "4", "--max-workers", "4", config=f'journal_sync = "{sync}"\n')
     accepted: list[int] = []
     stop = threading.Event()
 
