@@ -304,7 +304,9 @@ class AsyncClient:
     async def wait(self, task_id: int, timeout: float | None = None) -> TaskResult:
         """Wait until task ``task_id`` is terminal and return its result."""
         try:
-            async for ev in self.stream_results([task_id], finished_only=True, timeout=timeout):
+            async for ev in self.stream_results(
+                [task_id], output=True, finished_only=True, timeout=timeout
+            ):
                 if ev.kind == "finished" and ev.result is not None and ev.task_id == task_id:
                     return ev.result
         except DeadlineExceeded:

@@ -293,7 +293,9 @@ class Client:
 
     def _wait(self, task_id: int, timeout: float | None) -> TaskResult:
         try:
-            for ev in self.stream_results([task_id], finished_only=True, timeout=timeout):
+            for ev in self.stream_results(
+                [task_id], output=True, finished_only=True, timeout=timeout
+            ):
                 if ev.kind == "finished" and ev.result is not None and ev.task_id == task_id:
                     return ev.result
         except DeadlineExceeded:

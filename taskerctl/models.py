@@ -40,9 +40,16 @@ if TYPE_CHECKING:
         """A task's priority, from ``tasker.v1.Priority`` (``LOW``, ``NORMAL``...)."""
 
 else:
-    TaskState = enum.IntEnum("TaskState", _members(pb.TaskState, "TASK_STATE_"), module=__name__)
+
+    class _Named(enum.IntEnum):
+        """Prints as its name (``SUCCEEDED``), compares as the proto's number."""
+
+        def __str__(self) -> str:
+            return self.name
+
+    TaskState = _Named("TaskState", _members(pb.TaskState, "TASK_STATE_"), module=__name__)
     TaskState.__doc__ = "A task's state, from ``tasker.v1.TaskState`` without its prefix."
-    Priority = enum.IntEnum("Priority", _members(pb.Priority, "PRIORITY_"), module=__name__)
+    Priority = _Named("Priority", _members(pb.Priority, "PRIORITY_"), module=__name__)
     Priority.__doc__ = "A task's priority, from ``tasker.v1.Priority`` without its prefix."
 
 #: States a task never leaves.

@@ -90,3 +90,8 @@ def test_invalid_argument_field_parsing() -> None:
     assert parse_field("no field here") == ""
     assert InvalidTask("x", field="cwd").exit_code == 2
     assert QueueFull("queue full (2/2)").exit_code == 75
+
+
+def test_states_and_priorities_print_as_names() -> None:
+    assert str(TaskState.SUCCEEDED) == "SUCCEEDED" and f"{Priority.HIGH}" == "HIGH"
+    assert TaskState.SUCCEEDED == pb.TASK_STATE_SUCCEEDED

@@ -38,6 +38,7 @@ def test_submit_wait_get_output(client: Client) -> None:
     r = h.wait(timeout=20)
     assert r.id == h.id and r.ok and r.exit_code == 0 and r.state == TaskState.SUCCEEDED
     assert r.attempts == 1 and r.labels == {"t": "basic"} and r.run is not None
+    assert r.stdout == b"out\n" and r.stderr == b"err\n", "wait() carries the output"
     full = client.get(h.id, output=True)
     assert full.stdout == b"out\n" and full.stderr == b"err\n"
     assert client.get(h.id).stdout == b""
