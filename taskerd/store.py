@@ -50,6 +50,7 @@ _LIVE = f"state IN ({_QUEUED}, {_RUNNING})"
 
 MAX_BATCH_OPS = 4096  # operations per group-committed transaction
 DELETE_CHUNK = 5000  # tasks deleted per operation by clean/prune, so other writes interleave
+FLUSH_GAP = 0.002  # sync="normal": the least time between two group commits under load
 IDLE_CHECKPOINT = 2.0  # seconds of writer idleness before the WAL is truncated
 _ENV_CACHE_MAX = 256  # distinct environments remembered by the writer (keyed by content)
 _MAX_ID = 2**63 - 1
@@ -290,6 +291,7 @@ class Store:
         self._conn: _Conn | None = None
         self._pending: builtins.list[_Op] = []
         self._flushing = False
+        self._last_flush = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -394,6 +396,8 @@ class Store:
         conn = self._conn
         if conn is None:
             return
+        assert self._loop is not None
+        self._last_flush = self._loop.time()
         while self._pending:
             batch = self._pending[:MAX_BATCH_OPS]
             del self._pending[:MAX_BATCH_OPS]
@@ -561,8 +565,14 @@ class Store:
         self._pending.append(op)
         if not self._flushing:
             self._flushing = True
-            assert self._loop is not None
-            self._loop.call_soon(self._flush_inline)
+            loop = self._loop
+            assert loop is not None
+            # Right away when idle; under load, at most one commit per FLUSH_GAP.
+            wait = self._last_flush + FLUSH_GAP - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self._flush_inline)
+            else:
+                loop.call_soon(self._flush_inline)
 
     # ---- writes ----------------------------------------------------------------------------
 
