@@ -202,29 +202,37 @@ def list_(
         return
     from rich.table import Table
 
+    console = _console()
+    wide = console.width >= 120  # on a narrow terminal, keep the columns that matter most
     table = Table(box=None, header_style="bold")
-    for col in ("ID", "STATE", "PRIO", "COMMAND", "LABELS", "QUEUED", "STARTED", "ENDED"):
-        table.add_column(col, no_wrap=col not in ("COMMAND", "LABELS"), overflow="fold")
+    columns = ["ID", "STATE", "PRIO", "COMMAND", "LABELS", "QUEUED", "STARTED", "ENDED"]
+    if not wide:
+        columns = ["ID", "STATE", "PRIO", "COMMAND", "STARTED"]
+    for col in columns:
+        elastic = col in ("COMMAND", "LABELS")
+        table.add_column(
+            col,
+            no_wrap=True,
+            overflow="ellipsis" if elastic else "fold",
+        )
     table.add_column("DURATION", justify="right", no_wrap=True, min_width=8)
     table.add_column("EXIT", justify="right", no_wrap=True)
     for t in tasks:
         exit_ = (
             str(t.exit_code) if t.exit_code is not None else (f"sig{t.signal}" if t.signal else "-")
         )
-        table.add_row(
-            str(t.id),
-            _state(t.state),
-            t.priority.name.lower(),
-            _elide(t.command),
-            ",".join(f"{k}={v}" for k, v in t.labels.items()),
-            _when(t.queued_at),
-            _when(t.started_at),
-            _when(t.ended_at),
-            _duration(t),
-            exit_,
-            end_section=False,
-        )
-    _console().print(table)
+        cells = {
+            "ID": str(t.id),
+            "STATE": _state(t.state),
+            "PRIO": t.priority.name.lower(),
+            "COMMAND": _elide(t.command, 40 if wide else max(10, console.width - 60)),
+            "LABELS": ",".join(f"{k}={v}" for k, v in t.labels.items()),
+            "QUEUED": _when(t.queued_at),
+            "STARTED": _when(t.started_at),
+            "ENDED": _when(t.ended_at),
+        }
+        table.add_row(*(cells[c] for c in columns), _duration(t), exit_, end_section=False)
+    console.print(table)
 
 
 app.command("ls", help="Alias of list.")(list_)
