@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import gc
 import grp
 import io
 import logging
@@ -185,6 +186,7 @@ class Daemon:
                 config.socket, config.workers, config.burst_workers, config.max_queue,
                 config.state_dir / "journal.sqlite3",
             )  # fmt: skip
+            gc.freeze()  # what start-up made lives as long as the daemon: never scan it again
             notify("READY=1")
             await self.stopping.wait()
             for name in ("", SERVICE_NAME):
@@ -253,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.write(config.to_toml())
         return
     setup_logging(config.log_level)
+    # Queued tasks are long-lived objects: with the default thresholds the collector walks all
+    # of them again and again while a big batch is accepted. Collect young objects less often.
+    gc.set_threshold(50_000, 20, 100)
     try:
         lock = lock_state_dir(config.state_dir)
         prepare_socket(config)
