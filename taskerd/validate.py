@@ -77,13 +77,16 @@ def env(field: str, variables: Mapping[str, str]) -> int:
 
 def spec(s: pb.TaskSpec, where: str) -> None:
     """Validate one task spec; ``where`` prefixes field names (``tasks[3]``)."""
-    if not s.argv:
-        raise InvalidArgument(f"{where}.argv", "must not be empty")
-    if len(s.argv) > MAX_ARGV_ITEMS:
-        raise InvalidArgument(f"{where}.argv", f"at most {MAX_ARGV_ITEMS} items")
-    if not s.argv[0]:
-        raise InvalidArgument(f"{where}.argv", "argv[0] must not be empty")
-    size = _size(_joined(f"{where}.argv", s.argv)) + 1 + env(f"{where}.env", s.env)
+    argv = s.argv
+    if not argv or not argv[0] or len(argv) > MAX_ARGV_ITEMS:
+        problem = f"at most {MAX_ARGV_ITEMS} items" if argv and argv[0] else "must not be empty"
+        raise InvalidArgument(f"{where}.argv", problem)
+    joined = "\n".join(argv)
+    if "\0" in joined:
+        raise InvalidArgument(f"{where}.argv", "must not contain NUL bytes")
+    size = _size(joined) + 1
+    if s.env:
+        size += env(f"{where}.env", s.env)
     if size > MAX_ARG_ENV_BYTES:
         raise InvalidArgument(f"{where}.argv", "argv and env together exceed 1 MiB")
     if s.cwd:
