@@ -1,6 +1,6 @@
 """taskerd.engine: the asyncio scheduling core (no gRPC, SQLite or subprocess code)."""
 
-from taskerd.engine.config import CancelReason, Config, Priority
+from taskerd.engine.config import CancelReason, Config, Priority, SubmitOptions
 from taskerd.engine.context import TaskContext
 from taskerd.engine.errors import (
     Killed,
@@ -27,6 +27,7 @@ __all__ = [
     "Retry",
     "ShuttingDown",
     "Stats",
+    "SubmitOptions",
     "SyncTaskManager",
     "TaskCancelled",
     "TaskContext",

@@ -6,7 +6,7 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 
 from taskerd.engine.metrics import MetricsCollector
 
@@ -20,6 +20,18 @@ class Priority(enum.IntEnum):
     NORMAL = 1
     HIGH = 2
     CRITICAL = 3
+
+
+class SubmitOptions(TypedDict, total=False):
+    """The keywords of every submission method (see ``TaskManager.queue_task_async``)."""
+
+    priority: Priority | int
+    timeout: float | None
+    queue_timeout: float | None
+    once: bool
+    max_retries: int | None
+    block: bool
+    block_timeout: float | None
 
 
 class CancelReason(enum.Enum):

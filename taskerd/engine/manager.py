@@ -25,9 +25,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from inspect import CO_COROUTINE
 from types import FunctionType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, Unpack
 
-from taskerd.engine.config import CancelReason, Config, Priority
+from taskerd.engine.config import CancelReason, Config, Priority, SubmitOptions
 from taskerd.engine.context import TaskContext
 from taskerd.engine.errors import (
     Killed,
@@ -401,29 +401,13 @@ class TaskManager(Generic[R, E]):
     async def submit(
         self,
         fn: TaskFn[R, E],
-        *,
-        priority: Priority | int = Priority.NORMAL,
-        timeout: float | None = None,
-        queue_timeout: float | None = None,
-        once: bool = False,
-        max_retries: int | None = None,
-        block: bool = False,
-        block_timeout: float | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> TaskHandle[E]:
         """Like :meth:`queue_task_async`, but with ``block=True`` wait until the task is queued.
 
         Raises QueueFull if no room appeared within ``block_timeout``.
         """
-        job = self.queue_task_async(
-            fn,
-            priority=priority,
-            timeout=timeout,
-            queue_timeout=queue_timeout,
-            once=once,
-            max_retries=max_retries,
-            block=block,
-            block_timeout=block_timeout,
-        )
+        job = self.queue_task_async(fn, **options)
         if job._loc == IN_WAITLIST and job._state is QUEUED:
             fut: asyncio.Future[None] = self._loop.create_future()
             self._admission[job] = fut
@@ -441,29 +425,13 @@ class TaskManager(Generic[R, E]):
     async def queue_task(
         self,
         fn: TaskFn[R, E],
-        *,
-        priority: Priority | int = Priority.NORMAL,
-        timeout: float | None = None,
-        queue_timeout: float | None = None,
-        once: bool = False,
-        max_retries: int | None = None,
-        block: bool = False,
-        block_timeout: float | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> E:
         """Submit ``fn`` and return its result (or raise its error).
 
         If the awaiting coroutine is cancelled, the task is cancelled too.
         """
-        job = self.queue_task_async(
-            fn,
-            priority=priority,
-            timeout=timeout,
-            queue_timeout=queue_timeout,
-            once=once,
-            max_retries=max_retries,
-            block=block,
-            block_timeout=block_timeout,
-        )
+        job = self.queue_task_async(fn, **options)
         if job._state <= RUNNING:
             fut: asyncio.Future[None] = self._loop.create_future()
             if job._waiters is None:
@@ -481,14 +449,7 @@ class TaskManager(Generic[R, E]):
         self,
         fn: TaskFn[R, E],
         callback: Callable[[E | None, BaseException | None], Any],
-        *,
-        priority: Priority | int = Priority.NORMAL,
-        timeout: float | None = None,
-        queue_timeout: float | None = None,
-        once: bool = False,
-        max_retries: int | None = None,
-        block: bool = False,
-        block_timeout: float | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> TaskHandle[E]:
         """Submit ``fn``; ``callback(result, error)`` is called exactly once when it ends.
 
@@ -496,16 +457,7 @@ class TaskManager(Generic[R, E]):
         function. Its exceptions are logged. A refused submission raises here instead
         (QueueFull, ShuttingDown) and the callback is not called.
         """
-        job = self.queue_task_async(
-            fn,
-            priority=priority,
-            timeout=timeout,
-            queue_timeout=queue_timeout,
-            once=once,
-            max_retries=max_retries,
-            block=block,
-            block_timeout=block_timeout,
-        )
+        job = self.queue_task_async(fn, **options)
 
         def deliver(done: TaskHandle[E]) -> Any:
             return callback(done._result, done._error)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, Unpack
 
-from taskerd.engine.config import Config, Priority
+from taskerd.engine.config import Config, SubmitOptions
 from taskerd.engine.handle import TaskHandle
 from taskerd.engine.manager import TaskFn, TaskManager
 from taskerd.engine.metrics import Metrics, Stats
@@ -65,76 +65,29 @@ class SyncTaskManager(Generic[R, E]):
     def submit(
         self,
         fn: TaskFn[R, E],
-        *,
-        priority: Priority | int = Priority.NORMAL,
-        timeout: float | None = None,
-        queue_timeout: float | None = None,
-        once: bool = False,
-        max_retries: int | None = None,
-        block: bool = False,
-        block_timeout: float | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> TaskHandle[E]:
         """Submit and return the handle (``block=True`` waits for room, see TaskManager.submit)."""
-        return self._call(
-            self.manager.submit(
-                fn,
-                priority=priority,
-                timeout=timeout,
-                queue_timeout=queue_timeout,
-                once=once,
-                max_retries=max_retries,
-                block=block,
-                block_timeout=block_timeout,
-            )
-        )
+        return self._call(self.manager.submit(fn, **options))
 
     def queue_task(
         self,
         fn: TaskFn[R, E],
-        *,
-        priority: Priority | int = Priority.NORMAL,
-        timeout: float | None = None,
-        queue_timeout: float | None = None,
-        once: bool = False,
-        max_retries: int | None = None,
-        block: bool = False,
-        block_timeout: float | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> E:
         """Submit and block until the result (or raise the task's error)."""
-        return self.submit(
-            fn,
-            priority=priority,
-            timeout=timeout,
-            queue_timeout=queue_timeout,
-            once=once,
-            max_retries=max_retries,
-            block=block,
-            block_timeout=block_timeout,
-        ).result()
+        return self.submit(fn, **options).result()
 
     def queue_task_with_callback(
         self,
         fn: TaskFn[R, E],
         callback: Callable[[E | None, BaseException | None], Any],
-        *,
-        priority: Priority | int = Priority.NORMAL,
-        timeout: float | None = None,
-        queue_timeout: float | None = None,
-        once: bool = False,
-        max_retries: int | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> TaskHandle[E]:
         """Submit; ``callback(result, error)`` is later called once on the loop thread."""
 
         async def go() -> TaskHandle[E]:
-            return self.manager.queue_task_with_callback(
-                fn,
-                callback,
-                priority=priority,
-                timeout=timeout,
-                queue_timeout=queue_timeout,
-                once=once,
-                max_retries=max_retries,
-            )
+            return self.manager.queue_task_with_callback(fn, callback, **options)
 
         return self._call(go())
 
