@@ -14,7 +14,7 @@ from tests.conftest import Daemon
 
 def test_socket_and_directory_are_private(daemon: Daemon) -> None:
     assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(daemon.socket.parent).st_mode) in (0o700, 0o755)
+    assert stat.S_IMODE(os.stat(daemon.socket.parent).st_mode) == 0o700
 
 
 def test_stale_socket_is_replaced(make_daemon: type[Daemon]) -> None:
@@ -91,3 +91,34 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 2 and "unknown config key 'wrokers'" in result.stderr
+
+
+def test_health_and_reflection_are_served(daemon: Daemon) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(daemon.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "tasker.v1.Tasker"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="tasker.v1.Tasker"),
+        ]
+        listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=5))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"tasker.v1.Tasker", "grpc.health.v1.Health"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto, "the proto is discoverable"
+
+
+def test_socket_group_shares_the_socket(make_daemon: type[Daemon]) -> None:
+    import grp
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    d = make_daemon(config=f'socket_group = "{group}"\n')
+    info = os.stat(d.socket)
+    assert stat.S_IMODE(info.st_mode) == 0o660 and info.st_gid == os.getgid()
+    assert stat.S_IMODE(os.stat(d.socket.parent).st_mode) == 0o750
