@@ -98,3 +98,25 @@ def test_finished_only(daemon: Daemon) -> None:
     events = list(daemon.stub.StreamResults(request, timeout=20))
     assert [e.WhichOneof("kind") for e in events] == ["finished", "finished"]
     assert {e.task_id: e.finished.task.stdout for e in events} == {ids[0]: b"a\n", ids[1]: b"b\n"}
+
+
+def test_large_output_streams_whole_while_the_journal_keeps_the_cap(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    script = f"until [ -e {gate} ]; do sleep 0.02; done; head -c 3000000 /dev/urandom | od -An -v"
+    [task_id] = submit(daemon.stub, spec(script, shell=True))
+    request = pb.StreamResultsRequest(ids=[task_id], output=True)
+    chunks = []
+    for event in daemon.stub.StreamResults(request, timeout=60):
+        kind = event.WhichOneof("kind")
+        if kind == "started":
+            gate.touch()  # the watcher is subscribed before the first byte
+        elif kind == "output":
+            chunks.append(event.output.data)
+    task = daemon.stub.Get(pb.GetRequest(id=task_id, output=True))
+    assert task.state == pb.TASK_STATE_SUCCEEDED
+    streamed = b"".join(chunks)
+    assert len(streamed) > 3 << 20, "every byte reached the watcher"
+    assert streamed.startswith(task.stdout)
+    assert len(task.stdout) == 1 << 20 and task.stdout_truncated

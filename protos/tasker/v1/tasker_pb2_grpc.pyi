@@ -55,8 +55,9 @@ class TaskerStub:
     """Streams task events: for the given ids, or for every task when ids is
     empty (the firehose, live events only). A watcher of a task that is
     already running first gets its past events (queued, started, and the
-    output so far when asked), then live ones. For a finished task it gets
-    only the final event. The stream ends when every watched task has
+    output so far when asked), then live ones. That past output is what the
+    daemon keeps (output_limit per stream): past a truncation, the live
+    chunks follow a gap. For a finished task it gets only the final event. The stream ends when every watched task has
     finished; the firehose ends when the daemon stops.
     """
     Cancel: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.CancelRequest, _tasker_pb2.CancelResponse]
@@ -98,8 +99,9 @@ class TaskerAsyncStub(TaskerStub):
     """Streams task events: for the given ids, or for every task when ids is
     empty (the firehose, live events only). A watcher of a task that is
     already running first gets its past events (queued, started, and the
-    output so far when asked), then live ones. For a finished task it gets
-    only the final event. The stream ends when every watched task has
+    output so far when asked), then live ones. That past output is what the
+    daemon keeps (output_limit per stream): past a truncation, the live
+    chunks follow a gap. For a finished task it gets only the final event. The stream ends when every watched task has
     finished; the firehose ends when the daemon stops.
     """
     Cancel: _aio.UnaryUnaryMultiCallable[_tasker_pb2.CancelRequest, _tasker_pb2.CancelResponse]  # type: ignore[assignment]
@@ -150,8 +152,9 @@ class TaskerServicer(metaclass=_abc_1.ABCMeta):
         """Streams task events: for the given ids, or for every task when ids is
         empty (the firehose, live events only). A watcher of a task that is
         already running first gets its past events (queued, started, and the
-        output so far when asked), then live ones. For a finished task it gets
-        only the final event. The stream ends when every watched task has
+        output so far when asked), then live ones. That past output is what the
+        daemon keeps (output_limit per stream): past a truncation, the live
+        chunks follow a gap. For a finished task it gets only the final event. The stream ends when every watched task has
         finished; the firehose ends when the daemon stops.
         """
 
