@@ -17,7 +17,7 @@ from collections.abc import (
 )
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import grpc
 import grpc.aio
@@ -41,6 +41,7 @@ from taskerctl.models import (
     SpecLike,
     Stats,
     TaskEvent,
+    TaskOptions,
     TaskResult,
     TaskState,
     build_spec,
@@ -186,32 +187,11 @@ class AsyncClient:
         self,
         cmd: Command,
         *,
-        priority: str | int = "normal",
-        timeout: float | str | None = None,
-        queue_timeout: float | str | None = None,
-        once: bool = False,
-        retries: int | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
-        stdin: bytes | str | None = None,
-        labels: Mapping[str, str] | None = None,
-        shell: bool = False,
         rpc_timeout: float | None = _UNSET,
+        **options: Unpack[TaskOptions],
     ) -> AsyncTaskHandle:
         """Submit one task; returns once the daemon has journaled it (see ``Client.submit``)."""
-        spec = build_spec(
-            cmd,
-            priority=priority,
-            timeout=timeout,
-            queue_timeout=queue_timeout,
-            once=once,
-            retries=retries,
-            env=env,
-            cwd=cwd,
-            stdin=stdin,
-            labels=labels,
-            shell=shell,
-        )
+        spec = build_spec(cmd, **options)
         resp = await self._call("Submit", pb.SubmitRequest(tasks=[spec]), rpc_timeout)
         return AsyncTaskHandle(self, resp.ids[0])
 
@@ -221,7 +201,7 @@ class AsyncClient:
         *,
         batch_size: int = 1000,
         rpc_timeout: float | None = _UNSET,
-        **options: Any,
+        **options: Unpack[TaskOptions],
     ) -> builtins.list[AsyncTaskHandle]:
         """Submit many tasks, one Submit RPC per ``batch_size`` tasks, as ``Client.submit_many``."""
         handles: builtins.list[AsyncTaskHandle] = []

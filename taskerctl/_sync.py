@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import grpc
 
@@ -33,6 +33,7 @@ from taskerctl.models import (
     SpecLike,
     Stats,
     TaskEvent,
+    TaskOptions,
     TaskResult,
     TaskState,
     build_spec,
@@ -170,17 +171,8 @@ class Client:
         self,
         cmd: Command,
         *,
-        priority: str | int = "normal",
-        timeout: float | str | None = None,
-        queue_timeout: float | str | None = None,
-        once: bool = False,
-        retries: int | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
-        stdin: bytes | str | None = None,
-        labels: Mapping[str, str] | None = None,
-        shell: bool = False,
         rpc_timeout: float | None = _UNSET,
+        **options: Unpack[TaskOptions],
     ) -> TaskHandle:
         """Submit one task; returns once the daemon has journaled it.
 
@@ -188,19 +180,7 @@ class Client:
         ``shlex.split``). ``env=None`` sends a copy of ``os.environ``; ``cwd=None`` the current
         directory. ``timeout``/``queue_timeout`` take seconds or duration strings (``"5s"``).
         """
-        spec = build_spec(
-            cmd,
-            priority=priority,
-            timeout=timeout,
-            queue_timeout=queue_timeout,
-            once=once,
-            retries=retries,
-            env=env,
-            cwd=cwd,
-            stdin=stdin,
-            labels=labels,
-            shell=shell,
-        )
+        spec = build_spec(cmd, **options)
         resp = self._call(self._stub.Submit, pb.SubmitRequest(tasks=[spec]), rpc_timeout)
         return TaskHandle(self, resp.ids[0])
 
@@ -210,7 +190,7 @@ class Client:
         *,
         batch_size: int = 1000,
         rpc_timeout: float | None = _UNSET,
-        **options: Any,
+        **options: Unpack[TaskOptions],
     ) -> builtins.list[TaskHandle]:
         """Submit many tasks, one Submit RPC per ``batch_size`` (at most 10,000) tasks.
 

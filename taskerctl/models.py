@@ -13,7 +13,7 @@ import os
 import shlex
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, cast
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -116,6 +116,21 @@ def _time(msg: Any, field: str) -> datetime | None:
 
 
 Command: TypeAlias = str | Sequence[str]
+
+
+class TaskOptions(TypedDict, total=False):
+    """The keywords of ``submit`` and its kin; see :func:`build_spec` for what each means."""
+
+    priority: str | int
+    timeout: float | str | None
+    queue_timeout: float | str | None
+    once: bool
+    retries: int | None
+    env: Mapping[str, str] | None
+    cwd: str | os.PathLike[str] | None
+    stdin: bytes | str | None
+    labels: Mapping[str, str] | None
+    shell: bool
 
 
 def build_spec(
