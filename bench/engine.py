@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from taskerd.engine import Config, TaskContext, TaskManager
@@ -22,6 +23,20 @@ ASYNC_N = 100_000
 SYNC_N = 20_000
 WORKERS = 8
 LATENCY_N = 2_000
+
+
+def countdown(n: int) -> tuple[asyncio.Event, Callable[[object], None]]:
+    """An event set once the returned callback has been called ``n`` times."""
+    done = asyncio.Event()
+    left = n
+
+    def one_done(_: object) -> None:
+        nonlocal left
+        left -= 1
+        if not left:
+            done.set()
+
+    return done, one_done
 
 
 async def noop_async(ctx: TaskContext, resource: Any) -> None:
@@ -52,15 +67,7 @@ async def baseline_async_queue(n: int) -> float:
             else:
                 fut.set_result(result)
 
-    done = asyncio.Event()
-    left = n
-
-    def one_done(_: object) -> None:
-        nonlocal left
-        left -= 1
-        if not left:
-            done.set()
-
+    done, one_done = countdown(n)
     consumers = [asyncio.create_task(consumer()) for _ in range(WORKERS)]
     await asyncio.sleep(0)  # let the consumers park, as the engine's workers do
     start = time.perf_counter()
@@ -78,15 +85,7 @@ async def baseline_async_queue(n: int) -> float:
 
 async def engine_async(n: int) -> float:
     async with TaskManager[None, None](config()) as manager:
-        done = asyncio.Event()
-        left = n
-
-        def one_done(_: object) -> None:
-            nonlocal left
-            left -= 1
-            if not left:
-                done.set()
-
+        done, one_done = countdown(n)
         start = time.perf_counter()
         for _ in range(n):
             manager.queue_task_async(noop_async).add_done_callback(one_done)
