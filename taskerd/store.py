@@ -1,10 +1,17 @@
-"""The task journal: one SQLite database in WAL mode, written with group commit.
+"""The task journal: one SQLite database in WAL mode, owned by one journal thread.
 
-Durability: a write (``add``, ``mark_finished``...) is acknowledged only after the transaction that
-holds it has committed. With ``sync="normal"`` a committed write survives a crash of the daemon
-(it is in the WAL, which the OS holds); with ``sync="full"`` the WAL is fsynced at every commit, so
-it also survives power loss. ``mark_started`` is fire-and-forget but ordered with every other write,
-so it is durable once any later awaited write returns. Every operation is all or nothing.
+Every write and every read goes through the journal thread, in the order they were made, so the
+event loop never touches SQLite. Writes are group-committed: those queued while the thread is
+busy share one transaction. A write (``add``, ``mark_finished``...) is acknowledged only after
+the transaction that holds it has committed. With ``sync="normal"`` a committed write survives a
+crash of the daemon (it is in the WAL, which the OS holds); with ``sync="full"`` the WAL is
+fsynced at every commit, so it also survives power loss. ``mark_started`` is fire-and-forget but
+ordered with every other write, so it is durable once any later awaited write returns.
+
+A read sees exactly the writes queued before it, and its answer reaches the loop after theirs:
+so when a read's caller resumes, the daemon's memory has taken in every commit the read saw, and
+no later one. Every operation is all or nothing. A failed commit (a full disk, an I/O error)
+fails its operations with :class:`JournalError`; nothing of them is kept.
 """
 
 from __future__ import annotations
@@ -24,14 +31,23 @@ from typing import Any, Literal, TypeVar, cast
 
 from tasker.v1 import tasker_pb2 as pb
 
-__all__ = ["SCHEMA_VERSION", "TERMINAL_STATES", "Store"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "TERMINAL_STATES",
+    "JournalError",
+    "JournalOpenError",
+    "ListPage",
+    "Run",
+    "Store",
+    "task_record",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _Conn = sqlite3.Connection
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TERMINAL_STATES: frozenset[int] = frozenset(
     {
         pb.TASK_STATE_SUCCEEDED,
@@ -50,10 +66,12 @@ _LIVE = f"state IN ({_QUEUED}, {_RUNNING})"
 
 MAX_BATCH_OPS = 4096  # operations per group-committed transaction
 DELETE_CHUNK = 5000  # tasks deleted per operation by clean/prune, so other writes interleave
-FLUSH_GAP = 0.002  # sync="normal": the least time between two group commits under load
-IDLE_CHECKPOINT = 2.0  # seconds of writer idleness before the WAL is truncated
+IDLE_CHECKPOINT = 2.0  # seconds of journal idleness before the WAL is truncated
 _ENV_CACHE_MAX = 256  # distinct environments remembered by the writer (keyed by content)
-_MAX_ID = 2**63 - 1
+MAX_ID = 2**63 - 1
+_SQLITE_FULL = 13
+
+_TABLES = {"envs", "tasks", "stdins", "labels", "outputs"}
 
 _SCHEMA = f"""
 CREATE TABLE envs (
@@ -102,7 +120,7 @@ CREATE TABLE outputs (
     stdout_truncated INTEGER NOT NULL,
     stderr_truncated INTEGER NOT NULL
 );
-PRAGMA user_version = {SCHEMA_VERSION};
+
 """
 
 _COLS = (
@@ -120,14 +138,67 @@ _GET_OUTPUT = (
 )
 
 
+# Schema changes, in order: each takes the journal from version N - 1 to N.
+_MIGRATIONS: dict[int, str] = {
+    2: """
+    ALTER TABLE tasks ADD COLUMN run_pgid INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN run_start INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN run_token TEXT NOT NULL DEFAULT '';
+    """,
+}
+
+
+class JournalError(Exception):
+    """A journal operation failed and left nothing behind; ``full`` when the disk is full."""
+
+    def __init__(self, message: str, *, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
+
+
+class JournalOpenError(Exception):
+    """The journal cannot be opened (not SQLite, not ours, too new); the message says why."""
+
+
+def _journal_error(exc: BaseException) -> BaseException:
+    """SQLite's operational errors as JournalError; anything else (a bug) as it is."""
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.IntegrityError | sqlite3.ProgrammingError
+    ):
+        full = getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL
+        return JournalError("journal: disk full" if full else f"journal: {exc}", full=full)
+    return exc
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """What identifies a journaled run: its process, group, start time and token."""
+
+    task_id: int
+    pid: int
+    pgid: int
+    start_time: int
+    token: str
+
+
+@dataclass(slots=True)
+class ListPage:
+    """One journal read for List: terminal rows matching the filters, and rows asked by id."""
+
+    terminal: builtins.list[pb.Task]
+    by_id: dict[int, pb.Task]
+
+
 @dataclass(slots=True)
 class _Op:
-    """One queued write: ``fn`` runs on the writer thread inside the batch transaction."""
+    """One queued operation, run on the journal thread: a write (in the batch transaction) or
+    a read (after the writes queued before it have committed)."""
 
     fn: Callable[[_Conn], Any]
     future: asyncio.Future[Any] | None
     loop: asyncio.AbstractEventLoop | None
     rows: builtins.list[_NewTask] | None = None  # set for an add, which the writer may merge
+    read: bool = False
 
 
 @dataclass(slots=True)
@@ -263,11 +334,8 @@ def _settle(results: builtins.list[tuple[asyncio.Future[Any], bool, Any]]) -> No
 class Store:
     """The durable task journal. Create it with ``await Store.open(path)``.
 
-    Writes are group-committed: every write queued while the loop is busy goes into one
-    transaction. With ``sync="full"`` a writer thread commits them, since each commit waits for
-    fsync. With ``sync="normal"`` a WAL commit does not touch the disk, so the loop commits them
-    itself at the end of its iteration: cheaper than handing every write to a thread. Reads run
-    on the caller's thread with their own connection.
+    One thread owns the database: every operation is queued to it and answered on the caller's
+    loop. Writes queued while it is busy share one transaction (group commit).
     """
 
     def __init__(self, path: Path, sync: Literal["normal", "full"]) -> None:
@@ -275,97 +343,96 @@ class Store:
             raise ValueError(f"sync: must be 'normal' or 'full', not {sync!r}")
         self.path = path
         self.sync = sync
-        #: Transactions committed by the writer so far (group commit: fewer than the writes).
+        #: Transactions committed so far (group commit: fewer than the writes).
         self.commits = 0
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._reader: _Conn | None = None
-        self._read_lock = threading.Lock()
         self._closed = False
-        self._env_cache: dict[bytes, int] = {}  # the writer only
-        self._reclaim_due = False  # the writer only: vacuum and truncate after this commit
-        self._dirty = False  # the writer only: commits since the last WAL truncation
-        # sync="normal": the loop writes itself (see the class docstring).
-        self._inline = sync == "normal"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn: _Conn | None = None
-        self._pending: builtins.list[_Op] = []
-        self._flushing = False
-        self._last_flush = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._env_cache: dict[bytes, int] = {}  # the journal thread only
+        self._reclaim_due = False  # the journal thread only: vacuum and truncate after a commit
+        self._dirty = False  # the journal thread only: commits since the last WAL truncation
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     @classmethod
     async def open(cls, path: Path, *, sync: Literal["normal", "full"] = "normal") -> Store:
-        """Open (creating it and its schema if needed) the journal at ``path``."""
+        """Open (creating it and its schema if needed) the journal at ``path``.
+
+        Raises :class:`JournalOpenError` if the file is not a journal this taskerd can use.
+        """
         self = cls(Path(path), sync)
-        loop = self._loop = asyncio.get_running_loop()
-        if self._inline:
-            self._conn = self._connect_writer()
-        else:
-            ready: asyncio.Future[None] = loop.create_future()
-            self._thread = threading.Thread(
-                target=self._writer, args=(loop, ready), name="taskerd-store", daemon=True
-            )
-            self._thread.start()
-            await ready
-        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        reader.execute("PRAGMA busy_timeout = 5000")
-        reader.execute("PRAGMA query_only = 1")
-        self._reader = reader
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._main, args=(loop, ready), name="taskerd-journal", daemon=True
+        )
+        self._thread.start()
+        await ready
         return self
 
     async def close(self) -> None:
-        """Flush pending writes, stop the writer thread and close the database. Idempotent."""
-        self._closed = True  # refuse new writes; those already queued are still committed
-        if self._conn is not None:
-            self._flush_inline()
-            self._finish_writer(self._conn)
-            self._conn = None
+        """Commit what is queued, stop the journal thread and close the database. Idempotent."""
+        self._closed = True  # refuse new operations; those already queued still run
         thread = self._thread
         if thread is not None and thread.is_alive():
             self._queue.put(None)
             await asyncio.to_thread(thread.join)
-        with self._read_lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
 
-    # ---- the writer thread -----------------------------------------------------------------
+    # ---- the journal thread ----------------------------------------------------------------
 
-    def _connect_writer(self) -> _Conn:
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 5000")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
+    def _connect(self) -> _Conn:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise JournalOpenError(f"{self.path}: cannot open the journal: {exc}") from None
+        try:
+            self._prepare_schema(conn)
+        except BaseException:
             conn.close()
-            raise RuntimeError(
-                f"{self.path}: journal schema v{version} is newer than this taskerd "
-                f"(v{SCHEMA_VERSION})"
+            raise
+        return conn
+
+    def _prepare_schema(self, conn: _Conn) -> None:
+        where = self.path
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            found = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = {r[0] for r in found}
+        except sqlite3.DatabaseError as exc:
+            raise JournalOpenError(f"{where}: not a taskerd journal ({exc})") from None
+        if version > SCHEMA_VERSION:
+            raise JournalOpenError(
+                f"{where}: journal schema v{version} is newer than this taskerd (v{SCHEMA_VERSION})"
             )
+        tables.discard("sqlite_sequence")
+        if (version == 0 and tables) or (version > 0 and not tables >= _TABLES):
+            raise JournalOpenError(f"{where}: not a taskerd journal (tables: {sorted(tables)})")
         if version == 0:
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only effective before any table
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
-            conn.close()
-            raise RuntimeError(f"{self.path}: cannot use WAL mode (got {mode!r})")
+            raise JournalOpenError(f"{where}: cannot use WAL mode (got {mode!r})")
         conn.execute(f"PRAGMA synchronous = {self.sync.upper()}")
         conn.execute("PRAGMA journal_size_limit = 33554432")
         conn.execute("PRAGMA temp_store = MEMORY")
-        if version == 0:
-            try:
-                conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                conn.close()
-                raise
-        return conn
-
-    def _writer(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        if version == SCHEMA_VERSION:
+            return
+        script = _SCHEMA if version == 0 else ""
+        for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+            script += _MIGRATIONS[target]
         try:
-            conn = self._connect_writer()
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise JournalOpenError(f"{where}: cannot prepare the journal: {exc}") from None
+
+    def _main(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        try:
+            conn = self._connect()
         except BaseException as exc:
             loop.call_soon_threadsafe(_settle, [(ready, False, exc)])
             return
@@ -373,48 +440,17 @@ class Store:
         try:
             self._serve(conn)
         except BaseException as exc:  # a bug: never leave a caller waiting forever
-            log.exception("journal writer crashed")
+            log.exception("journal thread crashed")
             self._closed = True
             self._fail_pending(exc)
         finally:
-            self._finish_writer(conn)
+            try:
+                conn.execute("PRAGMA optimize")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error:
+                log.exception("journal: final checkpoint failed")
+            conn.close()
             self._fail_pending(RuntimeError("journal is closed"))
-
-    def _finish_writer(self, conn: _Conn) -> None:
-        try:
-            conn.execute("PRAGMA optimize")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        except sqlite3.Error:
-            log.exception("journal: final checkpoint failed")
-        conn.close()
-
-    # ---- the loop as writer (sync="normal") -------------------------------------------------
-
-    def _flush_inline(self) -> None:
-        """Commit everything queued since the last flush (runs on the loop, once per iteration)."""
-        self._flushing = False
-        conn = self._conn
-        if conn is None:
-            return
-        assert self._loop is not None
-        self._last_flush = self._loop.time()
-        while self._pending:
-            batch = self._pending[:MAX_BATCH_OPS]
-            del self._pending[:MAX_BATCH_OPS]
-            self._run_batch(conn, batch)
-        if self._dirty and self._idle_timer is None and self._loop is not None:
-            self._idle_timer = self._loop.call_later(IDLE_CHECKPOINT, self._idle_checkpoint)
-
-    def _idle_checkpoint(self) -> None:
-        self._idle_timer = None
-        if self._conn is None:
-            return
-        if self._pending or self._flushing:  # busy: look again later
-            self._idle_timer = asyncio.get_running_loop().call_later(
-                IDLE_CHECKPOINT, self._idle_checkpoint
-            )
-            return
-        self._checkpoint(self._conn)
 
     def _serve(self, conn: _Conn) -> None:
         while True:
@@ -425,9 +461,16 @@ class Store:
                 continue
             batch: builtins.list[_Op] = []
             while item is not None:
-                batch.append(item)
-                if len(batch) >= MAX_BATCH_OPS:
-                    break
+                if item.read:
+                    if batch:
+                        self._run_batch(conn, batch)
+                        batch = []
+                    self._run_read(conn, item)
+                else:
+                    batch.append(item)
+                    if len(batch) >= MAX_BATCH_OPS:
+                        self._run_batch(conn, batch)
+                        batch = []
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -444,6 +487,13 @@ class Store:
         except sqlite3.Error:
             log.exception("journal: WAL checkpoint failed")
 
+    def _run_read(self, conn: _Conn, op: _Op) -> None:
+        try:
+            done = [(op, True, op.fn(conn))]
+        except Exception as exc:
+            done = [(op, False, _journal_error(exc))]
+        self._resolve(done)
+
     def _run_batch(self, conn: _Conn, batch: builtins.list[_Op]) -> None:
         """Run a batch in one transaction. Fast path: no savepoints, adjacent adds merged into
         one insert. If anything fails, roll back and redo each operation in its own savepoint,
@@ -458,7 +508,8 @@ class Store:
                 with contextlib.suppress(sqlite3.Error):
                     self._rollback(conn)
                 self._reclaim_due = False
-                done = [(op, False, exc) for op in batch]
+                failure = _journal_error(exc)
+                done = [(op, False, failure) for op in batch]
         if self._reclaim_due:
             self._reclaim_due = False
             self._reclaim(conn)
@@ -503,7 +554,7 @@ class Store:
                 self._env_cache.clear()
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
-                done.append((op, False, exc))
+                done.append((op, False, _journal_error(exc)))
                 continue
             conn.execute("RELEASE op")
             done.append((op, True, result))
@@ -513,17 +564,11 @@ class Store:
         return done
 
     def _resolve(self, done: builtins.list[tuple[_Op, bool, Any]]) -> None:
-        if self._inline:
-            for op, ok, value in done:
-                if op.future is None and not ok:
-                    log.error("journal write failed: %s", value, exc_info=value)
-            _settle([(op.future, ok, value) for op, ok, value in done if op.future is not None])
-            return
         by_loop: dict[asyncio.AbstractEventLoop, builtins.list[Any]] = {}
         for op, ok, value in done:
             if op.future is None or op.loop is None:
                 if not ok:
-                    log.error("journal write failed: %s", value, exc_info=value)
+                    log.error("journal write failed: %s", value)
                 continue
             by_loop.setdefault(op.loop, []).append((op.future, ok, value))
         for loop, results in by_loop.items():
@@ -542,7 +587,7 @@ class Store:
                 leftover.append((op, False, exc))
         self._resolve(leftover)
 
-    # ---- submitting writes -----------------------------------------------------------------
+    # ---- queueing operations ---------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
@@ -554,25 +599,19 @@ class Store:
         self._check_open()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._submit(_Op(fn, fut, loop, rows))
+        self._queue.put(_Op(fn, fut, loop, rows))
         return await fut
 
-    def _submit(self, op: _Op) -> None:
-        """Queue a write for the next group commit."""
-        if not self._inline:
-            self._queue.put(op)
-            return
-        self._pending.append(op)
-        if not self._flushing:
-            self._flushing = True
-            loop = self._loop
-            assert loop is not None
-            # Right away when idle; under load, at most one commit per FLUSH_GAP.
-            wait = self._last_flush + FLUSH_GAP - loop.time()
-            if wait > 0:
-                loop.call_later(wait, self._flush_inline)
-            else:
-                loop.call_soon(self._flush_inline)
+    async def _read(self, fn: Callable[[_Conn], T]) -> T:
+        """Run ``fn`` on the journal thread once every write queued before it has committed."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Op(fn, fut, loop, read=True))
+        return await fut
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> Callable[[_Conn], list[Any]]:
+        return lambda conn: conn.execute(sql, params).fetchall()
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -639,19 +678,31 @@ class Store:
         return ids
 
     def mark_started(
-        self, task_id: int, *, attempt: int, pid: int, worker: int, started_at: float
+        self,
+        task_id: int,
+        *,
+        attempt: int,
+        pid: int,
+        worker: int,
+        started_at: float,
+        run: Run | None = None,
     ) -> None:
-        """State RUNNING. Fire-and-forget: queued to the writer, ordered with all other writes."""
-        self._check_open()
+        """State RUNNING, with what identifies the run (``run``) once it is spawned.
 
-        def run(conn: _Conn) -> None:
+        Fire-and-forget: queued to the journal thread, ordered with all other writes.
+        """
+        self._check_open()
+        pgid, start, token = (run.pgid, run.start_time, run.token) if run else (0, 0, "")
+
+        def write(conn: _Conn) -> None:
             conn.execute(
                 f"UPDATE tasks SET state = {_RUNNING}, attempts = ?, pid = ?, worker = ?, "
-                "started_at = ? WHERE id = ?",
-                (attempt, pid, worker, started_at, task_id),
+                f"started_at = ?, run_pgid = ?, run_start = ?, run_token = ? WHERE id = ? "
+                f"AND {_LIVE}",
+                (attempt, pid, worker, started_at, pgid, start, token, task_id),
             )
 
-        self._submit(_Op(run, None, None))
+        self._queue.put(_Op(write, None, None))
 
     async def mark_finished(
         self,
@@ -666,8 +717,8 @@ class Store:
         started_at: float | None = None,
         pid: int | None = None,
         worker: int | None = None,
-        stdout: bytes = b"",
-        stderr: bytes = b"",
+        stdout: bytes | bytearray = b"",
+        stderr: bytes | bytearray = b"",
         stdout_truncated: bool = False,
         stderr_truncated: bool = False,
     ) -> None:
@@ -675,7 +726,7 @@ class Store:
         if state not in TERMINAL_STATES:
             raise ValueError(f"state: {state} is not a terminal state")
 
-        def run(conn: _Conn) -> None:
+        def write(conn: _Conn) -> None:
             conn.execute(
                 "UPDATE tasks SET state = ?, ended_at = ?, error = ?, exit_code = ?, signal = ?, "
                 "attempts = COALESCE(?, attempts), started_at = COALESCE(?, started_at), "
@@ -699,13 +750,13 @@ class Store:
                     (task_id, stdout, stderr, stdout_truncated, stderr_truncated),
                 )
 
-        await self._write(run)
+        await self._write(write)
 
     async def mark_finished_many(
         self, task_ids: Sequence[int], *, state: int, ended_at: float, error: str
     ) -> None:
-        """Many tasks to one terminal state in one transaction (e.g. KILL shutdown: all queued
-        CANCELLED). Tasks that are already terminal are left as they are."""
+        """Many tasks to one terminal state in one transaction (e.g. recovery: all LOST).
+        Tasks that are already terminal are left as they are."""
         if state not in TERMINAL_STATES:
             raise ValueError(f"state: {state} is not a terminal state")
         if not task_ids:
@@ -731,10 +782,17 @@ class Store:
         await self._write(
             lambda conn: conn.executemany(
                 f"UPDATE tasks SET state = {_QUEUED}, attempts = COALESCE(?, attempts), "
-                "ended_at = NULL, exit_code = NULL, signal = NULL, error = '' WHERE id = ?",
+                "ended_at = NULL, exit_code = NULL, signal = NULL, error = '', run_pgid = 0, "
+                "run_start = 0, run_token = '' WHERE id = ?",
                 params,
             )
         )
+
+    async def discard(self, task_ids: Sequence[int]) -> None:
+        """Delete tasks that were never acknowledged (their Submit was abandoned mid-call)."""
+        keys = [(i,) for i in task_ids]
+        if keys:
+            await self._write(lambda conn: self._delete(conn, keys))
 
     async def flush(self) -> None:
         """Wait until every write queued so far (``mark_started`` included) is committed."""
@@ -799,6 +857,11 @@ class Store:
         if not victims:
             return 0, False
         keys = [(i,) for i in sorted(victims)]
+        self._delete(conn, keys)
+        return len(keys), more
+
+    def _delete(self, conn: _Conn, keys: Sequence[tuple[int]]) -> None:
+        """Delete tasks and everything attached; envs nobody uses any more."""
         env_ids = self._env_ids_of(conn, keys)
         conn.executemany("DELETE FROM labels WHERE task_id = ?", keys)
         conn.executemany("DELETE FROM outputs WHERE task_id = ?", keys)
@@ -812,7 +875,6 @@ class Store:
             ).rowcount
             if gone:
                 self._env_cache.clear()
-        return len(keys), more
 
     @staticmethod
     def _env_ids_of(conn: _Conn, keys: Sequence[tuple[int]]) -> set[int]:
@@ -842,25 +904,40 @@ class Store:
             log.exception("journal: incremental vacuum failed")
         self._checkpoint(conn)
 
-    # ---- reads (caller's thread) -----------------------------------------------------------
+    # ---- reads (on the journal thread, in order with the writes) ---------------------------
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> builtins.list[Any]:
-        with self._read_lock:
-            if self._reader is None:
-                raise RuntimeError("journal is closed")
-            return self._reader.execute(sql, params).fetchall()
-
-    def get(self, task_id: int, *, output: bool = False) -> pb.Task | None:
+    async def get(self, task_id: int, *, output: bool = False) -> pb.Task | None:
         """The full record (spec includes env and stdin); output only when asked."""
-        rows = self._read(_GET_OUTPUT if output else _GET, (task_id,))
+        if not 0 < task_id <= MAX_ID:
+            return None
+        rows = await self._read(self._rows(_GET_OUTPUT if output else _GET, (task_id,)))
         return _task(rows[0], full=True, output=output) if rows else None
 
-    def spec(self, task_id: int) -> pb.TaskSpec | None:
+    async def get_many(
+        self, task_ids: Collection[int], *, output: bool = False
+    ) -> dict[int, pb.Task]:
+        """Full records of the tasks that exist among ``task_ids``, in one read."""
+        wanted = [i for i in task_ids if 0 < i <= MAX_ID]
+        sql = _GET_OUTPUT if output else _GET
+
+        def read(conn: _Conn) -> dict[int, pb.Task]:
+            found: dict[int, pb.Task] = {}
+            for i in wanted:
+                row = conn.execute(sql, (i,)).fetchone()
+                if row is not None:
+                    found[i] = _task(row, full=True, output=output)
+            return found
+
+        return await self._read(read) if wanted else {}
+
+    async def spec(self, task_id: int) -> pb.TaskSpec | None:
         """The full spec including env and stdin (used when a task starts)."""
-        rows = self._read(
-            "SELECT t.spec, e.data, s.data FROM tasks t LEFT JOIN envs e ON e.id = t.env_id "
-            "LEFT JOIN stdins s ON s.task_id = t.id WHERE t.id = ?",
-            (task_id,),
+        rows = await self._read(
+            self._rows(
+                "SELECT t.spec, e.data, s.data FROM tasks t LEFT JOIN envs e ON e.id = t.env_id "
+                "LEFT JOIN stdins s ON s.task_id = t.id WHERE t.id = ?",
+                (task_id,),
+            )
         )
         if not rows:
             return None
@@ -872,7 +949,7 @@ class Store:
             spec.stdin = stdin
         return spec
 
-    def list(
+    async def list(
         self,
         *,
         states: Collection[int] = (),
@@ -882,59 +959,107 @@ class Store:
     ) -> builtins.list[pb.Task]:
         """Newest first (id descending), ids < before_id, no output, spec WITHOUT env/stdin
         (light). All given labels must match."""
-        if limit <= 0:
-            return []
-        before = _MAX_ID if before_id is None else before_id
-        state_list = sorted(set(states))
-        if labels:
-            (key0, value0), *others = labels.items()
-            sql = (
-                f"SELECT {_COLS} FROM labels l0 CROSS JOIN tasks t ON t.id = l0.task_id "
-                "WHERE l0.key = ? AND l0.value = ? AND l0.task_id < ?"
-            )
-            params: builtins.list[Any] = [key0, value0, before]
-            for key, value in others:
-                sql += (
-                    " AND EXISTS (SELECT 1 FROM labels lx WHERE lx.task_id = t.id"
-                    " AND lx.key = ? AND lx.value = ?)"
-                )
-                params += [key, value]
-            if state_list:
-                sql += f" AND t.state IN ({','.join('?' * len(state_list))})"
-                params += state_list
-            rows = self._read(sql + " ORDER BY l0.task_id DESC LIMIT ?", [*params, limit])
-        elif state_list:
-            # One indexed range per state, merged here: fast even when a state is rare.
-            ids: builtins.list[int] = []
-            for state in state_list:
-                ids += (
-                    r[0]
-                    for r in self._read(
-                        "SELECT id FROM tasks WHERE state = ? AND id < ? ORDER BY id DESC LIMIT ?",
-                        (state, before, limit),
-                    )
-                )
-            ids = sorted(ids, reverse=True)[:limit]
-            if not ids:
-                return []
-            rows = self._read(
-                f"SELECT {_COLS} FROM tasks t WHERE t.id IN ({','.join('?' * len(ids))}) "
-                "ORDER BY t.id DESC",
-                ids,
-            )
-        else:
-            rows = self._read(
-                f"SELECT {_COLS} FROM tasks t WHERE t.id < ? ORDER BY t.id DESC LIMIT ?",
-                (before, limit),
-            )
-        return [_task(r) for r in rows]
+        return await self._read(
+            lambda conn: _list_rows(conn, states, labels or {}, limit, before_id)
+        )
 
-    def unfinished(self) -> builtins.list[pb.Task]:
+    async def list_page(
+        self,
+        *,
+        states: Collection[int],
+        labels: Mapping[str, str],
+        limit: int,
+        before_id: int | None,
+        ids: Collection[int],
+    ) -> ListPage:
+        """In one read: the rows in ``states`` (as :meth:`list`), and light rows of ``ids``."""
+        wanted = sorted(ids)
+
+        def read(conn: _Conn) -> ListPage:
+            found = _list_rows(conn, states, labels, limit, before_id) if states else []
+            by_id: dict[int, pb.Task] = {}
+            for lo in range(0, len(wanted), 500):
+                part = wanted[lo : lo + 500]
+                sql = f"SELECT {_COLS} FROM tasks t WHERE t.id IN ({','.join('?' * len(part))})"
+                by_id.update((r[0], _task(r)) for r in conn.execute(sql, part))
+            return ListPage(found, by_id)
+
+        return await self._read(read)
+
+    async def unfinished(self) -> builtins.list[pb.Task]:
         """QUEUED and RUNNING tasks ordered by id, light (spec without env/stdin), for recovery."""
-        rows = self._read(f"SELECT {_COLS} FROM tasks t WHERE t.{_LIVE} ORDER BY t.id")
+        rows = await self._read(
+            self._rows(f"SELECT {_COLS} FROM tasks t WHERE t.{_LIVE} ORDER BY t.id")
+        )
         return [_task(r) for r in rows]
 
-    def last_id(self) -> int:
+    async def runs(self) -> builtins.list[Run]:
+        """What identifies each journaled RUNNING task's last run (for crash recovery)."""
+        rows = await self._read(
+            self._rows(
+                "SELECT id, pid, run_pgid, run_start, run_token FROM tasks "
+                f"WHERE state = {_RUNNING} ORDER BY id"
+            )
+        )
+        return [Run(*r) for r in rows]
+
+    async def last_id(self) -> int:
         """The highest id ever given (0 for a new journal); ids are never reused."""
-        rows = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'tasks'")
+        rows = await self._read(self._rows("SELECT seq FROM sqlite_sequence WHERE name = 'tasks'"))
         return int(rows[0][0]) if rows else 0
+
+
+def _list_rows(
+    conn: _Conn,
+    states: Collection[int],
+    labels: Mapping[str, str],
+    limit: int,
+    before_id: int | None,
+) -> builtins.list[pb.Task]:
+    """The rows of a List page, read on the journal thread (see :meth:`Store.list`)."""
+    if limit <= 0:
+        return []
+    before = MAX_ID if before_id is None else min(before_id, MAX_ID)
+    state_list = sorted(set(states))
+    if labels:
+        (key0, value0), *others = labels.items()
+        sql = (
+            f"SELECT {_COLS} FROM labels l0 CROSS JOIN tasks t ON t.id = l0.task_id "
+            "WHERE l0.key = ? AND l0.value = ? AND l0.task_id < ?"
+        )
+        params: builtins.list[Any] = [key0, value0, before]
+        for key, value in others:
+            sql += (
+                " AND EXISTS (SELECT 1 FROM labels lx WHERE lx.task_id = t.id"
+                " AND lx.key = ? AND lx.value = ?)"
+            )
+            params += [key, value]
+        if state_list:
+            sql += f" AND t.state IN ({','.join('?' * len(state_list))})"
+            params += state_list
+        rows = conn.execute(sql + " ORDER BY l0.task_id DESC LIMIT ?", [*params, limit]).fetchall()
+    elif state_list:
+        # One indexed range per state, merged here: fast even when a state is rare.
+        ids: builtins.list[int] = []
+        for state in state_list:
+            ids += (
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM tasks WHERE state = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                    (state, before, limit),
+                )
+            )
+        ids = sorted(ids, reverse=True)[:limit]
+        if not ids:
+            return []
+        rows = conn.execute(
+            f"SELECT {_COLS} FROM tasks t WHERE t.id IN ({','.join('?' * len(ids))}) "
+            "ORDER BY t.id DESC",
+            ids,
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            f"SELECT {_COLS} FROM tasks t WHERE t.id < ? ORDER BY t.id DESC LIMIT ?",
+            (before, limit),
+        ).fetchall()
+    return [_task(r) for r in rows]

@@ -18,7 +18,7 @@ import pytest_asyncio
 
 import taskerd.store as store_mod
 from tasker.v1 import tasker_pb2 as pb
-from taskerd.store import Store
+from taskerd.store import JournalOpenError, Store
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
@@ -78,18 +78,18 @@ async def test_round_trip_and_env_dedup(store: Store, db: Path) -> None:
     await store.add([spec("again", env=ENV)], now=T0)
     assert count(db, "envs") == 1
 
-    got = store.get(a)
+    got = await store.get(a)
     assert got is not None
     assert got.spec == full
     assert got.id == a and got.state == Q and got.attempts == 0
     assert got.queued_at.ToNanoseconds() == int(T0 * 1e9)
     assert not got.HasField("started_at") and not got.HasField("ended_at")
     assert not got.HasField("exit_code") and not got.HasField("signal")
-    assert store.spec(a) == full
-    assert store.spec(b) == other and store.spec(c) == bare
-    assert store.get(999) is None and store.spec(999) is None
+    assert (await store.spec(a)) == full
+    assert (await store.spec(b)) == other and (await store.spec(c)) == bare
+    assert (await store.get(999)) is None and (await store.spec(999)) is None
     # light records: no env, no stdin, everything else
-    light = store.list(limit=10)[-1]
+    light = (await store.list(limit=10))[-1]
     assert light.id == a and not light.spec.env and not light.spec.stdin
     assert light.spec.labels == full.labels and light.spec.max_retries == 3
     assert light.spec.timeout.seconds == 5
@@ -104,21 +104,22 @@ async def test_different_envs_are_kept_apart(store: Store, db: Path) -> None:
         [spec(env={"A": "1"}), spec(env={"A": "2"}), spec(env={"A": "1"})], now=T0
     )
     assert count(db, "envs") == 2
-    envs = [s.env for s in (store.spec(i) for i in ids) if s is not None]
+    specs = [await store.spec(i) for i in ids]
+    envs = [s.env for s in specs if s is not None]
     assert [dict(e) for e in envs] == [{"A": "1"}, {"A": "2"}, {"A": "1"}]
 
 
 async def test_ids_increase_and_are_never_reused(store: Store) -> None:
-    assert store.last_id() == 0
+    assert (await store.last_id()) == 0
     first = await store.add([spec() for _ in range(5)], now=T0)
     assert first == [1, 2, 3, 4, 5]
     await finish(store, *first, at=T0 + 1)
     assert await store.clean(now=T0 + 2) == 5
-    assert store.list() == []
-    assert store.last_id() == 5
+    assert (await store.list()) == []
+    assert (await store.last_id()) == 5
     assert await store.add([spec(), spec()], now=T0) == [6, 7]
     assert await store.add([], now=T0) == []
-    assert store.last_id() == 7
+    assert (await store.last_id()) == 7
 
 
 async def test_started_and_finished(store: Store, db: Path) -> None:
@@ -134,7 +135,7 @@ async def test_started_and_finished(store: Store, db: Path) -> None:
         stderr=b"err" * 10,
         stderr_truncated=True,
     )
-    t = store.get(i)
+    t = await store.get(i)
     assert t is not None
     assert (t.state, t.attempts, t.pid, t.worker, t.exit_code) == (FAIL, 1, 4242, 3, 7)
     assert not t.HasField("signal") and t.error == "exited 7"
@@ -143,7 +144,7 @@ async def test_started_and_finished(store: Store, db: Path) -> None:
     assert t.wait.ToNanoseconds() == 2_000_000_000
     assert t.run.ToNanoseconds() == 3_500_000_000
     assert t.stdout == b"" and not t.stderr_truncated  # output only when asked
-    o = store.get(i, output=True)
+    o = await store.get(i, output=True)
     assert o is not None
     assert (o.stdout, o.stderr, o.stdout_truncated, o.stderr_truncated) == (
         b"out",
@@ -160,7 +161,7 @@ async def test_finished_without_start_and_signal(store: Store) -> None:
     await store.mark_finished(
         b, state=FAIL, ended_at=T0 + 9, signal=9, attempts=2, started_at=T0 + 8
     )
-    ta, tb = store.get(a), store.get(b)
+    ta, tb = (await store.get(a)), (await store.get(b))
     assert ta is not None and tb is not None
     assert ta.wait.ToNanoseconds() == 4_000_000_000 and not ta.HasField("run")
     assert not ta.HasField("started_at") and ta.attempts == 0
@@ -175,12 +176,12 @@ async def test_requeue_and_finished_many(store: Store) -> None:
     store.mark_started(a, attempt=1, pid=10, worker=0, started_at=T0 + 1)
     store.mark_started(b, attempt=1, pid=11, worker=1, started_at=T0 + 1)
     await store.requeue([a, b], attempts=[1, 2])
-    ta, tb = store.get(a), store.get(b)
+    ta, tb = (await store.get(a)), (await store.get(b))
     assert ta is not None and tb is not None
     assert (ta.state, ta.attempts, tb.state, tb.attempts) == (Q, 1, Q, 2)
     await store.mark_finished(c, state=OK, ended_at=T0 + 2, exit_code=0)
     await store.mark_finished_many([a, b, c], state=CANCELLED, ended_at=T0 + 3, error="shutdown")
-    states = {t.id: (t.state, t.error) for t in store.list()}
+    states = {t.id: (t.state, t.error) for t in (await store.list())}
     assert states == {a: (CANCELLED, "shutdown"), b: (CANCELLED, "shutdown"), c: (OK, "")}
     with pytest.raises(ValueError):
         await store.requeue([a], attempts=[1, 2])
@@ -200,20 +201,20 @@ async def test_list_filters_and_paging(store: Store) -> None:
         store.mark_started(i, attempt=1, pid=i, worker=0, started_at=T0 + 1)
     await store.flush()  # the fire-and-forget starts are committed
 
-    everything = store.list(limit=1000)
+    everything = await store.list(limit=1000)
     assert [t.id for t in everything] == ids[::-1]  # newest first
     assert all(not t.stdout and not t.spec.env and not t.spec.stdin for t in everything)
 
-    assert [t.id for t in store.list(states=[R])] == ids[14:9:-1]
-    assert [t.id for t in store.list(states=[OK, R], limit=7)] == ids[14:7:-1]
-    assert store.list(states=[pb.TASK_STATE_LOST]) == []
+    assert [t.id for t in (await store.list(states=[R]))] == ids[14:9:-1]
+    assert [t.id for t in (await store.list(states=[OK, R], limit=7))] == ids[14:7:-1]
+    assert (await store.list(states=[pb.TASK_STATE_LOST])) == []
 
-    even = [t.id for t in store.list(labels={"par": "0"})]
+    even = [t.id for t in (await store.list(labels={"par": "0"}))]
     assert even == [i for i in ids[::-1] if (i - 1) % 2 == 0]
-    both = [t.id for t in store.list(labels={"par": "0", "tri": "0"})]
+    both = [t.id for t in (await store.list(labels={"par": "0", "tri": "0"}))]
     assert both == [i for i in ids[::-1] if (i - 1) % 6 == 0]
-    assert store.list(labels={"par": "0", "tri": "nope"}) == []
-    mixed = [t.id for t in store.list(labels={"par": "1"}, states=[OK])]
+    assert (await store.list(labels={"par": "0", "tri": "nope"})) == []
+    mixed = [t.id for t in (await store.list(labels={"par": "1"}, states=[OK]))]
     assert mixed == [i for i in ids[:10][::-1] if (i - 1) % 2 == 1]
 
     # paging: before_id walks down without gaps or repeats, with and without filters
@@ -221,15 +222,15 @@ async def test_list_filters_and_paging(store: Store) -> None:
         pages: list[int] = []
         before = None
         while True:
-            page = store.list(limit=4, before_id=before, **kwargs)
+            page = await store.list(limit=4, before_id=before, **kwargs)
             if not page:
                 break
             assert len(page) <= 4
             pages += [t.id for t in page]
             before = page[-1].id
-        assert pages == [t.id for t in store.list(limit=1000, **kwargs)]
+        assert pages == [t.id for t in (await store.list(limit=1000, **kwargs))]
         assert len(pages) == len(set(pages)) > 4
-    assert store.list(limit=0) == []
+    assert (await store.list(limit=0)) == []
 
 
 async def test_unfinished_in_id_order(store: Store) -> None:
@@ -237,7 +238,7 @@ async def test_unfinished_in_id_order(store: Store) -> None:
     store.mark_started(ids[4], attempt=1, pid=1, worker=0, started_at=T0)
     store.mark_started(ids[1], attempt=1, pid=2, worker=1, started_at=T0)
     await finish(store, ids[2], ids[5], at=T0 + 1)
-    live = store.unfinished()
+    live = await store.unfinished()
     assert [t.id for t in live] == [ids[0], ids[1], ids[3], ids[4]]
     assert [t.state for t in live] == [Q, R, Q, R]
     assert all(not t.spec.env for t in live)
@@ -251,16 +252,16 @@ async def test_clean_by_age_removes_everything_attached(store: Store, db: Path) 
     await store.mark_finished(new[0], state=FAIL, ended_at=T0 + 100, stdout=b"y")
     assert await store.clean(older_than=60, now=T0 + 69) == 0
     assert await store.clean(older_than=60, now=T0 + 70) == 1  # ended exactly 60 s ago
-    assert store.get(old[0]) is None and store.get(new[0]) is not None
+    assert (await store.get(old[0])) is None and (await store.get(new[0])) is not None
     assert (count(db, "labels"), count(db, "outputs"), count(db, "stdins")) == (1, 1, 1)
     assert count(db, "envs") == 1  # {"OLD": "1"} went with its only task; ENV is still used
     assert await store.clean(now=T0 + 100) == 1
     assert count(db, "envs") == 1  # still referenced by the live task
-    assert [t.id for t in store.list()] == live
+    assert [t.id for t in (await store.list())] == live
     assert (count(db, "labels"), count(db, "outputs"), count(db, "stdins")) == (0, 0, 0)
     # an env deleted by clean is inserted again when it comes back
     again = await store.add([spec(env={"OLD": "1"})], now=T0)
-    got = store.spec(again[0])
+    got = await store.spec(again[0])
     assert got is not None and dict(got.env) == {"OLD": "1"}
 
 
@@ -272,13 +273,13 @@ async def test_prune_bounds(store: Store, monkeypatch: pytest.MonkeyPatch) -> No
     assert await store.prune(keep_finished=None, keep_for=None, now=T0 + 1000) == 0
     # none older than 20 s at T0 + 60: ended_at <= T0 + 40 goes (41 tasks)
     assert await store.prune(keep_finished=None, keep_for=20, now=T0 + 60) == 41
-    assert len(store.list(states=[OK], limit=1000)) == 9
+    assert len(await store.list(states=[OK], limit=1000)) == 9
     assert await store.prune(keep_finished=4, keep_for=None, now=T0 + 60) == 5
-    kept = [t.id for t in store.list(states=[OK], limit=1000)]
+    kept = [t.id for t in (await store.list(states=[OK], limit=1000))]
     assert kept == ids[46:50][::-1]  # the newest by id
     assert await store.prune(keep_finished=4, keep_for=None, now=T0 + 60) == 0
     assert await store.prune(keep_finished=0, keep_for=3600, now=T0 + 60) == 4
-    assert len(store.unfinished()) == 10  # live tasks are never pruned
+    assert len(await store.unfinished()) == 10  # live tasks are never pruned
     with pytest.raises(ValueError):
         await store.prune(keep_finished=-1, keep_for=None, now=T0)
 
@@ -304,12 +305,12 @@ async def test_close_flushes_and_reopen(db: Path) -> None:
     with pytest.raises(RuntimeError):
         await s.add([spec()], now=T0)
     with pytest.raises(RuntimeError):
-        s.get(ids[0])
+        await s.get(ids[0])
     s2 = await Store.open(db)
     try:
-        t = s2.get(ids[0])
+        t = await s2.get(ids[0])
         assert t is not None and t.state == R and t.pid == 99 and dict(t.spec.env) == ENV
-        assert [u.id for u in s2.unfinished()] == ids
+        assert [u.id for u in (await s2.unfinished())] == ids
         assert await s2.add([spec()], now=T0) == [3]
         await s2.mark_finished_many([1, 2, 3], state=CANCELLED, ended_at=T0, error="x")
         assert await s2.clean(now=T0) == 3
@@ -317,7 +318,7 @@ async def test_close_flushes_and_reopen(db: Path) -> None:
         await s2.close()
     s3 = await Store.open(db)
     try:  # ids are not reused after a clean, across a restart either
-        assert s3.last_id() == 3 and await s3.add([spec()], now=T0) == [4]
+        assert (await s3.last_id()) == 3 and await s3.add([spec()], now=T0) == [4]
     finally:
         await s3.close()
 
@@ -326,7 +327,7 @@ async def test_newer_schema_is_refused(db: Path) -> None:
     await (await Store.open(db)).close()
     with sqlite3.connect(db) as raw:
         raw.execute("PRAGMA user_version = 99")
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(JournalOpenError, match="newer"):
         await Store.open(db)
     with pytest.raises(ValueError, match="sync"):
         await Store.open(db, sync="sometimes")  # type: ignore[arg-type]
@@ -342,7 +343,7 @@ async def test_concurrent_adds_share_commits(store: Store) -> None:
     commits = store.commits - before
     assert 1 <= commits <= 50, commits  # group commit: 200 adds, far fewer transactions
     for n, i in enumerate(ids):  # each caller got the id of its own task
-        got = store.spec(i)
+        got = await store.spec(i)
         assert got is not None and got.argv == [str(n)]
 
 
@@ -357,7 +358,7 @@ async def test_a_failing_write_does_not_sink_its_batch(store: Store) -> None:
     assert isinstance(results[10], sqlite3.IntegrityError)
     oks = [r for n, r in enumerate(results) if n != 10]
     assert all(isinstance(r, list) for r in oks)
-    assert len(store.list(limit=100)) == 20
+    assert len(await store.list(limit=100)) == 20
 
 
 CHILD = textwrap.dedent(
@@ -365,7 +366,7 @@ CHILD = textwrap.dedent(
     import asyncio, sys, time
     from pathlib import Path
     from tasker.v1 import tasker_pb2 as pb
-    from taskerd.store import Store
+    from taskerd.store import JournalOpenError, Store
 
     async def main() -> None:
         store = await Store.open(Path(sys.argv[1]), sync=sys.argv[2])
@@ -404,10 +405,10 @@ def test_committed_adds_survive_sigkill(db: Path, sync: str) -> None:
         s = await Store.open(db)
         try:
             for n, i in enumerate(told):
-                got = s.spec(i)
+                got = await s.spec(i)
                 assert got is not None, f"task {i} was acknowledged but is gone"
                 assert list(got.argv) == ["t", str(n)] and dict(got.env) == {"E": "1"}
-            assert s.last_id() >= told[-1]
+            assert (await s.last_id()) >= told[-1]
         finally:
             await s.close()
 
