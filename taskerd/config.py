@@ -16,6 +16,7 @@ from taskerctl.paths import default_socket_path
 _DURATIONS = {"kill_grace", "stop_timeout", "keep_for"}
 _SYNC_MODES = ("normal", "full")
 _LEVELS = ("debug", "info", "warning", "error")
+_CGROUP_MODES = ("auto", "off")
 
 
 def _default_state_dir() -> Path:
@@ -44,6 +45,7 @@ class DaemonConfig:
     on_destroy: str = ""
     keep_finished: int = 10_000
     keep_for: float = 7 * 86400.0
+    cgroups: str = "auto"  # "auto": a cgroup per run where cgroup v2 is writable; "off": never
 
     @property
     def burst_workers(self) -> int:
@@ -67,6 +69,7 @@ class DaemonConfig:
              "unhealthy_exit_codes must be exit statuses 0..255"),
             (self.keep_finished >= 0, "keep_finished must be >= 0"),
             (self.keep_for > 0, "keep_for must be > 0"),
+            (self.cgroups in _CGROUP_MODES, "cgroups must be 'auto' or 'off'"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:

@@ -1,28 +1,53 @@
-"""Process plumbing for the runner: child watcher, subreaper, run tokens, escapee kills, reaping.
+"""Process plumbing for the runner: child watcher, subreaper, run tokens and cgroups, signalling
+a run's processes once each, reaping, and ending what a crashed daemon left running.
 
 Nothing here spawns anything; :mod:`taskerd.runner` does, and registers what it spawned so the
 reaper never steals an exit status from it (or from asyncio's own child watcher).
+
+A run's token is ``<state key>.<instance>.<n>``: the state key is a hash of the daemon's state
+directory, the instance is random per daemon start. So the next daemon on the same state
+directory can tell its predecessor's processes (:func:`end_previous_runs`) without the journal,
+and never touches another daemon's. With cgroups (:func:`configure`), each run also has its own
+cgroup v2 directory, ``<daemon's cgroup>/tasker-<state key>/<instance>.<n>``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import ctypes
+import hashlib
 import itertools
+import logging
 import os
 import secrets
+import select
 import signal
 import sys
 import warnings
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from taskerd import cgroups as cgv2
+
+log = logging.getLogger("taskerd")
 
 TOKEN_VAR = "TASKER_RUN_TOKEN"
 """Environment variable carrying each run's unique token (how escaped descendants are found)."""
 
 _PR_SET_CHILD_SUBREAPER = 36
+_START_TIME = 19  # index of /proc/PID/stat field 22 (starttime) after "pid (comm)"
 
-_token_prefix = secrets.token_hex(6)
+# Until configure(): a random state key, so tokens are unique and match no state directory.
+_state_key = secrets.token_hex(6)
+_instance = secrets.token_hex(4)
 _token_counter = itertools.count(1)
+_configured: tuple[str, bool] | None = None
+_tree = ""  # this daemon's cgroup subtree; "" when runs get no cgroup
+_trees: set[str] = set()  # every subtree configure() opened, for close() to remove
+_placer: cgv2.Placer | None = None
 
 # Pids run_command spawned and has not reaped yet: the orphan reaper must leave them alone.
 spawned: set[int] = set()
@@ -30,9 +55,101 @@ spawned: set[int] = set()
 live_tokens: set[str] = set()
 
 
+@dataclass(frozen=True, slots=True)
+class RunIdentity:
+    """What tells a run's processes apart once the daemon that started them is gone."""
+
+    pid: int  # the main process, leader of the run's session and process group
+    pgid: int
+    start_time: int  # field 22 of /proc/PID/stat: clock ticks since boot
+    token: str
+
+
+def state_key(state_dir: Path) -> str:
+    """A short hash of the real path of ``state_dir``: the first part of its daemon's tokens."""
+    return hashlib.sha256(os.path.realpath(state_dir).encode()).hexdigest()[:12]
+
+
+def configure(state_dir: Path, *, cgroups: bool) -> None:
+    """Tie this daemon's runs to ``state_dir``; call once at start-up, before anything is spawned.
+
+    Tokens then start with :func:`state_key`. With ``cgroups`` and a cgroup v2 tree the daemon may
+    write (systemd ``Delegate=yes``, or root), each run gets its own cgroup under
+    ``tasker-<state key>`` next to the daemon; otherwise (logged) runs are found by process group
+    and token only. Idempotent: a call with the same arguments changes nothing. Without it
+    (engine-only use) runs get random-prefixed tokens and no cgroup.
+    """
+    global _state_key, _configured, _tree, _placer
+    key = state_key(state_dir)
+    if _configured == (key, cgroups):
+        return
+    if _configured is None:
+        atexit.register(close)
+    _configured = (key, cgroups)
+    _state_key = key
+    _tree = ""
+    if cgroups:
+        try:
+            _tree = cgv2.open_subtree(cgv2.SUBTREE_PREFIX + key)
+        except OSError as exc:
+            log.warning(
+                "no cgroup per run (%s): a task's processes are found by process group and "
+                "run token only",
+                exc.strerror or exc,
+            )
+    if _tree:
+        _trees.add(_tree)
+        _placer = _placer or cgv2.Placer(running)
+        log.info("each run gets a cgroup under %s", _tree)
+
+
+def close(timeout: float = 5.0) -> None:
+    """Finish pending cgroup removals, then remove this daemon's cgroup subtree if it is empty.
+
+    Registered with ``atexit`` by :func:`configure`; harmless to call again.
+    """
+    if _placer is not None:
+        _placer.close(timeout)
+    for tree in _trees:
+        with contextlib.suppress(OSError):
+            os.rmdir(tree)
+
+
+def token_prefix() -> str:
+    """What every token this daemon instance gives out starts with: ``<state key>.<instance>.``."""
+    return f"{_state_key}.{_instance}."
+
+
 def new_token() -> str:
-    """Return a token unique to one run (random per daemon process, then a counter)."""
-    return f"{_token_prefix}-{next(_token_counter)}"
+    """Return a token unique to one run: ``<state key>.<instance>.<n>``."""
+    return f"{token_prefix()}{next(_token_counter)}"
+
+
+def place(pid: int, started: int, token: str) -> cgv2.Placement | None:
+    """Queue the move of a just-spawned ``pid`` (which started at ``started``, see
+    :func:`start_time`) into its run's own cgroup, named after ``token``; None without cgroups.
+    Hand the placement to :func:`release` once the process has exited."""
+    if _placer is None or not _tree:
+        return None
+    return _placer.place(os.path.join(_tree, token.partition(".")[2]), pid, started)
+
+
+def release(placement: cgv2.Placement) -> None:
+    """Kill what is left in a run's cgroup and remove it, off the event loop. Idempotent."""
+    assert _placer is not None
+    _placer.release(placement)
+
+
+def start_time(pid: int) -> int:
+    """Field 22 of ``/proc/PID/stat`` (start time, clock ticks since boot); 0 if ``pid`` is gone."""
+    fields = _stat(pid)
+    return int(fields[_START_TIME]) if fields else 0
+
+
+def running(pid: int, started: int) -> bool:
+    """True while ``pid`` is the process that started at ``started`` and has not exited."""
+    fields = _stat(pid)
+    return bool(fields) and fields[0] not in _DEAD and int(fields[_START_TIME]) == started
 
 
 def pidfd_supported() -> bool:
@@ -110,13 +227,27 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            data = _read(f"/proc/{name}/stat")
-            fields = data[data.rfind(b")") + 2 :].split()
-            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                return True
+    for pid in _pids():
+        fields = _stat(pid)
+        if fields and int(fields[2]) == pgid and fields[0] not in _DEAD:
+            return True
     return False
+
+
+_DEAD = (b"Z", b"X")
+
+
+def _pids() -> list[int]:
+    """Every pid in /proc but this process's."""
+    me = os.getpid()
+    return [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != me]
+
+
+def _stat(pid: int) -> list[bytes]:
+    """Fields of ``/proc/PID/stat`` after "pid (comm)": state ppid pgrp session ...; [] if gone."""
+    data = _read(f"/proc/{pid}/stat")
+    close = data.rfind(b")")
+    return data[close + 2 :].split() if close >= 0 else []
 
 
 def _read(path: str) -> bytes:
@@ -139,34 +270,43 @@ def _env_token(pid: int) -> str | None:
     return data[start : end if end >= 0 else None].decode(errors="replace")
 
 
-def kill_token(token: str, sig: int = signal.SIGKILL) -> list[int]:
+def kill_token(
+    token: str, sig: int = signal.SIGKILL, *, pgid: int = 0, skip: Collection[int] = ()
+) -> list[int]:
     """Send ``sig`` to every process whose environment carries ``token``; return their pids.
 
-    Scans /proc, so it is for the rare paths (cancel, timeout, a finished run whose pipes are
-    still held open), never for a normal fast exit.
+    Leaves out pids in ``skip`` and members of process group ``pgid`` (when given): those were
+    signalled already. Scans /proc, so it is for the rare paths (cancel, timeout, a finished run
+    whose pipes are still held open), never for a normal fast exit.
     """
-    me = os.getpid()
     hit: list[int] = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
+    for pid in _pids():
+        if pid in skip or _env_token(pid) != token:
             continue
-        pid = int(name)
-        if _env_token(pid) == token:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-                hit.append(pid)
+        if pgid and (fields := _stat(pid)) and int(fields[2]) == pgid:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+            hit.append(pid)
     return hit
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, session id) of ``pid`` from /proc, or None if it is gone."""
-    data = _read(f"/proc/{pid}/stat")
-    close = data.rfind(b")")
-    if close < 0:
-        return None
-    fields = data[close + 2 :].split()
-    # After "pid (comm)": state ppid pgrp session ...
-    return fields[0].decode(), int(fields[3])
+def signal_run(pgid: int, token: str, sig: int, cgroup: str = "") -> list[int]:
+    """Send ``sig`` once to each process of a run; return the pids found by token.
+
+    With a ``cgroup``: its members one by one (SIGKILL: ``cgroup.kill``), then each other process
+    carrying ``token``. Without: process group ``pgid`` with one ``killpg``, then each process
+    outside it carrying ``token``. A process that cleared its environment and left the session is
+    found only with a cgroup.
+    """
+    if not cgroup:
+        signal_group(pgid, sig)
+        return kill_token(token, sig, pgid=pgid)
+    if sig == signal.SIGKILL:
+        cgv2.kill(cgroup)
+        signal_group(pgid, sig)
+        return kill_token(token, sig, pgid=pgid)
+    return kill_token(token, sig, skip=cgv2.signal_members(cgroup, sig))
 
 
 def children() -> set[int]:
@@ -178,12 +318,10 @@ def children() -> set[int]:
             kids.update(int(p) for p in _read(f"/proc/{me}/task/{tid}/children").split())
         return kids
     # Kernel without CONFIG_PROC_CHILDREN: scan every stat for our pid as parent.
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            data = _read(f"/proc/{name}/stat")
-            close = data.rfind(b")")
-            if close >= 0 and int(data[close + 2 :].split()[1]) == me:
-                kids.add(int(name))
+    for pid in _pids():
+        fields = _stat(pid)
+        if fields and int(fields[1]) == me:
+            kids.add(pid)
     return kids
 
 
@@ -210,11 +348,10 @@ def reap_orphans() -> int:
     skip = spawned | _asyncio_children()
     reaped = 0
     for pid in children() - skip:
-        st = _stat(pid)
-        if st is None or st[1] == own_sid:
+        fields = _stat(pid)
+        if not fields or int(fields[3]) == own_sid:
             continue
-        state, _sid = st
-        if state in ("Z", "X"):
+        if fields[0] in _DEAD:
             with contextlib.suppress(ChildProcessError):
                 done, _status = os.waitpid(pid, os.WNOHANG)
                 reaped += done == pid
@@ -231,3 +368,120 @@ async def reap_orphans_forever(interval: float = 1.0) -> None:
     while True:
         reap_orphans()
         await asyncio.sleep(interval)
+
+
+async def end_previous_runs(runs: Iterable[RunIdentity], grace: float) -> int:
+    """End every process left by earlier daemon instances on this state directory.
+
+    For the daemon's recovery, after :func:`configure` and before anything is re-queued. Targets:
+    the members of leftover run cgroups under this state directory's subtree (those not of the
+    current instance), every process whose token has this state directory's key but not the
+    current instance, and the process group of each of ``runs`` (journaled) whose leader still
+    has its start time or whose members include one carrying its token (so a reused pid is never
+    hit). Each gets SIGTERM once; after up to ``grace`` seconds (zombies count as gone: nobody may
+    reap them) what is left gets SIGKILL, and so does any process of theirs that turned up
+    meanwhile. Signals go through pidfds, so a pid reused in between is never hit. Leftover
+    cgroups are removed once empty. Returns how many processes were signalled.
+    """
+    runs = list(runs)
+    leftovers = _leftover_cgroups()
+    loop = asyncio.get_running_loop()
+    fds: dict[int, int] = {}  # pid -> pidfd of every process signalled
+    try:
+        _signal_previous(runs, leftovers, fds, signal.SIGTERM)
+        deadline = loop.time() + grace
+        step = 0.005
+        while len(_exited(fds)) < len(fds) or any(cgv2.populated(c) for c in leftovers):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(step, remaining))
+            step = min(step * 2, 0.1)
+        for cgroup in leftovers:
+            cgv2.kill(cgroup)
+        _signal_previous(runs, leftovers, fds, signal.SIGKILL)
+        for _ in range(50):  # SIGKILLed processes die within milliseconds, unless stuck in D state
+            if not any(cgv2.populated(c) for c in leftovers):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    for cgroup in leftovers:
+        if not cgv2.remove(cgroup):
+            log.warning("could not remove leftover cgroup %s", cgroup)
+    return len(fds)
+
+
+def _leftover_cgroups() -> list[str]:
+    """Run cgroups of earlier instances under this state directory's subtree."""
+    try:
+        tree = _tree or os.path.join(cgv2.own_cgroup_dir(), cgv2.SUBTREE_PREFIX + _state_key)
+    except OSError:
+        return []
+    current = f"{_instance}."
+    return [c for c in cgv2.children(tree) if not os.path.basename(c).startswith(current)]
+
+
+def _previous_processes(runs: list[RunIdentity], leftovers: list[str]) -> dict[int, int]:
+    """Live processes of earlier instances (see :func:`end_previous_runs`): pid -> start time."""
+    ours, current = f"{_state_key}.", token_prefix()
+    in_cgroups: set[int] = set()
+    for cgroup in leftovers:
+        in_cgroups |= cgv2.members(cgroup)
+    found: dict[int, int] = {}
+    started: dict[int, int] = {}
+    groups: dict[int, list[int]] = {}
+    tokens: dict[int, str | None] = {}
+    for pid in _pids():
+        fields = _stat(pid)
+        if not fields or fields[0] in _DEAD:
+            continue
+        started[pid] = int(fields[_START_TIME])
+        groups.setdefault(int(fields[2]), []).append(pid)
+        token = tokens[pid] = _env_token(pid)
+        previous = token is not None and token.startswith(ours) and not token.startswith(current)
+        if previous or pid in in_cgroups:
+            found[pid] = started[pid]
+    for run in runs:
+        group = groups.get(run.pgid, [])
+        if started.get(run.pid) == run.start_time or any(tokens[p] == run.token for p in group):
+            found.update((p, started[p]) for p in group)
+    return found
+
+
+def _signal_previous(
+    runs: list[RunIdentity], leftovers: list[str], fds: dict[int, int], sig: int
+) -> None:
+    """Send ``sig`` to each process of earlier instances not yet in ``fds`` (adding it); with
+    SIGKILL, also to those in ``fds`` that have not exited."""
+    targets = _previous_processes(runs, leftovers)
+    exited = _exited(fds)
+    again = [pid for pid in fds if pid not in exited] if sig == signal.SIGKILL else []
+    for pid, started in targets.items():
+        if pid in fds:
+            continue
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        # The pidfd is for whatever holds the pid now: make sure it is still the process found.
+        if start_time(pid) != started:
+            os.close(fd)
+            continue
+        fds[pid] = fd
+        again.append(pid)
+    for pid in again:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            signal.pidfd_send_signal(fds[pid], sig)
+
+
+def _exited(fds: dict[int, int]) -> set[int]:
+    """The pids in ``fds`` whose process has exited (a pidfd is readable then, zombie or not)."""
+    if not fds:
+        return set()
+    poller = select.poll()
+    by_fd = {fd: pid for pid, fd in fds.items()}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
+    return {by_fd[fd] for fd, _ in poller.poll(0)}

@@ -9,12 +9,17 @@ Knows nothing of gRPC, SQLite or the engine. How a run goes:
   for asyncio's ``create_subprocess_exec`` with pipes and a new session.
 * Its end is seen through a pidfd on the event loop, and its pipes are read with plain
   ``loop.add_reader`` callbacks: no transports, no extra tasks, no threads.
+* With cgroups (:func:`taskerd.procs.configure`), the main process is moved into a cgroup of the
+  run's own right after the spawn, by a thread (see :mod:`taskerd.cgroups`): whatever it starts,
+  even a descendant that clears its environment and leaves the session, stays in it.
 * When the main process exits, the rest of its group is SIGKILLed (while the zombie leader still
-  pins the group id), the pipes are drained, and only if something outside the group still holds
-  them is /proc scanned for the run's ``TASKER_RUN_TOKEN`` to kill escapees.
-* When the coroutine is cancelled (the engine's timeouts and cancels), the group and any escapee
-  get SIGTERM, then SIGKILL after ``kill_grace`` (or at once on a second cancel); the main process
-  is reaped and ``CancelledError`` re-raised.
+  pins the group id) and so is its cgroup (``cgroup.kill``, then the cgroup is removed), the pipes
+  are drained, and only if something else still holds them is /proc scanned for the run's
+  ``TASKER_RUN_TOKEN`` to kill escapees.
+* When the coroutine is cancelled (the engine's timeouts and cancels), every process of the run
+  gets SIGTERM once (each member of its cgroup, or its group with one ``killpg``; then any other
+  process carrying its token), then SIGKILL after ``kill_grace`` (or at once on a second cancel);
+  the main process is reaped and ``CancelledError`` re-raised.
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from taskerctl.durations import format_duration
-from taskerd import procs
+from taskerd import cgroups, procs
+from taskerd.cgroups import Placement
 from taskerd.procs import (
     TOKEN_VAR,
+    RunIdentity,
     become_subreaper,
     install_child_watcher,
     reap_orphans,
@@ -48,6 +55,7 @@ __all__ = [
     "Exit",
     "HookError",
     "SpawnError",
+    "Spawned",
     "become_subreaper",
     "install_child_watcher",
     "reap_orphans",
@@ -66,6 +74,7 @@ _SYNC_DRAIN_MAX = 1 << 20  # bytes read per stream before yielding when draining
 _LEFTOVER_WAIT = 0.25  # after the group SIGKILL, how long its dying members may hold the pipes
 _ESCAPEE_WAIT = 1.0  # after killing escapees, how long before the pipes are abandoned
 _EXIT_WAIT = 5.0  # after SIGKILL, how long to wait for the main process before giving up
+_PLACE_WAIT = 2.0  # on cancel, how long the move into the run's cgroup may still take
 _SIGDEF = (signal.SIGPIPE, signal.SIGXFSZ)  # ignored by Python; restored for the child
 _devnull = -1
 
@@ -123,6 +132,21 @@ class Exit:
     exit_code: int | None  # set when it exited
     signal: int | None  # set when a signal killed it
     killed_by_us: bool  # we sent that signal (cancel/timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    """A run's main process, as ``on_spawn`` gets it right after the spawn."""
+
+    pid: int
+    pgid: int  # the run's process group (and session): the pid itself
+    start_time: int  # field 22 of /proc/PID/stat, clock ticks since boot (0 if already gone)
+    token: str  # the run's TASKER_RUN_TOKEN
+    cgroup: str  # the run's own cgroup directory; "" without cgroups
+
+    def to_identity(self) -> RunIdentity:
+        """What finds this run's processes again after a daemon crash."""
+        return RunIdentity(self.pid, self.pgid, self.start_time, self.token)
 
 
 class SpawnError(Exception):
@@ -242,6 +266,7 @@ class _Run:
         self.loop = loop
         self.pid = pid
         self.token = token
+        self.placement: Placement | None = None
         self.capture = capture
         self.status: int | None = None  # wait status once reaped
         self.terminating = False
@@ -259,6 +284,8 @@ class _Run:
             os.waitpid(pid, 0)
             self.close()
             raise
+        self.start_time = procs.start_time(pid)
+        self.placement = procs.place(pid, self.start_time, token)
         loop.add_reader(self.pidfd, self._on_exit)
         for fd in self.streams:
             os.set_blocking(fd, False)
@@ -273,11 +300,20 @@ class _Run:
         if self.wake is not None and not self.wake.done():
             self.wake.set_result(None)
 
+    @property
+    def cgroup(self) -> str:
+        """The run's cgroup directory, once the placer has made it; "" until then or without."""
+        placement = self.placement
+        return placement.path if placement is not None and placement.created else ""
+
     def _on_exit(self) -> None:
         self.loop.remove_reader(self.pidfd)
+        placement = self.placement
         if not self.terminating:
             # The zombie leader still pins the group id: no chance of hitting a reused one.
             procs.signal_group(self.pid, signal.SIGKILL)
+            if placement is not None:
+                procs.release(placement)
         try:
             _, self.status = os.waitpid(self.pid, 0)
         except ChildProcessError:  # someone else reaped it; status unknown
@@ -373,8 +409,17 @@ class _Run:
                 self.capture.feed(stream, data)
 
     def _kill_escapees(self, sig: int) -> None:
+        self._found(procs.kill_token(self.token, sig))
+
+    def _signal_all(self, sig: int) -> None:
+        """Send ``sig`` once to every process of the run (see :func:`procs.signal_run`)."""
+        if self.status is None:
+            self.signalled.add(sig)
+        self._found(procs.signal_run(self.pid, self.token, sig, self.cgroup))
+
+    def _found(self, escapees: list[int]) -> None:
         self.scanned = True
-        if procs.kill_token(self.token, sig):
+        if escapees:
             # Adopted escapees turn into our zombies once dead; reap them soon.
             self.loop.call_later(0.1, reap_orphans)
 
@@ -393,26 +438,29 @@ class _Run:
     def _group_gone(self) -> bool:
         if self.status is None:
             return False
+        if self.cgroup and cgroups.populated(self.cgroup):
+            return False
         # Dead members adopted by us (as subreaper) are zombies that keep the group id alive.
         reap_orphans()
         return not procs.group_alive(self.pid)
 
     async def terminate(self, grace: float) -> None:
-        """SIGTERM the group and escapees, SIGKILL after ``grace``; reap; swallow re-cancels."""
+        """SIGTERM every process of the run once, SIGKILL after ``grace``; reap; swallow
+        re-cancels."""
         self.terminating = True
+        placement = self.placement
+        # A cancel right after the spawn: let the placer finish, so the cgroup holds the run.
+        with contextlib.suppress(asyncio.CancelledError):
+            if placement is not None and not placement.done:
+                await self._wait(_PLACE_WAIT, lambda: placement.done, poll=0.01)
         if self.status is None:
-            self.signalled.add(signal.SIGTERM)
-            procs.signal_group(self.pid, signal.SIGTERM)
-            self._kill_escapees(signal.SIGTERM)
+            self._signal_all(signal.SIGTERM)
         elif not self.streams:
             return  # it had already ended (and its group was killed) when the cancel came
         # A second cancel escalates at once (the caller re-raises the first).
         with contextlib.suppress(asyncio.CancelledError):
             await self._wait(grace, self._group_gone, poll=0.05)
-        if self.status is None:
-            self.signalled.add(signal.SIGKILL)
-        procs.signal_group(self.pid, signal.SIGKILL)
-        self._kill_escapees(signal.SIGKILL)
+        self._signal_all(signal.SIGKILL)
         for _ in range(3):
             try:
                 await self._wait(_EXIT_WAIT, lambda: self.status is not None)
@@ -437,6 +485,8 @@ class _Run:
             procs.signal_group(self.pid, signal.SIGKILL)
         if self.streams and not self.scanned:
             self._kill_escapees(signal.SIGKILL)
+        if self.placement is not None:
+            procs.release(self.placement)
         for fd in list(self.streams):
             self.loop.remove_reader(fd)
             os.close(fd)
@@ -453,16 +503,17 @@ async def run_command(
     stdin: bytes = b"",
     capture: Capture,
     kill_grace: float = 5.0,
-    on_spawn: Callable[[int], None] | None = None,
+    on_spawn: Callable[[Spawned], None] | None = None,
 ) -> Exit:
     """Run a command to its end and return how it ended.
 
     ``shell=True`` runs ``/bin/sh -c argv[0] argv[1:]...``; otherwise argv[0] is looked up in the
     task's PATH. ``env`` None inherits the daemon's environment (``TASKER_RUN_TOKEN`` is added
-    either way). ``stdin`` bytes are fed then closed; empty means /dev/null. ``on_spawn(pid)`` is
-    called right after the process starts, before any output is delivered. Raises SpawnError if
-    it cannot start. On cancellation the process group gets SIGTERM, SIGKILL after
-    ``kill_grace`` seconds, and CancelledError is re-raised (``capture.exit`` tells how it died).
+    either way). ``stdin`` bytes are fed then closed; empty means /dev/null. ``on_spawn`` gets the
+    :class:`Spawned` process right after it starts, before any output is delivered. Raises
+    SpawnError if it cannot start. On cancellation every process of the run gets SIGTERM once,
+    SIGKILL after ``kill_grace`` seconds, and CancelledError is re-raised (``capture.exit`` tells
+    how it died).
     """
     if not argv:
         raise ValueError("argv is empty")
@@ -487,7 +538,8 @@ async def run_command(
         raise
     try:
         if on_spawn is not None:
-            on_spawn(pid)
+            cgroup = run.placement.path if run.placement is not None else ""
+            on_spawn(Spawned(pid, pid, run.start_time, token, cgroup))
         try:
             await run.wait_exit()
         except asyncio.CancelledError:

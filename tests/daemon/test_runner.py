@@ -16,6 +16,7 @@ from taskerd.runner import (
     TOKEN_VAR,
     Capture,
     HookError,
+    Spawned,
     SpawnError,
     install_child_watcher,
     reap_orphans,
@@ -159,7 +160,9 @@ async def test_on_spawn_gets_pid_before_output() -> None:
     seen: list[object] = []
     cap = Capture(100, lambda s, d: seen.append(d))
     ended = await run_command(["sh", "-c", "echo $$"], capture=cap, on_spawn=seen.append)
-    assert seen[0] == ended.pid == int(cap.stdout)
+    assert isinstance(seen[0], Spawned)
+    assert seen[0].pid == seen[0].pgid == ended.pid == int(cap.stdout)
+    assert seen[0].start_time > 0 and seen[0].token.startswith(procs.token_prefix())
     assert cap.exit == ended
 
 
@@ -214,7 +217,13 @@ async def cancel_after_output(
     cap = Capture(1000, lambda s, d: got.set() if cap.stdout.count(b"\n") >= lines else None)
     spawned: list[int] = []
     task = asyncio.create_task(
-        run_command(argv, shell=True, capture=cap, kill_grace=grace, on_spawn=spawned.append)
+        run_command(
+            argv,
+            shell=True,
+            capture=cap,
+            kill_grace=grace,
+            on_spawn=lambda s: spawned.append(s.pid),
+        )
     )
     await asyncio.wait_for(got.wait(), 10)
     t0 = time.monotonic()
