@@ -17,7 +17,7 @@ from typer._click import exceptions as click_exc
 
 from taskerctl import __version__, _submit
 from taskerctl._sync import Client
-from taskerctl.errors import EXIT_OTHER, EXIT_USAGE, TaskerError, TaskNotFound
+from taskerctl.errors import EXIT_OTHER, EXIT_USAGE, TaskerError
 from taskerctl.models import (
     STATE_NAMES,
     Metrics,
@@ -351,19 +351,12 @@ def wait(
 def cancel(
     ctx: typer.Context, task_ids: Annotated[list[int], typer.Argument(metavar="ID...")]
 ) -> None:
-    """Cancel tasks (queued ones leave the queue; running ones get SIGTERM, then SIGKILL)."""
-    failed = False
+    """Cancel tasks, all in one step: the queued ones leave the queue first, then the running
+    ones get SIGTERM, then SIGKILL. An unknown id cancels nothing."""
     with _client(ctx) as client:
-        for i in task_ids:
-            try:
-                cancelled = client.cancel(i)
-            except TaskNotFound as err:
-                print(f"taskerctl: error: {err}", file=sys.stderr)
-                failed = True
-                continue
-            print(f"{i} cancelled" if cancelled else f"{i} already finished")
-    if failed:
-        raise typer.Exit(EXIT_OTHER)
+        cancelled = client.cancel_many(task_ids)
+    for i in dict.fromkeys(task_ids):
+        print(f"{i} cancelled" if cancelled.get(i) else f"{i} already finished")
 
 
 def _stats_table(s: Stats) -> Any:

@@ -45,6 +45,8 @@ from taskerctl.models import (
     TaskResult,
     TaskState,
     build_spec,
+    cancel_request,
+    cancel_results,
     channel_target,
     list_request,
     older_than_request,
@@ -327,8 +329,16 @@ class AsyncClient:
 
     async def cancel(self, task_id: int, *, rpc_timeout: float | None = _UNSET) -> bool:
         """Cancel a task; False when it had already finished. Raises TaskNotFound."""
-        resp = await self._call("Cancel", pb.CancelRequest(id=task_id), rpc_timeout)
-        return bool(resp.cancelled)
+        return (await self.cancel_many([task_id], rpc_timeout=rpc_timeout))[task_id]
+
+    async def cancel_many(
+        self, task_ids: Iterable[int], *, rpc_timeout: float | None = _UNSET
+    ) -> dict[int, bool]:
+        """Cancel tasks in one step: the queued ones leave the queue before any running one is
+        stopped. Maps each id to whether it was cancelled (False: it had already finished).
+        Raises TaskNotFound, and then none was cancelled."""
+        resp = await self._call("Cancel", cancel_request(task_ids), rpc_timeout)
+        return cancel_results(resp)
 
     async def stats(self, *, rpc_timeout: float | None = _UNSET) -> Stats:
         """Workers, queue and counts right now."""

@@ -37,6 +37,8 @@ from taskerctl.models import (
     TaskResult,
     TaskState,
     build_spec,
+    cancel_request,
+    cancel_results,
     channel_target,
     list_request,
     older_than_request,
@@ -320,9 +322,16 @@ class Client:
 
     def cancel(self, task_id: int, *, rpc_timeout: float | None = _UNSET) -> bool:
         """Cancel a task; False when it had already finished. Raises TaskNotFound."""
-        req = pb.CancelRequest(id=task_id)
-        resp: pb.CancelResponse = self._call(self._stub.Cancel, req, rpc_timeout)
-        return resp.cancelled
+        return self.cancel_many([task_id], rpc_timeout=rpc_timeout)[task_id]
+
+    def cancel_many(
+        self, task_ids: Iterable[int], *, rpc_timeout: float | None = _UNSET
+    ) -> dict[int, bool]:
+        """Cancel tasks in one step: the queued ones leave the queue before any running one is
+        stopped. Maps each id to whether it was cancelled (False: it had already finished).
+        Raises TaskNotFound, and then none was cancelled."""
+        resp = self._call(self._stub.Cancel, cancel_request(task_ids), rpc_timeout)
+        return cancel_results(resp)
 
     def stats(self, *, rpc_timeout: float | None = _UNSET) -> Stats:
         """Workers, queue and counts right now."""

@@ -520,6 +520,16 @@ def list_request(
     )
 
 
+def cancel_request(task_ids: Iterable[int]) -> pb.CancelRequest:
+    """One ``CancelRequest`` for all of ``task_ids``."""
+    return pb.CancelRequest(ids=list(task_ids))
+
+
+def cancel_results(resp: pb.CancelResponse) -> dict[int, bool]:
+    """Each task asked, mapped to whether this request cancelled it."""
+    return {r.id: r.cancelled for r in resp.results}
+
+
 #: ``on_output(stream, data)``: ``stream`` is ``"stdout"`` or ``"stderr"``.
 OutputCallback: TypeAlias = Callable[[str, bytes], object]
 

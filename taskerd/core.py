@@ -1,51 +1,71 @@
 """The daemon's core: every verb of the API over the engine, the journal and the runner.
 
-A task's life: ``submit`` journals it (group commit) and queues it in the engine; a worker calls
-``_execute``, which runs the command through the runner; when the engine answers the task's handle,
-``_finish`` journals the terminal state and only then tells the watchers. Nothing here speaks gRPC:
-the service turns requests into these calls and ``RequestError`` into status codes.
+A task's life: ``submit`` reserves room in the engine (the one admission check: queue bound and
+shutdown), journals the specs (group commit) and queues them; an engine worker runs an
+:class:`~taskerd.attempt.Attempt`; :func:`~taskerd.attempt.conclude` journals the end and only
+then tells the watchers. Nothing here speaks gRPC: the service turns requests into these calls
+and ``RequestError`` into status codes.
+
+One truth: a task in :attr:`Core.live` is as memory says; any other task is as the journal
+says. Reads go to the journal thread, and resume after memory has taken in every commit they
+saw (see :mod:`taskerd.store`), so Get, List, Stats and the event stream agree.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import os
-import signal as signals
 import time
-from collections.abc import Collection, Coroutine, Mapping, Sequence
+from collections.abc import Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, partial
-from typing import Any, TypeAlias
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
 from tasker.v1 import tasker_pb2 as pb
-from taskerctl.durations import format_duration
-from taskerd import engine
+from taskerd import engine, procs
+from taskerd.attempt import Attempt, Unhealthy, conclude
 from taskerd.config import DaemonConfig
-from taskerd.errors import NotFound, QueueFull, ShuttingDown
+from taskerd.errors import (
+    JournalFull,
+    JournalUnavailable,
+    NotFound,
+    QueueFull,
+    RequestError,
+    ShuttingDown,
+)
 from taskerd.events import EventHub, Watcher
-from taskerd.runner import Capture, Exit, SpawnError, run_command, run_hook
-from taskerd.store import Store, task_record
+from taskerd.live import (
+    CANCELLED,
+    FAILED,
+    LOST,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    TIMED_OUT,
+    Live,
+    State,
+    backlog,
+    event,
+    record,
+)
+from taskerd.runner import Exit, run_hook
+from taskerd.store import JournalError, Store
 
 log = logging.getLogger("taskerd")
 
-State: TypeAlias = pb.TaskState.ValueType
 NORMAL = pb.PRIORITY_NORMAL
-QUEUED = pb.TASK_STATE_QUEUED
-RUNNING = pb.TASK_STATE_RUNNING
-SUCCEEDED = pb.TASK_STATE_SUCCEEDED
-FAILED = pb.TASK_STATE_FAILED
-TIMED_OUT = pb.TASK_STATE_TIMED_OUT
-CANCELLED = pb.TASK_STATE_CANCELLED
-LOST = pb.TASK_STATE_LOST
-TERMINAL = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, LOST)
-#: A non-once task's RUNNING state is journaled this long after it starts (if still running).
-STARTED_WRITE_DELAY = 0.1
 #: Up to this many live tasks, specs stay in memory from submission to start.
 KEEP_SPECS = 10_000
+#: How long Cancel waits for the queued tasks' CANCELLED to be journaled before answering.
+ENDED_WAIT = 5.0
+#: How often a read is tried again when a task changed under it (see ``Core.get``).
+READ_TRIES = 5
 
 _PRIORITY = {
     pb.PRIORITY_UNSPECIFIED: engine.Priority.NORMAL,
@@ -54,6 +74,7 @@ _PRIORITY = {
     pb.PRIORITY_HIGH: engine.Priority.HIGH,
     pb.PRIORITY_CRITICAL: engine.Priority.CRITICAL,
 }
+_LIVE_STATES = frozenset((QUEUED, RUNNING))
 
 
 def seconds(d: Duration) -> float:
@@ -61,48 +82,28 @@ def seconds(d: Duration) -> float:
     return d.seconds + d.nanos / 1e9
 
 
-class Unhealthy(Exception):
-    """The command exited with one of ``unhealthy_exit_codes``: its worker is replaced."""
-
-    def __init__(self, result: Exit) -> None:
-        super().__init__(f"exited with status {result.exit_code} (unhealthy worker)")
-        self.result = result
-
-
-@dataclass(slots=True, eq=False)
-class Live:
-    """What the daemon keeps in memory for a task that is queued or running."""
-
-    id: int
-    priority: int
-    queued_at: float
-    timeout: float | None
-    queue_timeout: float | None
-    attempts: int
-    state: State = QUEUED
-    seq: int = 0
-    handle: engine.TaskHandle[Exit] | None = None
-    run_task: asyncio.Task[None] | None = None
-    pid: int = 0
-    worker: int = 0
-    started_at: float | None = None
-    capture: Capture | None = None
-    once: bool = False
-    started_write: asyncio.TimerHandle | None = None
-    # The spec as submitted, kept while the queue is short to spare a journal read at start;
-    # ``env`` is the request's shared environment, for a spec without its own.
-    spec: pb.TaskSpec | None = None
-    env: Mapping[str, str] | None = None
-    attempt_done: asyncio.Event | None = None
-    cancel_requested: bool = False
+def journal_failure(exc: JournalError) -> RequestError:
+    """The status a request gets when the journal refused it."""
+    return JournalFull() if exc.full else JournalUnavailable(str(exc))
 
 
 @dataclass(slots=True)
 class Counters:
-    """Terminal states reached and submissions rejected since the daemon started."""
+    """Tasks in memory by state; terminal states reached and submissions rejected since start."""
 
+    queued: int = 0
+    running: int = 0
     by_state: dict[State, int] = field(default_factory=lambda: dict.fromkeys(TERMINAL, 0))
     rejected: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """What a cancel did to one task."""
+
+    id: int
+    cancelled: bool
+    state: State
 
 
 class Core:
@@ -117,16 +118,19 @@ class Core:
         self.started = time.time()
         self.shutdown_mode: pb.ShutdownMode.ValueType | None = None
         self._engine_ids: dict[int, int] = {}
-        self._reserved = 0
-        self._finishing: set[asyncio.Task[None]] = set()
-        self._unhealthy = frozenset(config.unhealthy_exit_codes)
+        self._admitting = 0  # requests between their admission check and their queueing
+        self._admitted = asyncio.Event()
+        self._admitted.set()
+        self._finishing: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
+        self._stopping_runs: asyncio.Task[None] | None = None
         self.engine: engine.TaskManager[str, Exit] = engine.TaskManager(
             engine.Config(
                 on_create=self._create_resource,
                 on_destroy=self._destroy_resource,
                 worker_count=config.workers,
                 max_worker_count=config.burst_workers,
+                max_queue_size=config.max_queue,
                 max_retries=config.max_retries,
                 check_health=lambda exc: not isinstance(exc, Unhealthy),
                 logger=logging.getLogger("taskerd.engine"),
@@ -136,8 +140,10 @@ class Core:
 
     @classmethod
     async def start(cls, config: DaemonConfig, store: Store) -> Core:
-        """Start the engine and recover the journal's unfinished tasks."""
+        """End what a crashed daemon left running, then start the engine and resume the
+        journal's unfinished tasks."""
         core = cls(config, store)
+        await core._end_previous_runs()
         await core.engine.start()
         await core._recover()
         return core
@@ -155,12 +161,24 @@ class Core:
 
     # ----------------------------------------------------------------- recovery
 
+    async def _end_previous_runs(self) -> None:
+        """Before anything runs again: end every process an earlier daemon left running."""
+        runs = await self.store.runs()
+        identities = [
+            procs.RunIdentity(pid=r.pid, pgid=r.pgid, start_time=r.start_time, token=r.token)
+            for r in runs
+            if r.pid > 0
+        ]
+        ended = await procs.end_previous_runs(identities, grace=self.config.kill_grace)
+        if ended:
+            log.warning("ended %d processes left running by an earlier taskerd", ended)
+
     async def _recover(self) -> None:
         """Resume the journal: queued tasks in order, interrupted ones re-queued or LOST."""
         lost: list[int] = []
         failed: list[int] = []
         resumed: list[pb.Task] = []
-        for task in self.store.unfinished():
+        for task in await self.store.unfinished():
             if task.state == RUNNING and task.spec.once:
                 lost.append(task.id)
             elif task.state == RUNNING and task.attempts > self._max_retries(task.spec):
@@ -171,18 +189,20 @@ class Core:
         if lost:
             await self.store.mark_finished_many(
                 lost, state=LOST, ended_at=now,
-                error="the daemon stopped while it ran; an at-most-once task is not run again",
+                error="interrupted: the daemon stopped while it ran, and it was stopped; "
+                "an at-most-once task is not run again",
             )  # fmt: skip
             self.counters.by_state[LOST] += len(lost)
         if failed:
             await self.store.mark_finished_many(
                 failed, state=FAILED, ended_at=now,
-                error="the daemon stopped during its last allowed attempt",
+                error="interrupted during its last allowed attempt, and stopped",
             )  # fmt: skip
             self.counters.by_state[FAILED] += len(failed)
         requeue = [t.id for t in resumed if t.state == RUNNING]
         if requeue:
             await self.store.requeue(requeue)
+        self.engine.reserve(len(resumed), force=True)  # accepted before: over the bound too
         for task in resumed:
             self._enqueue(task.id, task.spec, task.queued_at.ToNanoseconds() / 1e9, task.attempts)
         if lost or failed or resumed:
@@ -194,33 +214,66 @@ class Core:
     def _max_retries(self, spec: pb.TaskSpec) -> int:
         return spec.max_retries if spec.HasField("max_retries") else self.config.max_retries
 
-    # ----------------------------------------------------------------- submit
+    # ----------------------------------------------------------------- admission
 
-    def _check_open(self) -> None:
+    def _admit(self, count: int) -> None:
+        """The one admission check: shutdown, then room in the queue (reserved for ``count``)."""
         if self.shutdown_mode is not None:
             raise ShuttingDown()
+        try:
+            self.engine.reserve(count)
+        except engine.QueueFull:
+            self.counters.rejected += count
+            raise QueueFull(self.counters.queued, self.config.max_queue) from None
+        except engine.ShuttingDown:
+            raise ShuttingDown() from None
+        self._admitting += 1
+        self._admitted.clear()
+
+    def _admission_over(self) -> None:
+        self._admitting -= 1
+        if not self._admitting:
+            self._admitted.set()
+
+    async def _journal_new(
+        self, specs: Sequence[pb.TaskSpec], now: float, env: Mapping[str, str] | None
+    ) -> list[int]:
+        """Journal new tasks; if the caller gives up meanwhile, nothing of them is kept."""
+        add = asyncio.ensure_future(self.store.add(specs, now=now, env=env))
+        try:
+            return await asyncio.shield(add)
+        except asyncio.CancelledError:
+            # Nobody will be told these ids: take back what was written.
+            try:
+                ids = await add
+            except JournalError:
+                raise asyncio.CancelledError() from None
+            await asyncio.shield(self.store.discard(ids))
+            raise
+        except JournalError as exc:
+            raise journal_failure(exc) from None
 
     async def submit(
         self, specs: Sequence[pb.TaskSpec], *, env: Mapping[str, str] | None = None
     ) -> list[int]:
-        """Journal the (validated) specs, then queue them; answers with their ids.
+        """Admit, journal and queue the (validated) specs; answers with their ids.
 
-        ``env`` is the environment of the specs whose own env is empty.
+        ``env`` is the environment of the specs whose own env is empty. Any error means that
+        none of them exists.
         """
-        self._check_open()
-        queued = self.engine.stats().queued + self._reserved
-        if queued + len(specs) > self.config.max_queue:
-            self.counters.rejected += len(specs)
-            raise QueueFull(queued, self.config.max_queue)
-        self._reserved += len(specs)
+        self._admit(len(specs))
         try:
             now = time.time()
-            ids = await self.store.add(specs, now=now, env=env)
+            try:
+                ids = await self._journal_new(specs, now, env)
+            except BaseException:
+                self.engine.release(len(specs))
+                raise
+            keep = len(self.live) < KEEP_SPECS
+            for task_id, spec in zip(ids, specs, strict=True):
+                self._enqueue(task_id, spec, now, 0, keep=keep, env=env)
         finally:
-            self._reserved -= len(specs)
-        keep = len(self.live) < KEEP_SPECS
-        for task_id, spec in zip(ids, specs, strict=True):
-            self._enqueue(task_id, spec, now, 0, keep=keep, env=env)
+            self._admission_over()
         if len(ids) == 1:
             log.info("task %d accepted: %s", ids[0], _describe(specs[0]))
         else:
@@ -237,7 +290,8 @@ class Core:
         keep: bool = False,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        """Queue a journaled task; ``keep`` holds its full spec (and shared ``env``) in memory."""
+        """Queue a journaled task in room reserved for it; ``keep`` holds its full spec (and
+        shared ``env``) in memory."""
         timeout = seconds(spec.timeout) if spec.HasField("timeout") else None
         queue_timeout = remaining = None
         if spec.HasField("queue_timeout"):
@@ -245,159 +299,132 @@ class Core:
             remaining = max(1e-3, queue_timeout - (time.time() - queued_at))
         live = Live(task_id, spec.priority or NORMAL, queued_at, timeout, queue_timeout, attempts)
         live.once = spec.once
+        if spec.labels:
+            live.labels = dict(spec.labels)
         if keep:
             live.spec, live.env = spec, env
-        self.live[task_id] = live
-        execute = self._execute
-
-        async def run(ctx: engine.TaskContext, resource: str) -> Exit:
-            return await execute(live, ctx, resource)
-
         handle = self.engine.queue_task_async(
-            run,
+            Attempt(self, live),
             priority=_PRIORITY[spec.priority],
             timeout=timeout,
             queue_timeout=remaining,
             once=live.once,
             max_retries=max(0, self._max_retries(spec) - attempts),
+            reserved=True,
         )
+        self._adopt(live)
         live.handle = handle
         self._engine_ids[handle.id] = task_id
         handle.add_done_callback(partial(self._on_done, live))
-        self._publish_queued(live)
 
-    # ----------------------------------------------------------------- run
+    def _adopt(self, live: Live) -> None:
+        """A journaled task enters memory, QUEUED."""
+        self.live[live.id] = live
+        self.counters.queued += 1
+        live.seq += 1
+        if self.hub.watched(live.id):
+            queued = pb.TaskEvent.Queued(priority=live.priority)  # type: ignore[arg-type]
+            seq = live.seq
+            self.hub.publish(live.id, lambda _: event(live.id, seq, queued=queued))
 
-    async def run(self, spec: pb.TaskSpec) -> Watcher:
-        """Journal the task and start it at once, bypassing the queue; returns its watcher."""
-        self._check_open()
-        now = time.time()
-        [task_id] = await self.store.add([spec], now=now)
-        live = Live(
-            id=task_id,
-            priority=spec.priority or pb.PRIORITY_NORMAL,
-            queued_at=now,
-            timeout=seconds(spec.timeout) if spec.HasField("timeout") else None,
-            queue_timeout=None,
-            attempts=0,
-            once=spec.once,
-            spec=spec,
-        )
-        self.live[task_id] = live
-        watcher = self.hub.subscribe([task_id], output=True)
-        self._publish_queued(live)
+    # ----------------------------------------------------------------- run now
+
+    async def run(self, spec: pb.TaskSpec) -> tuple[int, Watcher]:
+        """Journal the task and start it at once, bypassing the queue; returns its id and a
+        watcher of it. Whoever called it must cancel it (``abandon``) if it stops watching."""
+        if self.shutdown_mode is not None:
+            raise ShuttingDown()
+        self._admitting += 1
+        self._admitted.clear()
+        try:
+            now = time.time()
+            [task_id] = await self._journal_new([spec], now, None)
+            live = Live(
+                task_id,
+                spec.priority or NORMAL,
+                now,
+                seconds(spec.timeout) if spec.HasField("timeout") else None,
+                None,
+                0,
+                once=spec.once,
+                labels=dict(spec.labels) if spec.labels else None,
+                spec=spec,
+            )
+            watcher = self.hub.subscribe([task_id], output=True)
+            self._adopt(live)
+            live.run_task = asyncio.get_running_loop().create_task(self._run_now(live))
+        finally:
+            self._admission_over()
         log.info("task %d accepted to run now: %s", task_id, _describe(spec))
-        live.run_task = asyncio.create_task(self._run_now(live))
-        return watcher
+        return task_id, watcher
 
     async def _run_now(self, live: Live) -> None:
         result: Exit | None = None
         error: BaseException | None = None
         try:
-            result = await self.engine.run_task(partial(self._execute, live), timeout=live.timeout)
+            result = await self.engine.run_task(Attempt(self, live), timeout=live.timeout)
         except asyncio.CancelledError:
             error = engine.TaskCancelled("cancelled")
         except BaseException as exc:
             error = exc
-        await self._finish(live, result, error)
+        live.outcome = (result, error)
+        self.settle(live)
 
-    # ----------------------------------------------------------------- execute
+    # ----------------------------------------------------------------- the end of a task
 
-    async def _execute(self, live: Live, ctx: engine.TaskContext, resource: str) -> Exit:
-        """One attempt: run the command with the task's environment. Runs on a worker."""
-        spec = live.spec
-        if spec is None:
-            spec = live.spec = self.store.spec(live.id)
-            if spec is None:  # cleaned while queued: cannot happen for live tasks; never crash
-                raise SpawnError(f"task {live.id} vanished from the journal")
-        live.attempts += 1
-        live.state = RUNNING
-        live.worker = ctx.worker_id + 1  # 1-based; 0 is a temporary resource (Run)
-        live.pid = 0
-        live.started_at = time.time()
-        done = live.attempt_done = asyncio.Event()
-        variables = spec.env or live.env
-        env = dict(variables) if variables else dict(os.environ)
-        env["TASKER_TASK_ID"] = str(live.id)
-        env["TASKER_WORKER_ID"] = str(live.worker)
-        env["TASKER_ATTEMPT"] = str(live.attempts)
-        if live.timeout is not None:
-            env["TASKER_DEADLINE"] = f"{live.started_at + live.timeout:.3f}"
-        if resource:
-            env["TASKER_RESOURCE"] = resource
-        live.capture = Capture(self.config.output_limit, on_chunk=partial(self._on_output, live))
-        if live.once:  # at most once: RUNNING must be durable before the command can start
-            self.store.mark_started(
-                live.id, attempt=live.attempts, pid=0, worker=live.worker,
-                started_at=live.started_at,
-            )  # fmt: skip
-            await self.store.flush()
-        try:
-            result = await run_command(
-                list(spec.argv),
-                shell=spec.shell,
-                env=env,
-                cwd=spec.cwd or None,
-                stdin=spec.stdin,
-                capture=live.capture,
-                kill_grace=self.config.kill_grace,
-                on_spawn=partial(self._on_spawn, live),
-            )
-        finally:
-            done.set()
-        if result.exit_code in self._unhealthy:
-            raise Unhealthy(result)
-        return result
-
-    def _on_spawn(self, live: Live, pid: int) -> None:
-        live.pid = pid
-        if live.once:
-            self._journal_started(live)
+    def move(self, live: Live, state: State) -> None:
+        """Change a live task's state, keeping the counts right; a terminal state takes it out
+        of memory, counted."""
+        old = live.state
+        if old == QUEUED:
+            self.counters.queued -= 1
+        elif old == RUNNING:
+            self.counters.running -= 1
+        live.state = state
+        if state == QUEUED:
+            self.counters.queued += 1
+        elif state == RUNNING:
+            self.counters.running += 1
         else:
-            # Most tasks are short: their finish records the start too, in one write. A crash
-            # before this write re-runs the task without counting the attempt.
-            loop = asyncio.get_running_loop()
-            live.started_write = loop.call_later(STARTED_WRITE_DELAY, self._journal_started, live)
-        live.seq += 1
-        seq = live.seq
-        self.hub.publish(
-            live.id,
-            lambda _: _event(
-                live.id, seq,
-                started=pb.TaskEvent.Started(pid=pid, worker=live.worker, attempt=live.attempts),
-            ),
-        )  # fmt: skip
-        log.info("task %d started: pid %d, worker %d, attempt %d", live.id, pid, live.worker,
-                  live.attempts)  # fmt: skip
+            self.counters.by_state[state] += 1
+            self.live.pop(live.id, None)
+            if live.ended is not None and not live.ended.done():
+                live.ended.set_result(None)
 
-    def _journal_started(self, live: Live) -> None:
-        live.started_write = None
-        if live.state == RUNNING and live.started_at is not None:
-            self.store.mark_started(
-                live.id, attempt=live.attempts, pid=live.pid, worker=live.worker,
-                started_at=live.started_at,
-            )  # fmt: skip
+    def _on_done(self, live: Live, handle: engine.TaskHandle[Exit]) -> None:
+        self._engine_ids.pop(handle.id, None)
+        error = handle.exception()
+        live.outcome = (None if error is not None else handle.result(), error)
+        self.settle(live)
 
-    def _on_output(self, live: Live, stream: int, data: bytes) -> None:
-        live.seq += 1
-        if not self.hub.watched(live.id, output=True):
+    def settle(self, live: Live) -> None:
+        """End the task once its outcome is known and no attempt of it runs (at most once)."""
+        if live.outcome is None or live.in_attempt or live.finishing:
             return
-        seq = live.seq
-        self.hub.publish(
-            live.id,
-            lambda _: _event(live.id, seq, output=pb.TaskEvent.Output(stream=stream, data=data)),  # type: ignore[arg-type]
-            is_output=True,
-        )
+        live.finishing = True
+        self._background(self._conclude(live))
 
-    def _publish_queued(self, live: Live) -> None:
-        live.seq += 1
-        if not self.hub.watched(live.id):
-            return
-        seq = live.seq
-        self.hub.publish(
-            live.id,
-            lambda _: _event(live.id, seq, queued=pb.TaskEvent.Queued(priority=live.priority)),  # type: ignore[arg-type]
-        )
+    async def _conclude(self, live: Live) -> None:
+        assert live.outcome is not None
+        stopping = self.shutdown_mode == pb.SHUTDOWN_MODE_STOP
+        try:
+            ended = await conclude(self, live, live.outcome, stopping=stopping)
+        except Exception:  # a bug: the task stays unfinished in the journal, for the next start
+            log.exception("task %d: its end could not be recorded", live.id)
+            ended = False
+        # Let go of the output now: the handle and its callbacks make a cycle with ``live``,
+        # which only a full garbage collection would break.
+        live.capture = None
+        live.handle = None
+        if not ended:
+            # Left in the journal for the next start (a STOP shutdown): out of memory, uncounted.
+            if live.state == QUEUED:
+                self.counters.queued -= 1
+            elif live.state == RUNNING:
+                self.counters.running -= 1
+            self.live.pop(live.id, None)
+            if live.ended is not None and not live.ended.done():
+                live.ended.set_result(None)
 
     def on_retry(self, engine_id: int, error: BaseException) -> None:
         """The engine re-queued a task after an unhealthy worker."""
@@ -405,18 +432,22 @@ class Core:
         live = self.live.get(task_id) if task_id is not None else None
         if live is None:
             return
-        live.state = QUEUED
-        self._background(self.store.requeue([live.id], attempts=[live.attempts]))
+        if live.handle is None or not live.handle.held:
+            self.move(live, QUEUED)
+            self._background(self._journal_retry(live))
+        # else its worker keeps it (the queue is full) and runs it again once replaced: it stays
+        # RUNNING, and the queue bound holds.
         live.seq += 1
         seq = live.seq
-        reason = str(error)
-        self.hub.publish(
-            live.id,
-            lambda _: _event(
-                live.id, seq, retrying=pb.TaskEvent.Retrying(attempt=live.attempts, reason=reason)
-            ),
-        )
-        log.warning("task %d retrying after attempt %d: %s", live.id, live.attempts, reason)
+        retrying = pb.TaskEvent.Retrying(attempt=live.attempts, reason=str(error))
+        self.hub.publish(live.id, lambda _: event(live.id, seq, retrying=retrying))
+        log.warning("task %d retrying after attempt %d: %s", live.id, live.attempts, error)
+
+    async def _journal_retry(self, live: Live) -> None:
+        try:
+            await self.store.requeue([live.id], attempts=[live.attempts])
+        except JournalError as exc:  # the next RUNNING or terminal write corrects the row
+            log.error("task %d: cannot journal its retry: %s", live.id, exc)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` as a task that shutdown waits for."""
@@ -424,205 +455,199 @@ class Core:
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
-    # ----------------------------------------------------------------- finish
-
-    def _on_done(self, live: Live, handle: engine.TaskHandle[Exit]) -> None:
-        self._engine_ids.pop(handle.id, None)
-        error = handle.exception()
-        result = None if error is not None else handle.result()
-        self._background(self._finish(live, result, error))
-
-    def _classify(
-        self, live: Live, result: Exit | None, error: BaseException | None
-    ) -> tuple[State, str] | None:
-        """The terminal state and error sentence; None to leave the task in the journal."""
-        if error is None:
-            assert result is not None
-            if result.exit_code == 0:
-                return SUCCEEDED, ""
-            if result.exit_code is not None:
-                return FAILED, f"exited with status {result.exit_code}"
-            return FAILED, f"killed by signal {result.signal} ({_signame(result.signal)})"
-        if isinstance(error, engine.TaskTimeout):
-            if live.state == QUEUED and live.queue_timeout is not None:
-                return TIMED_OUT, f"did not start within {format_duration(live.queue_timeout)}"
-            return TIMED_OUT, f"timed out after {format_duration(live.timeout or 0)}"
-        stopping = self.shutdown_mode == pb.SHUTDOWN_MODE_STOP and not live.cancel_requested
-        if isinstance(error, engine.ShuttingDown) or (
-            isinstance(error, engine.TaskCancelled) and stopping
-        ):
-            return None  # a STOP shutdown: the journal keeps it for the next start
-        if isinstance(error, engine.Killed) or (
-            isinstance(error, engine.TaskCancelled) and not live.cancel_requested
-        ):
-            return CANCELLED, "cancelled: the daemon was killed"
-        if isinstance(error, engine.TaskCancelled):
-            return CANCELLED, "cancelled"
-        if isinstance(error, SpawnError):
-            return FAILED, str(error)
-        if isinstance(error, Unhealthy):
-            return FAILED, f"{error}; no retries left"
-        log.error("task %d failed inside the daemon: %r", live.id, error, exc_info=error)
-        return FAILED, f"internal error: {error!r}"
-
-    async def _finish(self, live: Live, result: Exit | None, error: BaseException | None) -> None:
-        """Journal the terminal state, then tell the watchers."""
-        if live.attempt_done is not None:
-            await live.attempt_done.wait()  # a cancelled command may still be dying
-        if isinstance(error, Unhealthy):
-            result = error.result
-        outcome = self._classify(live, result, error)
-        if result is None and live.capture is not None:
-            result = live.capture.exit  # how a timed-out or cancelled command died
-        if outcome is None:
-            self.live.pop(live.id, None)
-            return
-        state, message = outcome
-        capture = live.capture
-        now = time.time()
-        if live.started_write is not None:  # the finish records the start
-            live.started_write.cancel()
-            live.started_write = None
-        await self.store.mark_finished(
-            live.id,
-            state=state,
-            ended_at=now,
-            error=message,
-            exit_code=result.exit_code if result else None,
-            signal=result.signal if result else None,
-            attempts=live.attempts,
-            started_at=live.started_at,
-            pid=live.pid or None,
-            worker=live.worker if live.pid else None,
-            stdout=bytes(capture.stdout) if capture else b"",
-            stderr=bytes(capture.stderr) if capture else b"",
-            stdout_truncated=capture.stdout_truncated if capture else False,
-            stderr_truncated=capture.stderr_truncated if capture else False,
-        )
-        self.live.pop(live.id, None)
-        self.counters.by_state[state] += 1
-        live.state = state
-        live.seq += 1
-        seq = live.seq
-
-        def make(output: bool) -> pb.TaskEvent:
-            if live.spec is None:  # it never started: the journal has the spec
-                task = self.store.get(live.id, output=output) or pb.Task(id=live.id, state=state)
-            else:
-                task = task_record(
-                    live.id, state=state, queued_at=live.queued_at, started_at=live.started_at,
-                    ended_at=now, attempts=live.attempts, pid=live.pid, worker=live.worker,
-                    exit_code=result.exit_code if result else None,
-                    signal=result.signal if result else None, error=message, spec=live.spec,
-                )  # fmt: skip
-                if output and capture is not None:
-                    task.stdout, task.stderr = bytes(capture.stdout), bytes(capture.stderr)
-                    task.stdout_truncated = capture.stdout_truncated
-                    task.stderr_truncated = capture.stderr_truncated
-            return _event(live.id, seq, finished=pb.TaskEvent.Finished(task=task))
-
-        self.hub.publish(live.id, make, is_final=True)
-        took = format_duration(now - live.started_at) if live.started_at else "-"
-        log.info("task %d %s in %s%s", live.id, pb.TaskState.Name(state)[11:], took,
-                 f": {message}" if message else "")  # fmt: skip
-
     # ----------------------------------------------------------------- queries
 
-    def get(self, task_id: int, *, output: bool = False) -> pb.Task:
-        """The task's record, with live state overlaid for a running task."""
-        task = self.store.get(task_id, output=output)
-        if task is None:
-            raise NotFound(task_id)
-        live = self.live.get(task_id)
-        if live is not None:
-            _overlay(task, live, output=output)
-        return task
+    async def get(self, task_id: int, *, output: bool = False) -> pb.Task:
+        """The task as it is now: from memory while it is live, else from the journal."""
+        for tries_left in range(READ_TRIES - 1, -1, -1):
+            row = await self.store.get(task_id, output=output)
+            live = self.live.get(task_id)
+            if row is None:
+                raise NotFound(task_id)
+            if live is not None:
+                return record(live, row, output=output)
+            if row.state in TERMINAL or not tries_left:
+                return row
+            # Neither in memory nor ended: it is being admitted, or it went live and ended
+            # after this read. Read again.
+            await asyncio.sleep(0)
+        raise AssertionError("unreachable")
 
-    def list(
+    async def list(
         self, *, states: Collection[int], labels: Mapping[str, str], limit: int,
         before_id: int | None,
     ) -> builtins.list[pb.Task]:  # fmt: skip
-        """A page of records, newest first."""
-        tasks = self.store.list(states=states, labels=labels, limit=limit, before_id=before_id)
-        for task in tasks:
-            live = self.live.get(task.id)
-            if live is not None:
-                _overlay(task, live, output=False)
-        return tasks
+        """A page of tasks, newest first, as they are now (see ``get``).
 
-    def watch(
+        Live tasks come from memory, ended ones from the journal, in one consistent instant:
+        the read resumes once memory has taken in every commit it saw.
+        """
+        wanted = frozenset(states)
+        live_wanted = wanted & _LIVE_STATES if wanted else _LIVE_STATES
+        ended_wanted = wanted & TERMINAL if wanted else TERMINAL
+        rows: dict[int, pb.Task] = {}
+        for tries_left in range(READ_TRIES - 1, -1, -1):
+            chosen = self._live_page(live_wanted, labels, limit, before_id)
+            need = [i for i in chosen if i not in rows]
+            read = await self.store.list_page(
+                states=ended_wanted, labels=labels, limit=limit, before_id=before_id, ids=need
+            )
+            rows.update(read.by_id)
+            # Memory now matches what the journal read saw: choose again, from both.
+            chosen = self._live_page(live_wanted, labels, limit, before_id)
+            if tries_left and any(i not in rows for i in chosen):
+                continue  # a task went live meanwhile: fetch its row too
+            page = [record(self.live[i], rows[i]) for i in chosen if i in rows]
+            page += (t for t in read.terminal if t.id not in self.live)
+            page.sort(key=lambda t: t.id, reverse=True)
+            return page[:limit]
+        raise AssertionError("unreachable")
+
+    def _live_page(
+        self, states: frozenset[int], labels: Mapping[str, str], limit: int, before: int | None
+    ) -> builtins.list[int]:
+        """Ids of up to ``limit`` live tasks in ``states`` with ``labels``, below ``before``,
+        newest first (memory holds them in id order)."""
+        if not states or limit <= 0:
+            return []
+        chosen: builtins.list[int] = []
+        for task_id in reversed(self.live):
+            if before is not None and task_id >= before:
+                continue
+            if self.live[task_id].matches(states, labels):
+                chosen.append(task_id)
+                if len(chosen) >= limit:
+                    break
+        return chosen
+
+    async def watch(
         self, ids: Sequence[int], *, output: bool, finished_only: bool = False
     ) -> tuple[Watcher, builtins.list[pb.TaskEvent]]:
         """Subscribe to tasks and get their past events; NotFound for an unknown id.
 
-        Subscribing and reading the past happen without yielding to the loop, so no event is
-        missed or seen twice.
+        The watcher subscribes first, and the live tasks' past is taken from memory in the same
+        loop step: from then on their events reach the watcher. Then the other tasks are read
+        from the journal: those that had ended give their ``finished`` event. No event is
+        missed or seen twice. An ended task's past ``finished`` event comes without its
+        output: the caller fetches that with :meth:`with_output` as it sends the event, one
+        task at a time.
         """
         if not ids:
             return self.hub.subscribe(None, output=output, finished_only=finished_only), []
+        unique = list(dict.fromkeys(ids))
+        watcher = self.hub.subscribe(unique, output=output, finished_only=finished_only)
         past: builtins.list[pb.TaskEvent] = []
-        found: list[tuple[int, Live | None]] = []
-        for task_id in dict.fromkeys(ids):
+        others: builtins.list[int] = []
+        for task_id in unique:
             live = self.live.get(task_id)
-            if live is None and self.store.get(task_id) is None:
+            if live is None:
+                others.append(task_id)
+            elif not finished_only:
+                past.extend(backlog(live, output=output))
+        try:
+            ended = await self.store.get_many(others) if others else {}
+        except BaseException:
+            watcher.close()
+            raise
+        for task_id in others:
+            task = ended.get(task_id)
+            if task is None:
+                watcher.close()
                 raise NotFound(task_id)
-            found.append((task_id, live))
-        watcher = self.hub.subscribe(
-            [i for i, _ in found], output=output, finished_only=finished_only
-        )
-        for task_id, live in found:
-            if live is not None:
-                if not finished_only:
-                    past.extend(_backlog(live, output=output))
-                continue
-            task = self.store.get(task_id, output=output)
-            if task is None:  # cleaned just now
-                raise NotFound(task_id)
-            if task.state in TERMINAL:
-                past.append(_event(task_id, 0, finished=pb.TaskEvent.Finished(task=task)))
+            if task.state in TERMINAL:  # else it went live after subscribing: events follow
+                past.append(event(task_id, 0, finished=pb.TaskEvent.Finished(task=task)))
         return watcher, past
 
-    def cancel(self, task_id: int) -> tuple[bool, State]:
-        """Cancel a queued or running task; (cancelled, state right after)."""
-        live = self.live.get(task_id)
-        if live is None:
-            task = self.store.get(task_id)
-            if task is None:
+    async def with_output(self, past: pb.TaskEvent) -> pb.TaskEvent:
+        """A past ``finished`` event from :meth:`watch`, with the task's output."""
+        task = await self.store.get(past.task_id, output=True)
+        if task is None:  # cleaned meanwhile: what was read is all there is
+            return past
+        done = event(past.task_id, past.seq, finished=pb.TaskEvent.Finished(task=task))
+        done.time.CopyFrom(past.time)
+        return done
+
+    async def cancel(
+        self, ids: Sequence[int], *, reason: str = "cancelled"
+    ) -> builtins.list[CancelResult]:
+        """Cancel tasks, all at once: the queued ones leave the queue first, then the running
+        ones are stopped. NotFound (and nothing cancelled) if any id is unknown. Answers once
+        the queued ones' CANCELLED is journaled."""
+        unique = list(dict.fromkeys(ids))
+        known = await self.store.get_many([i for i in unique if i not in self.live])
+        for task_id in unique:
+            if task_id not in self.live and task_id not in known:
                 raise NotFound(task_id)
-            return False, task.state
-        live.cancel_requested = True
-        if live.handle is not None:
-            live.handle.cancel()
-        elif live.run_task is not None:
-            live.run_task.cancel()
-        log.info("task %d cancel requested (%s)", task_id, pb.TaskState.Name(live.state)[11:])
-        return True, CANCELLED if live.state == QUEUED else live.state
+        lives = [self.live[i] for i in unique if i in self.live]
+        queued = [live for live in lives if live.state == QUEUED]
+        running = [live for live in lives if live.state != QUEUED]
+        results: dict[int, CancelResult] = {}
+        for live in (*queued, *running):
+            if live.outcome is not None:  # ending already
+                results[live.id] = CancelResult(live.id, False, live.state)
+                continue
+            live.cancel_reason = live.cancel_reason or reason
+            was = live.state
+            if live.handle is not None:
+                live.handle.cancel()
+            elif live.run_task is not None:
+                live.run_task.cancel()
+            results[live.id] = CancelResult(live.id, True, CANCELLED if was == QUEUED else was)
+            log.info("task %d cancel requested (%s)", live.id, pb.TaskState.Name(was)[11:])
+        await self._ended([live for live in queued if results[live.id].cancelled])
+        answer: builtins.list[CancelResult] = []
+        for task_id in unique:
+            if task_id in results:
+                answer.append(results[task_id])
+            else:
+                answer.append(CancelResult(task_id, False, known[task_id].state))
+        return answer
+
+    async def _ended(self, lives: Iterable[Live]) -> None:
+        """Wait until these tasks are out of memory (their end is journaled and announced)."""
+        loop = asyncio.get_running_loop()
+        waits = []
+        for live in lives:
+            if self.live.get(live.id) is live:
+                if live.ended is None:
+                    live.ended = loop.create_future()
+                waits.append(live.ended)
+        if waits:  # bounded: a journal that keeps failing delays the end, not the answer
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(asyncio.gather(*waits)), ENDED_WAIT)
+
+    async def abandon(self, task_id: int) -> None:
+        """The client of a Run went away: its task is cancelled, unless already ending."""
+        live = self.live.get(task_id)
+        if live is not None and live.outcome is None:
+            log.info("task %d: its Run call was abandoned; cancelling it", task_id)
+            await self.cancel([task_id], reason="cancelled: its Run call was abandoned")
 
     def stats(self) -> pb.StatsResponse:
         """Workers, queue and counts now; O(1)."""
         s = self.engine.stats()
         by = s.queued_by_priority
-        c = self.counters.by_state
+        c = self.counters
         return pb.StatsResponse(
             base_workers=s.base_workers,
             max_workers=s.max_workers,
             active_workers=s.active_workers,
             burst_workers=s.burst_workers,
-            running=s.running,
+            running=c.running,
             available_resources=s.available_resources,
             queued_low=by.get(engine.Priority.LOW, 0),
             queued_normal=by.get(engine.Priority.NORMAL, 0),
             queued_high=by.get(engine.Priority.HIGH, 0),
             queued_critical=by.get(engine.Priority.CRITICAL, 0),
-            queued=s.queued,
+            queued=c.queued,
             queue_capacity=self.config.max_queue,
-            queue_usage=s.queued / self.config.max_queue,
-            succeeded=c[SUCCEEDED],
-            failed=c[FAILED],
-            timed_out=c[TIMED_OUT],
-            cancelled=c[CANCELLED],
-            lost=c[LOST],
-            rejected=self.counters.rejected,
+            queue_usage=c.queued / self.config.max_queue,
+            succeeded=c.by_state[SUCCEEDED],
+            failed=c.by_state[FAILED],
+            timed_out=c.by_state[TIMED_OUT],
+            cancelled=c.by_state[CANCELLED],
+            lost=c.by_state[LOST],
+            rejected=c.rejected,
             uptime=_duration(time.time() - self.started),
             version=_version(),
             shutting_down=self.shutdown_mode is not None,
@@ -653,7 +678,10 @@ class Core:
 
     async def clean(self, older_than: float | None) -> int:
         """Remove finished tasks from the journal."""
-        removed = await self.store.clean(older_than=older_than, now=time.time())
+        try:
+            removed = await self.store.clean(older_than=older_than, now=time.time())
+        except JournalError as exc:
+            raise journal_failure(exc) from None
         log.info("cleaned %d finished tasks", removed)
         return removed
 
@@ -676,42 +704,71 @@ class Core:
     # ----------------------------------------------------------------- shutdown
 
     async def shutdown(self, mode: pb.ShutdownMode.ValueType) -> None:
-        """Stop in ``mode`` (STOP, DRAIN or KILL). A later call may escalate to KILL."""
-        if self.shutdown_mode is not None:
-            if mode == pb.SHUTDOWN_MODE_KILL and self.shutdown_mode != pb.SHUTDOWN_MODE_KILL:
+        """Stop in ``mode`` (STOP, DRAIN or KILL). A later call may escalate: DRAIN to STOP,
+        and anything to KILL."""
+        current = self.shutdown_mode
+        if current is not None:
+            if _RANK[mode] > _RANK[current]:
                 self.shutdown_mode = mode
-                log.warning("shutdown escalated to KILL")
-                for live in list(self.live.values()):
-                    if live.run_task is not None:
-                        live.run_task.cancel()
-                await self.engine.kill()
+                log.warning("shutdown escalated to %s", pb.ShutdownMode.Name(mode)[14:])
+                await self._stop_engine(mode)
             await self._closed.wait()
             return
         self.shutdown_mode = mode
         log.info("shutting down (%s)", pb.ShutdownMode.Name(mode)[14:])
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.stop_timeout
+        await self._admitted.wait()  # requests already admitted are queued (and answered OK)
+        await self._stop_engine(mode)
+        # Run tasks bypass the queue: they get the same treatment as running ones.
+        runs = {live.run_task for live in self.live.values() if live.run_task is not None}
+        if runs:
+            await self._stop_runs(runs)
+        # Ends still being journaled: a journal that keeps failing cannot hold the stop forever;
+        # what is not written stays unfinished in the journal, for the next start.
+        grace = self.config.stop_timeout
+        while self._finishing:
+            _, late = await asyncio.wait(list(self._finishing), timeout=grace)
+            if late:
+                log.error("%d task ends could not be journaled; left for the next start", len(late))
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+            grace = 1.0
+        self.hub.close()
+        self._closed.set()
+
+    async def _stop_engine(self, mode: pb.ShutdownMode.ValueType) -> None:
         if mode == pb.SHUTDOWN_MODE_KILL:
+            for live in list(self.live.values()):
+                if live.run_task is not None:
+                    live.run_task.cancel()
             await self.engine.kill()
         elif mode == pb.SHUTDOWN_MODE_DRAIN:
             await self.engine.stop(drain=True)
         else:
             await self.engine.stop(drain=False, timeout=self.config.stop_timeout)
-        # Run tasks bypass the queue: they get the same treatment as running ones.
-        runs = {live.run_task for live in self.live.values() if live.run_task is not None}
-        if runs:
-            if mode == pb.SHUTDOWN_MODE_KILL:
-                for task in runs:
+
+    async def _stop_runs(self, runs: set[asyncio.Task[None]]) -> None:
+        """Run tasks end as running tasks do in the current mode (which may escalate)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.stop_timeout
+        pending = runs
+        while pending:
+            mode = self.shutdown_mode
+            if mode == pb.SHUTDOWN_MODE_KILL or (
+                mode != pb.SHUTDOWN_MODE_DRAIN and loop.time() >= deadline
+            ):
+                for task in pending:
                     task.cancel()
-            limit = None if mode == pb.SHUTDOWN_MODE_DRAIN else max(0, deadline - loop.time())
-            _, late = await asyncio.wait(runs, timeout=limit)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*runs, return_exceptions=True)
-        while self._finishing:
-            await asyncio.gather(*list(self._finishing), return_exceptions=True)
-        self.hub.close()
-        self._closed.set()
+                await asyncio.gather(*pending, return_exceptions=True)
+                return
+            _, pending = await asyncio.wait(pending, timeout=0.2)
+
+
+_RANK = {
+    pb.SHUTDOWN_MODE_DRAIN: 0,
+    pb.SHUTDOWN_MODE_STOP: 1,
+    pb.SHUTDOWN_MODE_KILL: 2,
+}
 
 
 class _RetryListener:
@@ -739,44 +796,6 @@ class _RetryListener:
         pass
 
 
-def _event(task_id: int, seq: int, **kind: Any) -> pb.TaskEvent:
-    event = pb.TaskEvent(task_id=task_id, seq=seq, **kind)
-    event.time.FromNanoseconds(time.time_ns())
-    return event
-
-
-def _backlog(live: Live, *, output: bool) -> list[pb.TaskEvent]:
-    """Events a late watcher of a live task missed, rebuilt from what the daemon holds."""
-    events = [_event(live.id, 1, queued=pb.TaskEvent.Queued(priority=live.priority))]  # type: ignore[arg-type]
-    if live.state == RUNNING and live.pid:
-        events.append(
-            _event(live.id, 2, started=pb.TaskEvent.Started(
-                pid=live.pid, worker=live.worker, attempt=live.attempts))
-        )  # fmt: skip
-        if output and live.capture is not None:
-            for stream, data in ((pb.OUTPUT_STREAM_STDOUT, live.capture.stdout),
-                                 (pb.OUTPUT_STREAM_STDERR, live.capture.stderr)):  # fmt: skip
-                if data:
-                    out = pb.TaskEvent.Output(stream=stream, data=bytes(data))
-                    events.append(_event(live.id, len(events) + 1, output=out))
-    return events
-
-
-def _overlay(task: pb.Task, live: Live, *, output: bool) -> None:
-    """Bring a journal record up to date with what the daemon knows in memory."""
-    task.state = live.state
-    task.attempts = live.attempts
-    if live.state == RUNNING and live.started_at is not None:
-        task.started_at.FromNanoseconds(int(live.started_at * 1e9))
-        task.pid = live.pid
-        task.worker = live.worker
-        if output and live.capture is not None:
-            task.stdout = bytes(live.capture.stdout)
-            task.stderr = bytes(live.capture.stderr)
-            task.stdout_truncated = live.capture.stdout_truncated
-            task.stderr_truncated = live.capture.stderr_truncated
-
-
 def _duration(value: float) -> Duration:
     d = Duration()
     d.FromNanoseconds(int(value * 1e9))
@@ -786,13 +805,6 @@ def _duration(value: float) -> Duration:
 def _describe(spec: pb.TaskSpec) -> str:
     text = " ".join(spec.argv)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _signame(number: int | None) -> str:
-    try:
-        return signals.Signals(number or 0).name
-    except ValueError:
-        return "unknown"
 
 
 @cache

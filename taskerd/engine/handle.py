@@ -130,6 +130,11 @@ class TaskHandle(Generic[E]):
         """Attempts started so far (1-based once running)."""
         return self._attempt
 
+    @property
+    def held(self) -> bool:
+        """A retry kept by its worker (the queue was full) rather than queued."""
+        return self._loc == HELD
+
     def done(self) -> bool:
         """True once the task reached a terminal state."""
         return self._state > RUNNING

@@ -147,6 +147,7 @@ class TaskManager(Generic[R, E]):
         self._default_retries = config.max_retries
         self._waitlist: deque[TaskHandle[E]] = deque()
         self._waitlisted = 0
+        self._reserved = 0  # room promised by reserve() to tasks not queued yet
         self._admission: dict[TaskHandle[E], asyncio.Future[None]] = {}
         self._workers: dict[int, Worker[R, E]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -168,6 +169,8 @@ class TaskManager(Generic[R, E]):
         self._draining = True
         self._killed = False
         self._shutdown: asyncio.Task[None] | None = None
+        self._deadline: float | None = None  # when a stop stops waiting for running tasks
+        self._deadline_changed: asyncio.Future[None] | None = None
         self._last_fn: Any = None
         # Queue mutations and QUEUED -> other transitions hold this: thread lanes pop too.
         self._qlock = threading.Lock()
@@ -216,8 +219,20 @@ class TaskManager(Generic[R, E]):
             if not drain:
                 self._fail_queued(ShuttingDown("manager stopped before the task started"))
             self._wake_all()
-            self._shutdown = self._loop.create_task(self._finish_shutdown(timeout, drain))
+            self._set_deadline(timeout)
+            self._shutdown = self._loop.create_task(self._finish_shutdown())
+        elif self._draining and not drain and not self._killed:
+            # A drain escalated to a stop: queued tasks fail now, running ones get ``timeout``.
+            self._draining = False
+            self._fail_queued(ShuttingDown("manager stopped before the task started"))
+            self._set_deadline(timeout)
         await asyncio.shield(self._shutdown)
+
+    def _set_deadline(self, timeout: float | None) -> None:
+        self._deadline = None if timeout is None else self._loop.time() + timeout
+        wake = self._deadline_changed
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     async def kill(self) -> None:
         """Fail queued tasks with Killed, cancel running ones (reason KILL), release all.
@@ -236,13 +251,13 @@ class TaskManager(Generic[R, E]):
             self._abort_running(CancelReason.KILL, Killed("manager killed while the task ran"))
             self._wake_all()
             if self._shutdown is None:
-                self._shutdown = self._loop.create_task(self._finish_shutdown(None, False))
+                self._shutdown = self._loop.create_task(self._finish_shutdown())
         assert self._shutdown is not None
         await asyncio.shield(self._shutdown)
 
-    async def _finish_shutdown(self, timeout: float | None, drain: bool) -> None:
-        deadline = None if timeout is None else self._loop.time() + timeout
+    async def _finish_shutdown(self) -> None:
         while self._tasks or self._direct:
+            deadline = self._deadline
             remaining = None if deadline is None else deadline - self._loop.time()
             if remaining is not None and remaining <= 0:
                 if not self._killed:
@@ -252,14 +267,18 @@ class TaskManager(Generic[R, E]):
                         CancelReason.STOP, ShuttingDown("manager stop timed out while it ran")
                     )
                     self._wake_all()
-                deadline = None
+                self._deadline = None
                 continue
             waiting: set[asyncio.Future[Any]] = set(self._tasks)
             waiting.update(self._side_tasks)
             if not waiting:
                 await asyncio.sleep(0.01)
                 continue
+            self._deadline_changed = wake = self._loop.create_future()
+            waiting.add(wake)
             await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            self._deadline_changed = None
+            wake.cancel()
         if self._scaler is not None:
             self._scaler.cancel()
             await asyncio.gather(self._scaler, return_exceptions=True)
@@ -367,18 +386,27 @@ class TaskManager(Generic[R, E]):
         max_retries: int | None = None,
         block: bool = False,
         block_timeout: float | None = None,
+        reserved: bool = False,
     ) -> TaskHandle[E]:
         """Submit ``fn`` and return its handle at once (call on the loop thread).
+
+        ``reserved`` uses room held by :meth:`reserve`: the queue bound is not checked again.
 
         A full queue raises QueueFull, unless ``block=True``: then the handle is returned at
         once and the task waits for room (up to ``block_timeout``, then it fails with
         QueueFull). Use ``await submit(...)`` to wait for room before getting the handle.
         Raises ShuttingDown once stop()/kill() began.
         """
+        if reserved:
+            self._reserved -= 1
         if self._closing or not self._started:
             self._check_open()
         cap = self._cap
-        if cap is not None and (self._queue.size >= cap or self._waitlisted):
+        if (
+            not reserved
+            and cap is not None
+            and (self._queue.size + self._reserved >= cap or self._waitlisted)
+        ):
             if not block:
                 self._record_rejection()
                 raise QueueFull(f"queue full ({self._queue.size}/{cap})")
@@ -397,6 +425,27 @@ class TaskManager(Generic[R, E]):
         if self._idle:
             self._wake(self._idle.popleft(), WAKE)
         return job
+
+    def reserve(self, count: int, *, force: bool = False) -> None:
+        """Hold room for ``count`` tasks that will be queued with ``reserved=True``.
+
+        The one admission check: raises ShuttingDown once stop()/kill() began, and QueueFull
+        if they do not fit beside what is queued and reserved (``force`` skips the bound, for
+        tasks that were accepted earlier). Give back what is not used with :meth:`release`.
+        """
+        if self._closing or not self._started:
+            self._check_open()
+        cap = self._cap
+        if not force and cap is not None:
+            held = self._queue.size + self._reserved + self._waitlisted
+            if held + count > cap:
+                self._record_rejection()
+                raise QueueFull(f"queue full ({self._queue.size + self._reserved}/{cap})")
+        self._reserved += count
+
+    def release(self, count: int) -> None:
+        """Give back room held by :meth:`reserve` that no task will use."""
+        self._reserved -= count
 
     async def submit(
         self,
@@ -1070,16 +1119,16 @@ class TaskManager(Generic[R, E]):
             if job._timer is not None:
                 job._timer.cancel()
                 job._timer = None
-            self._metrics.record_retry(job.id, error)
-            if self._extra is not None:
-                self._extra.record_retry(job.id, error)
-            if self._cap is not None and self._queue.size >= self._cap:
+            if self._cap is not None and self._queue.size + self._reserved >= self._cap:
                 worker = job._worker
                 assert worker is not None
                 worker.held = job
                 job._loc = HELD
             else:
                 self._enqueue(job, front=True)
+            self._metrics.record_retry(job.id, error)
+            if self._extra is not None:
+                self._extra.record_retry(job.id, error)
             return healthy
         final = error.cause if isinstance(error, Retry) and error.cause is not None else error
         self._finish(job, FAILED, None, final)

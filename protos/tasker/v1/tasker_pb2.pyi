@@ -12,6 +12,7 @@ Errors use the standard gRPC status codes:
   INVALID_ARGUMENT    a field is bad; the message starts with the field's name.
   NOT_FOUND           no task has that id.
   RESOURCE_EXHAUSTED  the queue is full: "queue full (n/max)".
+  ABORTED             a stream read too slowly was dropped: "stream fell behind".
   FAILED_PRECONDITION the daemon is shutting down.
 """
 
@@ -676,15 +677,22 @@ class CancelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """A task to cancel (0: none)."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """More tasks to cancel in the same step (at most 10,000 with `id`)."""
+
     def __init__(
         self,
         *,
         id: _builtins.int = ...,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ids", b"ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -694,23 +702,54 @@ Global___CancelRequest: _TypeAlias = CancelRequest  # noqa: Y015
 class CancelResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class Result(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        ID_FIELD_NUMBER: _builtins.int
+        CANCELLED_FIELD_NUMBER: _builtins.int
+        STATE_FIELD_NUMBER: _builtins.int
+        id: _builtins.int
+        cancelled: _builtins.bool
+        state: Global___TaskState.ValueType
+        def __init__(
+            self,
+            *,
+            id: _builtins.int = ...,
+            cancelled: _builtins.bool = ...,
+            state: Global___TaskState.ValueType = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "id", b"id", "state", b"state"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CANCELLED_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
     cancelled: _builtins.bool
-    """False when the task had already finished."""
-    state: Global___TaskState.ValueType
-    """The state right after the request. A running task may still show
-    RUNNING while its process group is being stopped; it ends CANCELLED.
+    """For the first task asked (`id`, else `ids[0]`): false when it had
+    already finished (or was already being cancelled).
     """
+    state: Global___TaskState.ValueType
+    """The first task's state right after the request. A running task may still
+    show RUNNING while its processes are being stopped; it ends CANCELLED.
+    """
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CancelResponse.Result]:
+        """One per distinct task asked, in the order asked (`id` first)."""
+
     def __init__(
         self,
         *,
         cancelled: _builtins.bool = ...,
         state: Global___TaskState.ValueType = ...,
+        results: _abc.Iterable[Global___CancelResponse.Result] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "results", b"results", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

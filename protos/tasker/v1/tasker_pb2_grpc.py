@@ -107,18 +107,30 @@ class TaskerServicer:
         already running first gets its past events (queued, started, and the
         output so far when asked), then live ones. That past output is what the
         daemon keeps (output_limit per stream): past a truncation, the live
-        chunks follow a gap. For a finished task it gets only the final event. The stream ends when every watched task has
-        finished; the firehose ends when the daemon stops.
+        chunks follow a gap. For a finished task it gets only the final event.
+        The stream ends when every watched task has finished; the firehose ends
+        when the daemon stops.
+
+        A watcher must keep reading: the daemon holds at most 4 MiB of unread
+        output (and 10,000 unread events) for it. One that falls further behind
+        is dropped, and its stream ends ABORTED "stream fell behind: more than
+        4 MiB unread" (never RESOURCE_EXHAUSTED, which means the queue is full).
+        Its tasks go on: watch again, or Get their kept output. A watcher that is
+        behind gets a task's consecutive output chunks of one stream merged into
+        one event (at most 1 MiB, with the seq of the last), so seq may skip.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Cancel(self, request, context):
-        """Cancels a task. A queued task leaves the queue at once. A running one
-        gets SIGTERM to its whole process group, then SIGKILL after the daemon's
-        kill_grace. Either way it ends CANCELLED. Cancelling a finished task is
-        not an error: the answer says it was not cancelled.
+        """Cancels tasks, all in one step: first every listed queued task leaves the
+        queue (so no worker freed by the others starts one of them), then every
+        listed running task gets SIGTERM to all its processes, then SIGKILL after
+        the daemon's kill_grace. Either way each ends CANCELLED. The answer comes
+        once the queued ones' CANCELLED is journaled. Cancelling a finished task is
+        not an error: the answer says it was not cancelled. NOT_FOUND if any id is
+        unknown, and then nothing was cancelled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,7 +153,12 @@ class TaskerServicer:
     def Run(self, request, context):
         """Runs a task at once, bypassing the queue, and streams its events with
         its output; the last event is `finished`. The task is journaled like any
-        other and gets an id.
+        other and gets an id. The task is bound to the call: a client that cancels
+        the call (or goes away) before `finished` cancels the task, which ends
+        CANCELLED ("its Run call was abandoned"); cancelled before its first event,
+        the task may not exist at all. The stream is bounded as StreamResults' is
+        (ABORTED "stream fell behind: ..."); ending before `finished`, it cancels
+        the task as an abandoned call does, if the task is still running then.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

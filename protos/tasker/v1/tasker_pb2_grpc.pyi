@@ -12,6 +12,7 @@ Errors use the standard gRPC status codes:
   INVALID_ARGUMENT    a field is bad; the message starts with the field's name.
   NOT_FOUND           no task has that id.
   RESOURCE_EXHAUSTED  the queue is full: "queue full (n/max)".
+  ABORTED             a stream read too slowly was dropped: "stream fell behind".
   FAILED_PRECONDITION the daemon is shutting down.
 """
 
@@ -57,14 +58,26 @@ class TaskerStub:
     already running first gets its past events (queued, started, and the
     output so far when asked), then live ones. That past output is what the
     daemon keeps (output_limit per stream): past a truncation, the live
-    chunks follow a gap. For a finished task it gets only the final event. The stream ends when every watched task has
-    finished; the firehose ends when the daemon stops.
+    chunks follow a gap. For a finished task it gets only the final event.
+    The stream ends when every watched task has finished; the firehose ends
+    when the daemon stops.
+
+    A watcher must keep reading: the daemon holds at most 4 MiB of unread
+    output (and 10,000 unread events) for it. One that falls further behind
+    is dropped, and its stream ends ABORTED "stream fell behind: more than
+    4 MiB unread" (never RESOURCE_EXHAUSTED, which means the queue is full).
+    Its tasks go on: watch again, or Get their kept output. A watcher that is
+    behind gets a task's consecutive output chunks of one stream merged into
+    one event (at most 1 MiB, with the seq of the last), so seq may skip.
     """
     Cancel: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.CancelRequest, _tasker_pb2.CancelResponse]
-    """Cancels a task. A queued task leaves the queue at once. A running one
-    gets SIGTERM to its whole process group, then SIGKILL after the daemon's
-    kill_grace. Either way it ends CANCELLED. Cancelling a finished task is
-    not an error: the answer says it was not cancelled.
+    """Cancels tasks, all in one step: first every listed queued task leaves the
+    queue (so no worker freed by the others starts one of them), then every
+    listed running task gets SIGTERM to all its processes, then SIGKILL after
+    the daemon's kill_grace. Either way each ends CANCELLED. The answer comes
+    once the queued ones' CANCELLED is journaled. Cancelling a finished task is
+    not an error: the answer says it was not cancelled. NOT_FOUND if any id is
+    unknown, and then nothing was cancelled.
     """
     Get: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.GetRequest, _tasker_pb2.Task]
     """One task's full record."""
@@ -73,7 +86,12 @@ class TaskerStub:
     Run: _grpc.UnaryStreamMultiCallable[_tasker_pb2.RunRequest, _tasker_pb2.TaskEvent]
     """Runs a task at once, bypassing the queue, and streams its events with
     its output; the last event is `finished`. The task is journaled like any
-    other and gets an id.
+    other and gets an id. The task is bound to the call: a client that cancels
+    the call (or goes away) before `finished` cancels the task, which ends
+    CANCELLED ("its Run call was abandoned"); cancelled before its first event,
+    the task may not exist at all. The stream is bounded as StreamResults' is
+    (ABORTED "stream fell behind: ..."); ending before `finished`, it cancels
+    the task as an abandoned call does, if the task is still running then.
     """
     Stats: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.StatsRequest, _tasker_pb2.StatsResponse]
     """Workers, queue and counts right now. Cheap at any queue size."""
@@ -101,14 +119,26 @@ class TaskerAsyncStub(TaskerStub):
     already running first gets its past events (queued, started, and the
     output so far when asked), then live ones. That past output is what the
     daemon keeps (output_limit per stream): past a truncation, the live
-    chunks follow a gap. For a finished task it gets only the final event. The stream ends when every watched task has
-    finished; the firehose ends when the daemon stops.
+    chunks follow a gap. For a finished task it gets only the final event.
+    The stream ends when every watched task has finished; the firehose ends
+    when the daemon stops.
+
+    A watcher must keep reading: the daemon holds at most 4 MiB of unread
+    output (and 10,000 unread events) for it. One that falls further behind
+    is dropped, and its stream ends ABORTED "stream fell behind: more than
+    4 MiB unread" (never RESOURCE_EXHAUSTED, which means the queue is full).
+    Its tasks go on: watch again, or Get their kept output. A watcher that is
+    behind gets a task's consecutive output chunks of one stream merged into
+    one event (at most 1 MiB, with the seq of the last), so seq may skip.
     """
     Cancel: _aio.UnaryUnaryMultiCallable[_tasker_pb2.CancelRequest, _tasker_pb2.CancelResponse]  # type: ignore[assignment]
-    """Cancels a task. A queued task leaves the queue at once. A running one
-    gets SIGTERM to its whole process group, then SIGKILL after the daemon's
-    kill_grace. Either way it ends CANCELLED. Cancelling a finished task is
-    not an error: the answer says it was not cancelled.
+    """Cancels tasks, all in one step: first every listed queued task leaves the
+    queue (so no worker freed by the others starts one of them), then every
+    listed running task gets SIGTERM to all its processes, then SIGKILL after
+    the daemon's kill_grace. Either way each ends CANCELLED. The answer comes
+    once the queued ones' CANCELLED is journaled. Cancelling a finished task is
+    not an error: the answer says it was not cancelled. NOT_FOUND if any id is
+    unknown, and then nothing was cancelled.
     """
     Get: _aio.UnaryUnaryMultiCallable[_tasker_pb2.GetRequest, _tasker_pb2.Task]  # type: ignore[assignment]
     """One task's full record."""
@@ -117,7 +147,12 @@ class TaskerAsyncStub(TaskerStub):
     Run: _aio.UnaryStreamMultiCallable[_tasker_pb2.RunRequest, _tasker_pb2.TaskEvent]  # type: ignore[assignment]
     """Runs a task at once, bypassing the queue, and streams its events with
     its output; the last event is `finished`. The task is journaled like any
-    other and gets an id.
+    other and gets an id. The task is bound to the call: a client that cancels
+    the call (or goes away) before `finished` cancels the task, which ends
+    CANCELLED ("its Run call was abandoned"); cancelled before its first event,
+    the task may not exist at all. The stream is bounded as StreamResults' is
+    (ABORTED "stream fell behind: ..."); ending before `finished`, it cancels
+    the task as an abandoned call does, if the task is still running then.
     """
     Stats: _aio.UnaryUnaryMultiCallable[_tasker_pb2.StatsRequest, _tasker_pb2.StatsResponse]  # type: ignore[assignment]
     """Workers, queue and counts right now. Cheap at any queue size."""
@@ -154,8 +189,17 @@ class TaskerServicer(metaclass=_abc_1.ABCMeta):
         already running first gets its past events (queued, started, and the
         output so far when asked), then live ones. That past output is what the
         daemon keeps (output_limit per stream): past a truncation, the live
-        chunks follow a gap. For a finished task it gets only the final event. The stream ends when every watched task has
-        finished; the firehose ends when the daemon stops.
+        chunks follow a gap. For a finished task it gets only the final event.
+        The stream ends when every watched task has finished; the firehose ends
+        when the daemon stops.
+
+        A watcher must keep reading: the daemon holds at most 4 MiB of unread
+        output (and 10,000 unread events) for it. One that falls further behind
+        is dropped, and its stream ends ABORTED "stream fell behind: more than
+        4 MiB unread" (never RESOURCE_EXHAUSTED, which means the queue is full).
+        Its tasks go on: watch again, or Get their kept output. A watcher that is
+        behind gets a task's consecutive output chunks of one stream merged into
+        one event (at most 1 MiB, with the seq of the last), so seq may skip.
         """
 
     @_abc_1.abstractmethod
@@ -164,10 +208,13 @@ class TaskerServicer(metaclass=_abc_1.ABCMeta):
         request: _tasker_pb2.CancelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tasker_pb2.CancelResponse, _abc.Awaitable[_tasker_pb2.CancelResponse]]:
-        """Cancels a task. A queued task leaves the queue at once. A running one
-        gets SIGTERM to its whole process group, then SIGKILL after the daemon's
-        kill_grace. Either way it ends CANCELLED. Cancelling a finished task is
-        not an error: the answer says it was not cancelled.
+        """Cancels tasks, all in one step: first every listed queued task leaves the
+        queue (so no worker freed by the others starts one of them), then every
+        listed running task gets SIGTERM to all its processes, then SIGKILL after
+        the daemon's kill_grace. Either way each ends CANCELLED. The answer comes
+        once the queued ones' CANCELLED is journaled. Cancelling a finished task is
+        not an error: the answer says it was not cancelled. NOT_FOUND if any id is
+        unknown, and then nothing was cancelled.
         """
 
     @_abc_1.abstractmethod
@@ -194,7 +241,12 @@ class TaskerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_tasker_pb2.TaskEvent], _abc.AsyncIterator[_tasker_pb2.TaskEvent]]:
         """Runs a task at once, bypassing the queue, and streams its events with
         its output; the last event is `finished`. The task is journaled like any
-        other and gets an id.
+        other and gets an id. The task is bound to the call: a client that cancels
+        the call (or goes away) before `finished` cancels the task, which ends
+        CANCELLED ("its Run call was abandoned"); cancelled before its first event,
+        the task may not exist at all. The stream is bounded as StreamResults' is
+        (ABORTED "stream fell behind: ..."); ending before `finished`, it cancels
+        the task as an abandoned call does, if the task is still running then.
         """
 
     @_abc_1.abstractmethod

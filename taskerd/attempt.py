@@ -1,0 +1,311 @@
+"""A task's life from its start to its end: one :class:`Attempt` per run, and the one ending.
+
+An engine worker calls an ``Attempt``: it reads the spec, marks the task RUNNING, journals it
+(durably first for an at-most-once task), spawns the command, journals what identifies the run,
+and waits for it. All of that sits in one ``try/finally``, so whatever ends it (the command's
+exit, a timeout, a cancel, a KILL, a journal failure) the finally notes that no process of the
+task runs any more and hands over to :func:`conclude`.
+
+A task ends when both are known: the engine's outcome for it and that no attempt's process is
+still running. :func:`conclude` then journals the terminal state (retrying with backoff while the
+journal fails) and, in the loop step in which that write is answered, takes the task out of
+memory, counts it and tells its watchers: exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from functools import partial
+from typing import Protocol
+
+from tasker.v1 import tasker_pb2 as pb
+from taskerctl.durations import format_duration
+from taskerd import engine
+from taskerd.config import DaemonConfig
+from taskerd.events import EventHub
+from taskerd.live import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TIMED_OUT,
+    Live,
+    Outcome,
+    State,
+    event,
+    output_into,
+)
+from taskerd.runner import Capture, Exit, Spawned, SpawnError, run_command
+from taskerd.store import JournalError, Run, Store, task_record
+
+log = logging.getLogger("taskerd")
+
+#: A non-once task's RUNNING state is journaled this long after it starts (if still running).
+STARTED_WRITE_DELAY = 0.1
+#: A terminal state the journal refused is written again after this long, doubling up to a cap.
+FINISH_RETRY = (0.05, 5.0)
+
+
+class Unhealthy(Exception):
+    """The command exited with one of ``unhealthy_exit_codes``: its worker is replaced."""
+
+    def __init__(self, result: Exit) -> None:
+        super().__init__(f"exited with status {result.exit_code} (unhealthy worker)")
+        self.result = result
+
+
+class Host(Protocol):
+    """What an attempt needs of the daemon (the :class:`~taskerd.core.Core`)."""
+
+    config: DaemonConfig
+    store: Store
+    hub: EventHub
+
+    def move(self, live: Live, state: State) -> None:
+        """Change a live task's state, keeping the counts by state right."""
+
+    def settle(self, live: Live) -> None:
+        """End the task if its outcome is known and no attempt of it runs."""
+
+
+class Attempt:
+    """One run of one task's command; the engine calls it with the worker's context."""
+
+    __slots__ = ("host", "live")
+
+    def __init__(self, host: Host, live: Live) -> None:
+        self.host = host
+        self.live = live
+
+    async def __call__(self, ctx: engine.TaskContext, resource: str) -> Exit:
+        live, host = self.live, self.host
+        live.in_attempt = True
+        try:
+            spec = live.spec
+            if spec is None:
+                spec = live.spec = await host.store.spec(live.id)
+                if spec is None:  # cleaned while queued: cannot happen for live tasks
+                    raise SpawnError(f"task {live.id} vanished from the journal")
+            host.move(live, RUNNING)
+            live.attempts += 1
+            live.worker = ctx.worker_id + 1  # 1-based; 0 is a temporary resource (Run)
+            live.pid = 0
+            live.run = None
+            live.started_at = time.time()
+            live.capture = Capture(host.config.output_limit, on_chunk=partial(_output, host, live))
+            if live.once:  # at most once: RUNNING must be durable before the command starts
+                self._journal_started()
+                await host.store.flush()
+            result = await run_command(
+                list(spec.argv),
+                shell=spec.shell,
+                env=self._environment(spec, resource),
+                cwd=spec.cwd or None,
+                stdin=spec.stdin,
+                capture=live.capture,
+                kill_grace=host.config.kill_grace,
+                on_spawn=self._spawned,
+            )
+            if result.exit_code in host.config.unhealthy_exit_codes:
+                raise Unhealthy(result)
+            return result
+        finally:
+            live.in_attempt = False
+            host.settle(live)
+
+    def _environment(self, spec: pb.TaskSpec, resource: str) -> dict[str, str]:
+        live = self.live
+        variables = spec.env or live.env
+        env = dict(variables) if variables else dict(os.environ)
+        env["TASKER_TASK_ID"] = str(live.id)
+        env["TASKER_WORKER_ID"] = str(live.worker)
+        env["TASKER_ATTEMPT"] = str(live.attempts)
+        if live.timeout is not None and live.started_at is not None:
+            env["TASKER_DEADLINE"] = f"{live.started_at + live.timeout:.3f}"
+        if resource:
+            env["TASKER_RESOURCE"] = resource
+        return env
+
+    def _spawned(self, spawned: Spawned) -> None:
+        live, host = self.live, self.host
+        live.pid = spawned.pid
+        live.run = Run(live.id, spawned.pid, spawned.pgid, spawned.start_time, spawned.token)
+        if live.once:
+            self._journal_started()
+        else:
+            # Most tasks are short: their finish records the start too, in one write. A crash
+            # before this write re-runs the task without counting the attempt (recovery still
+            # ends the first run's processes: they carry this daemon's token).
+            loop = asyncio.get_running_loop()
+            live.started_write = loop.call_later(STARTED_WRITE_DELAY, self._journal_started)
+        live.seq += 1
+        started = pb.TaskEvent.Started(pid=live.pid, worker=live.worker, attempt=live.attempts)
+        host.hub.publish(live.id, partial(_stamped, live.id, live.seq, started=started))
+        log.info(
+            "task %d started: pid %d, worker %d, attempt %d",
+            live.id, live.pid, live.worker, live.attempts,
+        )  # fmt: skip
+
+    def _journal_started(self) -> None:
+        live = self.live
+        live.started_write = None
+        if live.state == RUNNING and live.started_at is not None:
+            self.host.store.mark_started(
+                live.id, attempt=live.attempts, pid=live.pid, worker=live.worker,
+                started_at=live.started_at, run=live.run,
+            )  # fmt: skip
+
+
+def _stamped(task_id: int, seq: int, _with_output: bool, **kind: object) -> pb.TaskEvent:
+    return event(task_id, seq, **kind)
+
+
+def _output(host: Host, live: Live, stream: int, data: bytes) -> None:
+    live.seq += 1
+    if not host.hub.watched(live.id, output=True):
+        return
+    out = pb.TaskEvent.Output(stream=stream, data=data)  # type: ignore[arg-type]
+    host.hub.publish(live.id, partial(_stamped, live.id, live.seq, output=out), is_output=True)
+
+
+# --------------------------------------------------------------------------------- the end
+
+
+def classify(
+    live: Live, result: Exit | None, error: BaseException | None, *, stopping: bool
+) -> tuple[State, str] | None:
+    """The terminal state and error sentence for an outcome; None to leave the task in the
+    journal for the next start (a STOP shutdown stopped it)."""
+    if error is None:
+        assert result is not None
+        if result.exit_code == 0:
+            return SUCCEEDED, ""
+        if result.exit_code is not None:
+            return FAILED, f"exited with status {result.exit_code}"
+        return FAILED, f"killed by signal {result.signal} ({_signame(result.signal)})"
+    if isinstance(error, engine.TaskTimeout):
+        if live.state == QUEUED and live.queue_timeout is not None:
+            return TIMED_OUT, f"did not start within {format_duration(live.queue_timeout)}"
+        return TIMED_OUT, f"timed out after {format_duration(live.timeout or 0)}"
+    stopped = stopping and not live.cancel_reason
+    if isinstance(error, engine.ShuttingDown) or (
+        isinstance(error, engine.TaskCancelled) and stopped
+    ):
+        return None
+    if isinstance(error, engine.Killed) or (
+        isinstance(error, engine.TaskCancelled) and not live.cancel_reason
+    ):
+        return CANCELLED, "cancelled: the daemon was killed"
+    if isinstance(error, engine.TaskCancelled):
+        return CANCELLED, live.cancel_reason
+    if isinstance(error, SpawnError):
+        return FAILED, str(error)
+    if isinstance(error, JournalError):
+        return FAILED, f"not started: {error}"
+    if isinstance(error, Unhealthy):
+        return FAILED, f"{error}; no retries left"
+    log.error("task %d failed inside the daemon: %r", live.id, error, exc_info=error)
+    return FAILED, f"internal error: {error!r}"
+
+
+async def conclude(host: Host, live: Live, outcome: Outcome, *, stopping: bool) -> bool:
+    """Journal the task's terminal state, then take it out of memory and announce it.
+
+    Returns False when the task is left in the journal for the next start. A write the
+    journal refuses is retried with backoff (after the first failure, without the output,
+    which is what fills a disk) until it is written or this coroutine is cancelled.
+    """
+    result, error = outcome
+    if isinstance(error, Unhealthy):
+        result = error.result
+    verdict = classify(live, result, error, stopping=stopping)
+    capture = live.capture
+    if result is None and capture is not None:
+        result = capture.exit  # how a timed-out or cancelled command died
+    if verdict is None:
+        return False
+    state, message = verdict
+    if live.started_write is not None:  # the finish records the start
+        live.started_write.cancel()
+        live.started_write = None
+    spec = live.spec
+    if spec is None and host.hub.watched(live.id):  # it never started: the journal has it
+        with contextlib.suppress(JournalError):
+            row = await host.store.get(live.id)
+            spec = row.spec if row is not None else None
+    now = time.time()
+    keep_output = True
+    delay = FINISH_RETRY[0]
+    while True:
+        # The capture's own buffers: the command has ended, nothing feeds them any more.
+        out, err = (capture.stdout, capture.stderr) if capture else (b"", b"")
+        if not keep_output:
+            out = err = b""
+        try:
+            await host.store.mark_finished(
+                live.id,
+                state=state,
+                ended_at=now,
+                error=message,
+                exit_code=result.exit_code if result else None,
+                signal=result.signal if result else None,
+                attempts=live.attempts,
+                started_at=live.started_at,
+                pid=live.pid or None,
+                worker=live.worker if live.pid else None,
+                stdout=out,
+                stderr=err,
+                stdout_truncated=bool(capture and (capture.stdout_truncated or not keep_output)),
+                stderr_truncated=bool(capture and (capture.stderr_truncated or not keep_output)),
+            )
+            break
+        except JournalError as exc:
+            log.error(
+                "task %d: cannot journal its end (%s); trying again in %s",
+                live.id, exc, format_duration(delay),
+            )  # fmt: skip
+            if keep_output and (out or err):
+                keep_output = False
+                note = f"output not kept: {exc}"
+                message = f"{message}; {note}" if message else note
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, FINISH_RETRY[1])
+    # From here on, no await: memory takes in the commit in the step that answered it.
+    host.move(live, state)
+    live.seq += 1
+    final = task_record(
+        live.id, state=state, queued_at=live.queued_at, started_at=live.started_at,
+        ended_at=now, attempts=live.attempts, pid=live.pid, worker=live.worker,
+        exit_code=result.exit_code if result else None,
+        signal=result.signal if result else None, error=message,
+        spec=spec if spec is not None else pb.TaskSpec(),
+    )  # fmt: skip
+    seq = live.seq
+
+    def make(output: bool) -> pb.TaskEvent:
+        task = final
+        if output and capture is not None and keep_output:  # built only for such a watcher
+            task = pb.Task()
+            task.CopyFrom(final)
+            output_into(task, capture)
+        return event(live.id, seq, finished=pb.TaskEvent.Finished(task=task))
+
+    host.hub.publish(live.id, make, is_final=True)
+    took = format_duration(now - live.started_at) if live.started_at else "-"
+    log.info("task %d %s in %s%s", live.id, pb.TaskState.Name(state)[11:], took,
+             f": {message}" if message else "")  # fmt: skip
+    return True
+
+
+def _signame(number: int | None) -> str:
+    import signal as signals
+
+    try:
+        return signals.Signals(number or 0).name
+    except ValueError:
+        return "unknown"

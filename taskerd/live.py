@@ -1,0 +1,129 @@
+"""What the daemon holds in memory for a task that is queued or running, and the records and
+events built from it.
+
+For a task in memory, memory is the truth: the journal may lag behind it (RUNNING is written
+late for short tasks) or run ahead of it (a terminal state committed but not yet taken in).
+A task leaves memory in the same loop step as its terminal state is counted and announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from tasker.v1 import tasker_pb2 as pb
+from taskerd import engine
+from taskerd.runner import Capture, Exit
+from taskerd.store import Run, task_record
+
+State: TypeAlias = pb.TaskState.ValueType
+QUEUED = pb.TASK_STATE_QUEUED
+RUNNING = pb.TASK_STATE_RUNNING
+SUCCEEDED = pb.TASK_STATE_SUCCEEDED
+FAILED = pb.TASK_STATE_FAILED
+TIMED_OUT = pb.TASK_STATE_TIMED_OUT
+CANCELLED = pb.TASK_STATE_CANCELLED
+LOST = pb.TASK_STATE_LOST
+TERMINAL = frozenset((SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, LOST))
+
+#: The engine's outcome for a task: its result, or the error it ended with.
+Outcome: TypeAlias = tuple[Exit | None, BaseException | None]
+
+
+@dataclass(slots=True, eq=False)
+class Live:
+    """A task that is queued or running."""
+
+    id: int
+    priority: int
+    queued_at: float
+    timeout: float | None
+    queue_timeout: float | None
+    attempts: int
+    once: bool = False
+    labels: Mapping[str, str] | None = None
+    state: State = QUEUED
+    seq: int = 0
+    handle: engine.TaskHandle[Exit] | None = None
+    run_task: asyncio.Task[None] | None = None  # a Run: started at once, bypassing the queue
+    pid: int = 0
+    worker: int = 0
+    started_at: float | None = None
+    capture: Capture | None = None
+    run: Run | None = None  # what identifies the current attempt's processes
+    started_write: asyncio.TimerHandle | None = None
+    # The spec as submitted, kept while the queue is short to spare a journal read at start;
+    # ``env`` is the request's shared environment, for a spec without its own.
+    spec: pb.TaskSpec | None = None
+    env: Mapping[str, str] | None = None
+    cancel_reason: str = ""  # set when a client cancelled it: the sentence it ends with
+    # How the task ends: the engine's outcome, and whether an attempt's process may still run.
+    outcome: Outcome | None = None
+    in_attempt: bool = False
+    finishing: bool = False
+    ended: asyncio.Future[None] | None = field(default=None)  # made by whoever waits for the end
+
+    def matches(self, states: frozenset[int], labels: Mapping[str, str]) -> bool:
+        """Whether a List with these filters (empty: any) selects this task."""
+        if states and self.state not in states:
+            return False
+        if labels:
+            own = self.labels or {}
+            return all(own.get(k) == v for k, v in labels.items())
+        return True
+
+
+def record(live: Live, row: pb.Task, *, output: bool = False) -> pb.Task:
+    """The task as memory knows it, with the spec of its journal ``row``."""
+    running = live.state == RUNNING and live.started_at is not None
+    task = task_record(
+        live.id,
+        state=live.state,
+        queued_at=live.queued_at,
+        started_at=live.started_at if running else None,
+        ended_at=None,
+        attempts=live.attempts,
+        pid=live.pid if running else 0,
+        worker=live.worker if running else 0,
+        exit_code=None,
+        signal=None,
+        error="",
+        spec=row.spec,
+    )
+    if output and running and live.capture is not None:
+        output_into(task, live.capture)
+    return task
+
+
+def output_into(task: pb.Task, capture: Capture) -> None:
+    """Copy what ``capture`` holds into ``task``'s output fields."""
+    task.stdout, task.stderr = bytes(capture.stdout), bytes(capture.stderr)
+    task.stdout_truncated = capture.stdout_truncated
+    task.stderr_truncated = capture.stderr_truncated
+
+
+def event(task_id: int, seq: int, **kind: Any) -> pb.TaskEvent:
+    """A TaskEvent stamped now."""
+    ev = pb.TaskEvent(task_id=task_id, seq=seq, **kind)
+    ev.time.FromNanoseconds(time.time_ns())
+    return ev
+
+
+def backlog(live: Live, *, output: bool) -> list[pb.TaskEvent]:
+    """Events a late watcher of a live task missed, rebuilt from what the daemon holds."""
+    events = [event(live.id, 1, queued=pb.TaskEvent.Queued(priority=live.priority))]  # type: ignore[arg-type]
+    if live.state == RUNNING and live.pid:
+        started = pb.TaskEvent.Started(pid=live.pid, worker=live.worker, attempt=live.attempts)
+        events.append(event(live.id, 2, started=started))
+        if output and live.capture is not None:
+            for stream, data in (
+                (pb.OUTPUT_STREAM_STDOUT, live.capture.stdout),
+                (pb.OUTPUT_STREAM_STDERR, live.capture.stderr),
+            ):
+                if data:
+                    out = pb.TaskEvent.Output(stream=stream, data=bytes(data))
+                    events.append(event(live.id, len(events) + 1, output=out))
+    return events
