@@ -4,6 +4,27 @@ from __future__ import annotations
 
 import grpc
 
+#: How much of a value an error message quotes: a message quotes what the client sent, and
+#: grpcio's client drops a status whose metadata passes 16 KiB.
+MAX_QUOTE = 64
+#: The most UTF-8 bytes of any status message (percent-encoded, each may take three).
+MAX_DETAILS = 1024
+
+
+def quote(value: str) -> str:
+    """``repr(value)``, or for a long value the repr of its start, ``...`` and its length."""
+    if len(value) <= MAX_QUOTE:
+        return repr(value)
+    return f"{value[:MAX_QUOTE]!r}... ({len(value)} characters)"
+
+
+def clip(details: str) -> str:
+    """A status message cut to ``MAX_DETAILS`` bytes of UTF-8 (then ``...``)."""
+    data = details.encode("utf-8", "backslashreplace")  # a lone surrogate cannot be sent
+    if len(data) <= MAX_DETAILS:
+        return data.decode()
+    return data[: MAX_DETAILS - 3].decode("utf-8", "ignore") + "..."
+
 
 class RequestError(Exception):
     """A request the daemon refuses; ``code`` is the gRPC status sent back."""
@@ -46,3 +67,18 @@ class ShuttingDown(RequestError):
 
     def __init__(self) -> None:
         super().__init__("taskerd is shutting down")
+
+
+class JournalFull(RequestError):
+    """The journal's disk is full: nothing of the request was kept."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self) -> None:
+        super().__init__("journal: disk full")
+
+
+class JournalUnavailable(RequestError):
+    """The journal failed (an I/O error): nothing of the request was kept; try again later."""
+
+    code = grpc.StatusCode.UNAVAILABLE

@@ -2,7 +2,8 @@
 
 Every handler validates its request (``taskerd.validate``), calls the core, and builds the reply.
 Errors take one path: a ``RequestError`` becomes its status code; anything else is logged and
-answered ``INTERNAL``, and the daemon keeps running.
+answered ``INTERNAL``, and the daemon keeps running. Handlers decode their own requests (see
+``add_to_server``), so that bytes that are no request get ``INVALID_ARGUMENT`` too.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from functools import wraps
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
 from taskerd import validate
 from taskerd.core import Core
-from taskerd.errors import RequestError
-from taskerd.events import WatcherTooSlow
+from taskerd.errors import InvalidArgument, RequestError, clip
 
 log = logging.getLogger("taskerd")
 
@@ -28,26 +30,66 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Context: TypeAlias = Any  # grpc.aio.ServicerContext; grpcio ships no type information
 
+_TASKER = pb.DESCRIPTOR.services_by_name["Tasker"]
+#: Each RPC's request parser, by method name: the very function grpcio would call.
+_PARSERS: dict[str, Callable[[bytes], Any]] = {
+    m.name: GetMessageClass(m.input_type).FromString for m in _TASKER.methods
+}
+
+
+def add_to_server(service: Service, server: Any) -> None:
+    """Serve ``service`` as ``tasker.v1.Tasker`` on ``server`` (a ``grpc.aio.Server``).
+
+    As the generated ``add_TaskerServicer_to_server`` does, but the requests reach the handlers
+    as bytes, which they decode themselves (``unary``, ``streaming``): grpcio answers a request
+    it fails to decode with UNKNOWN.
+    """
+    handlers = {
+        m.name: (
+            grpc.unary_stream_rpc_method_handler
+            if m.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )(
+            getattr(service, m.name),
+            response_serializer=GetMessageClass(m.output_type).SerializeToString,
+        )
+        for m in _TASKER.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(_TASKER.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(_TASKER.full_name, handlers)
+
+
+def _decode(parse: Callable[[bytes], Req], request: Req | bytes) -> Req:
+    """The request, decoded from bytes (``add_to_server``) unless grpcio decoded it already."""
+    if not isinstance(request, bytes):
+        return request
+    try:
+        return parse(request)
+    except DecodeError:  # bad wire format, or a string field that is not UTF-8
+        raise InvalidArgument("request", "cannot be decoded") from None
+
 
 async def _abort(context: Context, exc: BaseException) -> None:
-    """The one mapping from an exception to the status the client sees."""
+    """The one mapping from an exception to the status the client sees (its message clipped)."""
     if isinstance(exc, RequestError):
-        await context.abort(exc.code, str(exc))
-    if isinstance(exc, WatcherTooSlow):
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        await context.abort(exc.code, clip(str(exc)))
     log.exception("internal error", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
+    await context.abort(grpc.StatusCode.INTERNAL, clip(f"internal error: {exc!r}"))
 
 
 def unary(
     fn: Callable[[Service, Req, Context], Awaitable[Resp]],
-) -> Callable[[Service, Req, Context], Awaitable[Resp]]:
-    """Wrap a unary handler with the error mapping."""
+) -> Callable[[Service, Req | bytes, Context], Awaitable[Resp]]:
+    """Wrap a unary handler (named after its RPC) with the request's decoding and the error
+    mapping."""
+    parse = _PARSERS[fn.__name__]
 
     @wraps(fn)
-    async def handler(self: Service, request: Req, context: Context) -> Resp:
+    async def handler(self: Service, request: Req | bytes, context: Context) -> Resp:
         try:
-            return await fn(self, request, context)
+            return await fn(self, _decode(parse, request), context)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:
@@ -59,13 +101,15 @@ def unary(
 
 def streaming(
     fn: Callable[[Service, Req, Context], AsyncIterator[Resp]],
-) -> Callable[[Service, Req, Context], AsyncIterator[Resp]]:
-    """Wrap a server-streaming handler with the error mapping."""
+) -> Callable[[Service, Req | bytes, Context], AsyncIterator[Resp]]:
+    """Wrap a server-streaming handler (named after its RPC) with the request's decoding and the
+    error mapping."""
+    parse = _PARSERS[fn.__name__]
 
     @wraps(fn)
-    async def handler(self: Service, request: Req, context: Context) -> AsyncIterator[Resp]:
+    async def handler(self: Service, request: Req | bytes, context: Context) -> AsyncIterator[Resp]:
         try:
-            async for item in fn(self, request, context):
+            async for item in fn(self, _decode(parse, request), context):
                 yield item
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
@@ -93,12 +137,14 @@ class Service(pb_grpc.TaskerServicer):
         self, request: pb.StreamResultsRequest, context: Context
     ) -> AsyncIterator[pb.TaskEvent]:
         validate.ids("ids", request.ids)
-        watcher, past = self.core.watch(
+        watcher, past = await self.core.watch(
             list(request.ids), output=request.output, finished_only=request.finished_only
         )
         try:
             finished: set[int] = set()
             for event in past:
+                if request.output and event.WhichOneof("kind") == "finished":
+                    event = await self.core.with_output(event)  # one output in memory at a time
                 yield event
                 if event.WhichOneof("kind") == "finished":
                     finished.add(event.task_id)
@@ -113,21 +159,33 @@ class Service(pb_grpc.TaskerServicer):
 
     @unary
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
-        validate.ids("id", [request.id])
-        cancelled, state = self.core.cancel(request.id)
-        return pb.CancelResponse(cancelled=cancelled, state=state)
+        ids = ([request.id] if request.id else []) + list(request.ids)
+        if not ids:
+            raise InvalidArgument("ids", "name at least one task")
+        validate.ids("ids", ids)
+        results = await self.core.cancel(ids)
+        first = results[0]
+        return pb.CancelResponse(
+            cancelled=first.cancelled,
+            state=first.state,
+            results=[
+                pb.CancelResponse.Result(id=r.id, cancelled=r.cancelled, state=r.state)
+                for r in results
+            ],
+        )
 
     @unary
     async def Get(self, request: pb.GetRequest, context: Context) -> pb.Task:
         validate.ids("id", [request.id])
-        return self.core.get(request.id, output=request.output)
+        return await self.core.get(request.id, output=request.output)
 
     @unary
     async def List(self, request: pb.ListRequest, context: Context) -> pb.ListResponse:
         validate.states("states", request.states)
+        validate.labels("labels", request.labels)
         limit = validate.page_size(request.page_size)
         before = validate.page_token(request.page_token)
-        tasks = self.core.list(
+        tasks = await self.core.list(
             states=request.states, labels=request.labels, limit=limit + 1, before_id=before
         )
         more = len(tasks) > limit
@@ -138,12 +196,16 @@ class Service(pb_grpc.TaskerServicer):
     @streaming
     async def Run(self, request: pb.RunRequest, context: Context) -> AsyncIterator[pb.TaskEvent]:
         validate.spec(request.task, "task")
-        watcher = await self.core.run(request.task)
+        task_id, watcher = await self.core.run(request.task)
+        finished = False
         try:
             async for event in watcher.events():
+                finished = event.WhichOneof("kind") == "finished"
                 yield event
         finally:
             watcher.close()
+            if not finished:  # the client went away (or the stream failed): the task ends too
+                await asyncio.shield(self.core.abandon(task_id))
 
     @unary
     async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.StatsResponse:

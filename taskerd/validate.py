@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import lru_cache
 
 from google.protobuf.duration_pb2 import Duration
 
 from tasker.v1 import tasker_pb2 as pb
-from taskerd.errors import InvalidArgument
+from taskerd.errors import InvalidArgument, NotFound, quote
 
 MAX_ARGV_ITEMS = 4096
 MAX_ENV_ENTRIES = 4096
@@ -23,6 +23,12 @@ MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 256
 MAX_BATCH = 10_000
 MAX_PAGE_SIZE = 1000
+#: The journal's (SQLite's) largest integer: no task has a larger id.
+MAX_ID = 2**63 - 1
+#: Linux's PATH_MAX, counting the final NUL: no longer path can be a working directory.
+MAX_PATH = 4096
+#: google.protobuf.Duration's range (10,000 years).
+MAX_DURATION_SECONDS = 315_576_000_000
 
 _PRIORITIES = frozenset(pb.Priority.values())
 _STATES = frozenset(pb.TaskState.values()) - {pb.TASK_STATE_UNSPECIFIED}
@@ -51,9 +57,18 @@ def _size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
+def _seconds(field: str, d: Duration) -> float:
+    """A well-formed Duration in seconds: in range, and nanos under a second, of seconds' sign."""
+    s, n = d.seconds, d.nanos
+    in_range = -MAX_DURATION_SECONDS <= s <= MAX_DURATION_SECONDS and -1e9 < n < 1e9
+    if not in_range or s > 0 > n or s < 0 < n:
+        raise InvalidArgument(field, "not a valid Duration")
+    return s + n / 1e9
+
+
 def _duration(field: str, d: Duration) -> None:
-    seconds = d.seconds + d.nanos / 1e9
-    if not (d.seconds >= 0 and 0 <= d.nanos < 1_000_000_000) or seconds <= 0:
+    seconds = _seconds(field, d)
+    if seconds <= 0:
         raise InvalidArgument(field, "must be > 0")
     if seconds > MAX_TIMEOUT_SECONDS:
         raise InvalidArgument(field, f"must be at most {MAX_TIMEOUT_SECONDS // 86400} days")
@@ -68,15 +83,34 @@ def env(field: str, variables: Mapping[str, str]) -> int:
     names = _joined(field, variables)
     if "=" in names or "" in variables:
         bad = next(n for n in variables if not n or "=" in n)
-        raise InvalidArgument(field, f"bad variable name {bad!r}")
+        raise InvalidArgument(field, f"bad variable name {quote(bad)}")
     size = _size(names) + _size(_joined(field, variables.values())) + 2 * len(variables)
     if size > MAX_ARG_ENV_BYTES:
         raise InvalidArgument(field, "over 1 MiB")
     return size
 
 
-def spec(s: pb.TaskSpec, where: str) -> None:
-    """Validate one task spec; ``where`` prefixes field names (``tasks[3]``)."""
+def labels(field: str, values: Mapping[str, str]) -> None:
+    """Labels, or label filters: at most 64; keys 1 to 63 characters, values at most 256."""
+    if not values:
+        return
+    if len(values) > MAX_LABELS:
+        raise InvalidArgument(field, f"at most {MAX_LABELS}")
+    for key, value in values.items():
+        if not 1 <= len(key) <= MAX_LABEL_KEY:
+            raise InvalidArgument(field, f"key {quote(key)} must be 1 to 63 characters")
+        if len(value) > MAX_LABEL_VALUE:
+            raise InvalidArgument(field, f"value of {quote(key)} over 256 characters")
+    _joined(field, values)
+    _joined(field, values.values())
+
+
+def spec(s: pb.TaskSpec, where: str, shared_env: int = 0) -> None:
+    """Validate one task spec; ``where`` prefixes field names (``tasks[3]``).
+
+    ``shared_env`` is the size of the environment the task gets when its own is empty (the
+    Submit request's ``env``): it counts toward the 1 MiB of argv and env.
+    """
     argv = s.argv
     if not argv or not argv[0] or len(argv) > MAX_ARGV_ITEMS:
         problem = f"at most {MAX_ARGV_ITEMS} items" if argv and argv[0] else "must not be empty"
@@ -85,16 +119,17 @@ def spec(s: pb.TaskSpec, where: str) -> None:
     if "\0" in joined:
         raise InvalidArgument(f"{where}.argv", "must not contain NUL bytes")
     size = _size(joined) + 1
-    if s.env:
-        size += env(f"{where}.env", s.env)
+    size += env(f"{where}.env", s.env) if s.env else shared_env
     if size > MAX_ARG_ENV_BYTES:
         raise InvalidArgument(f"{where}.argv", "argv and env together exceed 1 MiB")
     if s.cwd:
-        _joined(f"{where}.cwd", [s.cwd])
-        if not os.path.isabs(s.cwd):
-            raise InvalidArgument(f"{where}.cwd", f"must be an absolute path, got {s.cwd!r}")
-        if not _isdir(s.cwd):
-            raise InvalidArgument(f"{where}.cwd", f"no such directory: {s.cwd}")
+        cwd = _joined(f"{where}.cwd", [s.cwd])
+        if not os.path.isabs(cwd):
+            raise InvalidArgument(f"{where}.cwd", f"must be an absolute path, got {quote(cwd)}")
+        if _size(cwd) >= MAX_PATH:
+            raise InvalidArgument(f"{where}.cwd", f"longer than PATH_MAX ({MAX_PATH} bytes)")
+        if not _isdir(cwd):
+            raise InvalidArgument(f"{where}.cwd", f"no such directory: {quote(cwd)}")
     if len(s.stdin) > MAX_STDIN_BYTES:
         raise InvalidArgument(f"{where}.stdin", "at most 1 MiB")
     if s.priority not in _PRIORITIES:
@@ -106,15 +141,7 @@ def spec(s: pb.TaskSpec, where: str) -> None:
     if s.HasField("max_retries") and s.max_retries > MAX_RETRIES:
         raise InvalidArgument(f"{where}.max_retries", f"at most {MAX_RETRIES}")
     if s.labels:
-        if len(s.labels) > MAX_LABELS:
-            raise InvalidArgument(f"{where}.labels", f"at most {MAX_LABELS}")
-        for key, value in s.labels.items():
-            if not 1 <= len(key) <= MAX_LABEL_KEY:
-                raise InvalidArgument(f"{where}.labels", f"key {key!r} must be 1 to 63 characters")
-            if len(value) > MAX_LABEL_VALUE:
-                raise InvalidArgument(f"{where}.labels", f"value of {key!r} over 256 characters")
-        _joined(f"{where}.labels", s.labels)
-        _joined(f"{where}.labels", s.labels.values())
+        labels(f"{where}.labels", s.labels)
 
 
 def submit(request: pb.SubmitRequest) -> None:
@@ -123,24 +150,28 @@ def submit(request: pb.SubmitRequest) -> None:
         raise InvalidArgument("tasks", "at least one task is required")
     if len(request.tasks) > MAX_BATCH:
         raise InvalidArgument("tasks", f"at most {MAX_BATCH} per request")
-    env("env", request.env)
+    shared_env = env("env", request.env)
     for i, task in enumerate(request.tasks):
-        spec(task, f"tasks[{i}]")
+        spec(task, f"tasks[{i}]", shared_env)
 
 
 def ids(field: str, values: Sequence[int]) -> None:
-    """Ids are positive; at most 10,000 of them."""
+    """Ids are positive; at most 10,000 of them. An id past the journal's range is NotFound."""
+    if not values:
+        return
     if len(values) > MAX_BATCH:
         raise InvalidArgument(field, f"at most {MAX_BATCH}")
-    for v in values:
-        if v <= 0:
-            raise InvalidArgument(field, f"ids are positive, got {v}")
+    if (low := min(values)) <= 0:
+        raise InvalidArgument(field, f"ids are positive, got {low}")
+    if (high := max(values)) > MAX_ID:
+        raise NotFound(high)
 
 
-def states(field: str, values: Iterable[int]) -> None:
-    for v in values:
-        if v not in _STATES:
-            raise InvalidArgument(field, f"unknown state {v}")
+def states(field: str, values: Collection[int]) -> None:
+    """Task states, none of them UNSPECIFIED or unknown."""
+    if not _STATES.issuperset(values):
+        bad = next(v for v in values if v not in _STATES)
+        raise InvalidArgument(field, f"unknown state {bad}")
 
 
 def page_size(value: int) -> int:
@@ -151,24 +182,28 @@ def page_size(value: int) -> int:
 
 
 def page_token(token: str) -> int | None:
-    """Tokens are the last id of the previous page."""
+    """Tokens are the last id of the previous page: ASCII digits, an id in the journal's range."""
     if not token:
         return None
-    if not token.isdigit():
-        raise InvalidArgument("page_token", "not a token from a previous ListResponse")
-    return int(token)
+    if len(token) <= len(str(MAX_ID)) and token.isascii() and token.isdigit():
+        before = int(token)
+        if 0 < before <= MAX_ID:
+            return before
+    raise InvalidArgument("page_token", "not a token from a previous ListResponse")
 
 
 def shutdown_mode(value: pb.ShutdownMode.ValueType) -> pb.ShutdownMode.ValueType:
+    """A known mode; UNSPECIFIED means STOP."""
     if value not in _MODES:
         raise InvalidArgument("mode", f"unknown value {value}")
     return value or pb.SHUTDOWN_MODE_STOP
 
 
 def older_than(d: Duration | None) -> float | None:
+    """Clean's age, in seconds; ``None`` (unset) means every finished task."""
     if d is None:
         return None
-    seconds = d.seconds + d.nanos / 1e9
+    seconds = _seconds("older_than", d)
     if seconds < 0:
         raise InvalidArgument("older_than", "must be >= 0")
     return seconds
