@@ -84,7 +84,7 @@ SUBMIT_OPTIONS: tuple[Opt, ...] = (
 EXIT_CODES_HELP = """\
 Exit status: the task's own code when it ran; 124 timed out; 128+N killed by signal N;
 125 cancelled; 123 lost; 127 spawn failed (command not found); 2 usage error;
-69 daemon unreachable; 75 queue full; 1 other errors."""
+69 daemon unreachable; 75 queue full; 74 stream fell behind (read too slowly); 1 other errors."""
 
 
 def parse_options(

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 EXIT_OTHER = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
+EXIT_FELL_BEHIND = 74  # EX_IOERR: a stream was dropped for reading too slowly
 EXIT_QUEUE_FULL = 75  # EX_TEMPFAIL
 
 
@@ -51,6 +52,17 @@ class QueueFull(TaskerError):
     """The daemon's queue is full (RESOURCE_EXHAUSTED); retry later."""
 
     exit_code = EXIT_QUEUE_FULL
+
+
+class StreamFellBehind(TaskerError):
+    """The daemon ended an event stream this client read too slowly (ABORTED).
+
+    Only streams end this way (StreamResults, Run, and the waits built on them): "stream fell
+    behind: more than 4 MiB unread". Watched tasks go on (a Run task ends with its call); watch
+    again, or read the output the daemon kept with ``get(id, output=True)``.
+    """
+
+    exit_code = EXIT_FELL_BEHIND
 
 
 class TaskNotFound(TaskerError):
@@ -124,6 +136,8 @@ def from_rpc_error(err: Any, socket: Path | str) -> TaskerError:
         return DaemonUnavailable(socket, details, code=code)
     if code == "RESOURCE_EXHAUSTED":
         return QueueFull(details, code=code)
+    if code == "ABORTED":
+        return StreamFellBehind(details, code=code)
     if code == "NOT_FOUND":
         return TaskNotFound(details, code=code)
     if code == "INVALID_ARGUMENT":

@@ -1,28 +1,64 @@
 """Fan-out of task events to watchers (StreamResults and Run).
 
-Publishing costs one dict look-up when nobody watches. Each watcher has a bounded queue; a watcher
-that falls too far behind is dropped (its stream ends with an error) rather than growing memory.
+Publishing costs one dict look-up when nobody watches. Each watcher's backlog is bounded both in
+events (``WATCHER_QUEUE``) and in bytes of payload (``WATCHER_BYTES``). A watcher that falls
+further behind is dropped: its backlog is freed at once and its stream ends with
+:class:`WatcherTooSlow` (ABORTED), so an unread stream cannot pin memory. A watcher that is behind
+but still reading gets a task's consecutive output chunks of one stream merged into one event (at
+most ``MERGE_MAX`` bytes), so it sends fewer, larger messages and can catch up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
 
+import grpc
+
 from tasker.v1 import tasker_pb2 as pb
+from taskerd.errors import RequestError
+
+log = logging.getLogger("taskerd")
 
 WATCHER_QUEUE = 10_000
+"""Most events a watcher may have unread."""
+WATCHER_BYTES = 4 << 20
+"""Most payload bytes (see :func:`event_size`) a watcher may have unread."""
+EVENT_OVERHEAD = 64
+"""What an event costs beside its output bytes (ids, seq, time, framing), roughly."""
+MERGE_MAX = 1 << 20
+"""Largest merged output chunk; gRPC clients take messages up to 4 MiB by default."""
+_MERGE_SCAN = 64  # backlog entries looked at for chunks to merge
 
 
-class WatcherTooSlow(Exception):
-    """The watcher did not keep up and missed events."""
+class WatcherTooSlow(RequestError):
+    """The watcher did not keep up; its stream ends ABORTED ("stream fell behind: ...")."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+def event_size(event: pb.TaskEvent) -> int:
+    """What ``event`` costs in a backlog: its output bytes plus :data:`EVENT_OVERHEAD`.
+
+    Cheap (no serialization): only output is counted, which is what can be large.
+    """
+    kind = event.WhichOneof("kind")
+    if kind == "output":
+        return EVENT_OVERHEAD + len(event.output.data)
+    if kind == "finished":
+        task = event.finished.task
+        return EVENT_OVERHEAD + len(task.stdout) + len(task.stderr)
+    return EVENT_OVERHEAD
 
 
 class Watcher:
     """One subscription: events for some task ids (or all), with or without output."""
 
     __slots__ = (
-        "_closed", "_hub", "_queue", "finished_only", "ids", "output", "overflowed", "remaining",
+        "_backlog", "_bytes", "_ended", "_hub", "_ready", "finished_only", "ids", "output",
+        "overflowed", "remaining",
     )  # fmt: skip
 
     def __init__(
@@ -33,34 +69,96 @@ class Watcher:
         self.remaining = set(ids) if ids is not None else None
         self.output = output
         self.finished_only = finished_only
-        self.overflowed = False
-        self._closed = False
-        self._queue: asyncio.Queue[pb.TaskEvent | None] = asyncio.Queue(WATCHER_QUEUE)
+        #: Why the watcher was dropped ("more than 4 MiB unread"), or "" while it keeps up.
+        self.overflowed = ""
+        self._ended = False
+        self._backlog: deque[tuple[pb.TaskEvent, int]] = deque()
+        self._bytes = 0
+        self._ready = asyncio.Event()
 
-    def push(self, event: pb.TaskEvent | None) -> None:
-        """Queue an event; ``None`` ends the stream."""
-        if self._closed:
+    def push(self, event: pb.TaskEvent | None, size: int | None = None) -> None:
+        """Queue an event (``size``: its :func:`event_size`, if known); ``None`` ends the stream.
+
+        Past ``WATCHER_QUEUE`` events or ``WATCHER_BYTES`` unread, the watcher is dropped.
+        """
+        if self._ended:
             return
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.overflowed = True
-            self._closed = True
-            self._queue.get_nowait()  # make room for the end marker
-            self._queue.put_nowait(None)
+        if event is None:
+            self._ended = True
         else:
-            if event is None:
-                self._closed = True
+            if size is None:
+                size = event_size(event)
+            backlog = self._backlog
+            if backlog and len(backlog) >= WATCHER_QUEUE:
+                self._drop(f"more than {WATCHER_QUEUE:,} events unread")
+                return
+            if backlog and self._bytes + size > WATCHER_BYTES:
+                self._drop(f"more than {WATCHER_BYTES >> 20} MiB unread")
+                return
+            backlog.append((event, size))
+            self._bytes += size
+        self._ready.set()
+
+    def _drop(self, reason: str) -> None:
+        watched = "every task" if self.ids is None else f"tasks {sorted(self.ids)[:5]}"
+        log.info("dropped a watcher of %s: %s", watched, reason)
+        self.overflowed = reason
+        self._ended = True
+        self._backlog.clear()
+        self._bytes = 0
+        self._hub.unsubscribe(self)
+        self._ready.set()
+
+    def _next(self) -> pb.TaskEvent:
+        """Take the oldest event; an output chunk comes merged with the chunks of the same task
+        and stream that follow it with no other event of that task between them."""
+        backlog = self._backlog
+        event, size = backlog.popleft()
+        self._bytes -= size
+        if not backlog or event.WhichOneof("kind") != "output":
+            return event
+        task_id, stream = event.task_id, event.output.stream
+        chunks = [event.output.data]
+        total = len(chunks[0])
+        taken: list[int] = []
+        last = event
+        for i in range(min(len(backlog), _MERGE_SCAN)):
+            other = backlog[i][0]
+            if other.task_id != task_id:
+                continue  # another task's event: order across tasks is free
+            data = other.output.data if other.WhichOneof("kind") == "output" else None
+            if data is None or other.output.stream != stream or total + len(data) > MERGE_MAX:
+                break
+            chunks.append(data)
+            total += len(data)
+            taken.append(i)
+            last = other
+        if not taken:
+            return event
+        for i in reversed(taken):
+            self._bytes -= backlog[i][1]
+            del backlog[i]
+        merged = pb.TaskEvent(task_id=task_id, seq=last.seq)
+        merged.time.CopyFrom(event.time)
+        merged.output.stream = stream
+        merged.output.data = b"".join(chunks)
+        return merged
 
     async def events(self) -> AsyncIterator[pb.TaskEvent]:
-        """Yield events until every watched task has finished (or the hub closes)."""
+        """Yield events until every watched task has finished (or the hub closes).
+
+        Raises :class:`WatcherTooSlow` once the watcher was dropped for falling behind.
+        """
         try:
             while True:
-                event = await self._queue.get()
-                if event is None:
-                    if self.overflowed:
-                        raise WatcherTooSlow(f"watcher fell {WATCHER_QUEUE} events behind")
-                    return
+                while not self._backlog:
+                    if self._ended:
+                        if self.overflowed:
+                            raise WatcherTooSlow(f"stream fell behind: {self.overflowed}")
+                        return
+                    self._ready.clear()
+                    await self._ready.wait()
+                event = self._next()
                 yield event
                 if self.remaining is not None and event.WhichOneof("kind") == "finished":
                     self.remaining.discard(event.task_id)
@@ -70,7 +168,10 @@ class Watcher:
             self.close()
 
     def close(self) -> None:
-        self._closed = True
+        """Stop watching; what is still queued is dropped."""
+        self._ended = True
+        self._backlog.clear()
+        self._bytes = 0
         self._hub.unsubscribe(self)
 
 
@@ -97,6 +198,7 @@ class EventHub:
         return watcher
 
     def unsubscribe(self, watcher: Watcher) -> None:
+        """Stop routing events to ``watcher`` (idempotent)."""
         if watcher.ids is None:
             self._all.discard(watcher)
             return
@@ -129,14 +231,15 @@ class EventHub:
         subs = self._by_id.get(task_id)
         if not subs and not self._all:
             return
-        cache: dict[bool, pb.TaskEvent] = {}
+        cache: dict[bool, tuple[pb.TaskEvent, int]] = {}
         for watcher in (*(subs or ()), *self._all):
             if (is_output and not watcher.output) or (watcher.finished_only and not is_final):
                 continue
-            event = cache.get(watcher.output)
-            if event is None:
-                event = cache[watcher.output] = make(watcher.output)
-            watcher.push(event)
+            built = cache.get(watcher.output)
+            if built is None:
+                event = make(watcher.output)
+                built = cache[watcher.output] = (event, event_size(event))
+            watcher.push(*built)
 
     def close(self) -> None:
         """End every stream (the daemon is stopping)."""
