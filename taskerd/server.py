@@ -26,19 +26,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tasker.v1 import tasker_pb2 as pb
-from tasker.v1 import tasker_pb2_grpc as pb_grpc
 from taskerd import config as configuration
+from taskerd import procs
 from taskerd.config import DaemonConfig
 from taskerd.core import Core
 from taskerd.notify import notify
 from taskerd.runner import become_subreaper, install_child_watcher, reap_orphans_forever
-from taskerd.service import Service
-from taskerd.store import Store
+from taskerd.service import Service, add_to_server
+from taskerd.store import JournalOpenError, Store
 
 log = logging.getLogger("taskerd")
 
 MAX_MESSAGE = 64 << 20
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Tasker"].full_name
+#: The journal's file name in the state directory.
+JOURNAL = "journal.sqlite3"
+#: How urgent each shutdown mode is: a stop under way can only be escalated.
+_URGENCY = {pb.SHUTDOWN_MODE_DRAIN: 0, pb.SHUTDOWN_MODE_STOP: 1, pb.SHUTDOWN_MODE_KILL: 2}
 
 
 class StartupError(Exception):
@@ -56,17 +60,56 @@ def _socket_answers(path: Path) -> bool:
     return True
 
 
+def _socket_gid(config: DaemonConfig) -> int | None:
+    """The id of ``socket_group``, or None when the socket is not shared."""
+    if not config.socket_group:
+        return None
+    try:
+        return grp.getgrnam(config.socket_group).gr_gid
+    except KeyError:
+        raise StartupError(f"socket_group: no group {config.socket_group!r}") from None
+
+
 def prepare_socket(config: DaemonConfig) -> None:
-    """Make the socket's directory private, and clear a stale socket; never touch anything else."""
+    """Check that the socket's directory is the daemon user's alone, and clear a stale socket.
+
+    A directory the daemon creates (or one named ``tasker``, which it owns) gets mode 0700, or
+    0750 with ``socket_group``; only one it created gets that group. A directory that another
+    user owns, or that group or others may write to, is refused. Nothing else is touched.
+    """
     path = config.socket
     directory = path.parent
-    group = config.socket_group
-    directory.mkdir(parents=True, exist_ok=True, mode=0o750 if group else 0o700)
+    gid = _socket_gid(config)
+    mode = 0o700 if gid is None else 0o750
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(mode=mode)
+        created = True
+    except FileExistsError:
+        created = False
     info = os.lstat(directory)
     if not stat.S_ISDIR(info.st_mode):
         raise StartupError(f"{directory} is not a directory")
-    if info.st_uid == os.getuid() and directory.name == "tasker":
-        os.chmod(directory, 0o750 if group else 0o700)
+    if info.st_uid != os.getuid():
+        raise StartupError(
+            f"socket directory {directory} belongs to uid {info.st_uid}, not to this user "
+            f"(uid {os.getuid()}); refusing to use it"
+        )
+    if created or directory.name == "tasker":
+        os.chmod(directory, mode)
+    elif info.st_mode & 0o022:
+        raise StartupError(
+            f"socket directory {directory} is writable by group or others "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}); refusing to use it"
+        )
+    if gid is not None:
+        if created:
+            os.chown(directory, -1, gid)
+        elif info.st_gid != gid:
+            log.warning(
+                "socket_group: %s is not in group %s, so the group may not reach the socket; "
+                "left as it is", directory, config.socket_group,
+            )  # fmt: skip
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -79,10 +122,27 @@ def prepare_socket(config: DaemonConfig) -> None:
     path.unlink()
 
 
+def _make_private(path: Path, mode: int) -> None:
+    """Remove any permission of ``path`` beyond ``mode``, saying so when there was one."""
+    current = stat.S_IMODE(os.stat(path).st_mode)
+    if current & ~mode:
+        os.chmod(path, mode)
+        log.warning("%s was mode %04o: made it %04o", path, current, mode)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` (empty) readable and writable by the daemon's user alone, or make it so."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    _make_private(path, 0o600)
+
+
 def lock_state_dir(state_dir: Path) -> IO[bytes]:
-    """Hold an exclusive lock on the state directory for the daemon's lifetime."""
+    """Make the state directory private (0700) and hold an exclusive lock on it until exit."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handle = open(state_dir / "taskerd.lock", "ab")  # noqa: SIM115 - held until exit
+    _make_private(state_dir, 0o700)
+    lock = state_dir / "taskerd.lock"
+    _private_file(lock)
+    handle = open(lock, "ab")  # noqa: SIM115 - held until exit
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -95,14 +155,22 @@ def lock_state_dir(state_dir: Path) -> IO[bytes]:
     return handle
 
 
+def make_journal_private(state_dir: Path) -> None:
+    """Create the journal 0600 before SQLite opens it, and tighten journal files that are looser.
+
+    SQLite gives the ``-wal`` and ``-shm`` files it creates the main file's mode (and owner), so
+    every task's argv, environment and output stays readable by the daemon's user alone.
+    """
+    _private_file(state_dir / JOURNAL)
+    for suffix in ("-wal", "-shm"):
+        with suppress(FileNotFoundError):
+            _make_private(state_dir / f"{JOURNAL}{suffix}", 0o600)
+
+
 def _secure_socket(config: DaemonConfig) -> None:
-    if config.socket_group:
-        try:
-            gid = grp.getgrnam(config.socket_group).gr_gid
-        except KeyError:
-            raise StartupError(f"socket_group: no group {config.socket_group!r}") from None
+    gid = _socket_gid(config)
+    if gid is not None:
         os.chown(config.socket, -1, gid)
-        os.chown(config.socket.parent, -1, gid)
         os.chmod(config.socket, 0o660)
     else:
         os.chmod(config.socket, 0o600)
@@ -114,42 +182,88 @@ class Daemon:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.stopping = asyncio.Event()
-        self.mode = pb.SHUTDOWN_MODE_STOP
-        self._signals = 0
+        #: The most urgent shutdown mode asked for so far; None while none was.
+        self.mode: pb.ShutdownMode.ValueType | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
+        self._escalations: set[asyncio.Task[None]] = set()
         self.core: Core | None = None
 
     def request_shutdown(self, mode: pb.ShutdownMode.ValueType) -> None:
-        """Begin to stop (Shutdown RPC or a signal); a second request escalates to KILL."""
-        if self.core is None:
+        """Begin to stop (Shutdown RPC or a signal), or escalate a stop under way.
+
+        DRAIN < STOP < KILL: a request no more urgent than the current mode changes nothing.
+        During start-up the mode is only recorded: ``serve`` stops instead of serving.
+        """
+        if self.mode is not None and _URGENCY[mode] <= _URGENCY[self.mode]:
             return
-        if self._shutdown_task is None:
-            self.mode = mode
+        if self.mode is None:
             notify("STOPPING=1")
-            self._shutdown_task = asyncio.get_running_loop().create_task(self.core.shutdown(mode))
-            self._shutdown_task.add_done_callback(lambda _: self.stopping.set())
-        elif mode == pb.SHUTDOWN_MODE_KILL:
-            asyncio.get_running_loop().create_task(self.core.shutdown(mode))
+        self.mode = mode
+        if self.core is not None:
+            self._shut_down(self.core, mode)
+
+    def _shut_down(self, core: Core, mode: pb.ShutdownMode.ValueType) -> None:
+        task = asyncio.get_running_loop().create_task(core.shutdown(mode))
+        if self._shutdown_task is None:
+            self._shutdown_task = task
+            task.add_done_callback(lambda _: self.stopping.set())
+        else:  # an escalation: the first call still sets ``stopping`` once the core is closed
+            self._escalations.add(task)
+            task.add_done_callback(self._escalations.discard)
 
     def _on_signal(self, signum: int) -> None:
-        self._signals += 1
+        """SIGTERM or SIGINT climb the ladder: to STOP (or from DRAIN to STOP), then to KILL."""
         name = signal.Signals(signum).name
-        if self._signals == 1:
+        if self.mode is None:
             log.info("%s: stopping gracefully (again to kill)", name)
             self.request_shutdown(pb.SHUTDOWN_MODE_STOP)
-        else:
+        elif self.mode == pb.SHUTDOWN_MODE_DRAIN:
+            log.warning("%s while draining: stopping gracefully instead (again to kill)", name)
+            self.request_shutdown(pb.SHUTDOWN_MODE_STOP)
+        elif self.mode == pb.SHUTDOWN_MODE_STOP:
             log.warning("%s again: killing", name)
             self.request_shutdown(pb.SHUTDOWN_MODE_KILL)
+        else:
+            log.warning("%s: already killing", name)
+
+    @staticmethod
+    def _on_sighup() -> None:
+        log.info("SIGHUP: ignored (there is no configuration to reload; SIGTERM stops taskerd)")
+
+    def _handle_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
 
     async def serve(self) -> None:
-        """Run until shut down."""
+        """Run until shut down. A stop asked for during start-up happens before serving."""
+        await self._serve()
+        log.info("taskerd stopped")
+
+    async def _serve(self) -> None:
         config = self.config
+        self._handle_signals()  # first: a signal during start-up is a request like any other
         install_child_watcher()
         if not become_subreaper():
             log.warning("could not become a child subreaper; escaped descendants go to init")
-        store = await Store.open(config.state_dir / "journal.sqlite3", sync=config.journal_sync)  # type: ignore[arg-type]
+        make_journal_private(config.state_dir)
+        procs.configure(config.state_dir, cgroups=config.cgroups != "off")
         try:
+            store = await Store.open(
+                config.state_dir / "journal.sqlite3",
+                sync=config.journal_sync,  # type: ignore[arg-type]
+            )
+        except JournalOpenError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            if self.mode is not None:  # a signal while the journal opened: do not even recover
+                return
             self.core = core = await Core.start(config, store)
+            if self.mode is not None:  # a signal during recovery: stop before serving
+                self._shut_down(core, self.mode)
+                await self.stopping.wait()
+                return
             server = grpc.aio.server(
                 options=[
                     ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -157,7 +271,7 @@ class Daemon:
                     ("grpc.so_reuseport", 0),
                 ]
             )
-            pb_grpc.add_TaskerServicer_to_server(Service(core, self.request_shutdown), server)
+            add_to_server(Service(core, self.request_shutdown), server)
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable_server_reflection(
@@ -175,8 +289,6 @@ class Daemon:
             for name in ("", SERVICE_NAME):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
             loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, self._on_signal, signum)
             background = [
                 loop.create_task(core.prune_forever()),
                 loop.create_task(reap_orphans_forever()),
@@ -184,7 +296,7 @@ class Daemon:
             log.info(
                 "taskerd serving on %s (workers %d..%d, queue %d, journal %s)",
                 config.socket, config.workers, config.burst_workers, config.max_queue,
-                config.state_dir / "journal.sqlite3",
+                config.state_dir / JOURNAL,
             )  # fmt: skip
             gc.freeze()  # what start-up made lives as long as the daemon: never scan it again
             notify("READY=1")
@@ -199,7 +311,6 @@ class Daemon:
             with suppress(FileNotFoundError):
                 if stat.S_ISSOCK(os.lstat(config.socket).st_mode):
                     config.socket.unlink()
-        log.info("taskerd stopped")
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
