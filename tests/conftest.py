@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -171,3 +174,189 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     except Exception:
         if d.proc is not None:
             d.proc.kill()
+
+
+# ------------------------------------------------------------------ processes left behind
+
+#: Set in pytest's environment for the session, so inherited by the daemons, CLIs and examples the
+#: tests start (and by tasks that get the daemon's environment): one of the ways a process left
+#: behind is known to be this run's, and not another test run's on the same machine.
+SESSION_VAR = "TASKER_TEST_SESSION"
+_TOKEN_VAR = "TASKER_RUN_TOKEN"  # taskerd.procs.TOKEN_VAR: every task process carries one
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_test_spans: list[tuple[float, float, str]] = []  # (start, end) in seconds since boot, nodeid
+_running: dict[str, float] = {}
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+
+
+@dataclass(frozen=True, slots=True)
+class Proc:
+    """A live process as /proc shows it; ``start`` (clock ticks after boot) tells it apart from a
+    later process that reuses its pid."""
+
+    pid: int
+    ppid: int = field(compare=False)  # at the time it was seen: an orphan gets a new parent
+    start: int
+
+    def alive(self) -> bool:
+        """True while this very process exists and is not a zombie."""
+        now = proc(self.pid)
+        return now is not None and now.start == self.start
+
+    def environ(self) -> bytes:
+        """Its environment as ``\\0NAME=value\\0...`` (a leading NUL, for exact-name searches)."""
+        return b"\0" + _read(f"/proc/{self.pid}/environ")
+
+    def describe(self) -> str:
+        cmd = _read(f"/proc/{self.pid}/cmdline").replace(b"\0", b" ").decode(errors="replace")
+        try:
+            cwd = os.readlink(f"/proc/{self.pid}/cwd")
+        except OSError:
+            cwd = "?"
+        now = proc(self.pid)
+        parent = now.ppid if now is not None and now.start == self.start else self.ppid
+        return f"pid {self.pid} (ppid {parent}) `{cmd.strip()[:160]}` in {cwd}"
+
+
+def proc(pid: int) -> Proc | None:
+    """Process ``pid``, or None when it is gone or a zombie (dead, just not reaped)."""
+    data = _read(f"/proc/{pid}/stat")
+    close = data.rfind(b")")
+    if close < 0:
+        return None
+    fields = data[close + 2 :].split()  # state ppid pgrp session ... starttime is the 20th
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return Proc(pid, int(fields[1]), int(fields[19]))
+
+
+def processes() -> list[Proc]:
+    """Every live process."""
+    found = (proc(int(name)) for name in os.listdir("/proc") if name.isdigit())
+    return [p for p in found if p is not None]
+
+
+def processes_with_env(name: str, prefix: str) -> list[Proc]:
+    """Live processes whose environment sets ``name`` to a value starting with ``prefix``."""
+    key = f"\0{name}={prefix}".encode()
+    return [p for p in processes() if key in p.environ()]
+
+
+def kill_processes(procs: Iterable[Proc], timeout: float = 5.0) -> list[Proc]:
+    """SIGKILL each of ``procs`` still alive and wait (up to ``timeout``) until they are dead.
+
+    Returns those that were still alive. Only ever pass processes the tests started.
+    """
+    hit = [p for p in procs if p.alive()]
+    for p in hit:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(p.alive() for p in hit) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    me = os.getpid()
+    for p in hit:
+        if p.ppid == me:  # our own child: reap it, so no zombie waits for the session's end
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(p.pid, os.WNOHANG)
+    return hit
+
+
+def _boottime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ[SESSION_VAR] = f"{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    _running[nodeid] = _boottime()
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    _test_spans.append((_running.pop(nodeid, 0.0), _boottime(), nodeid))
+
+
+def _started_during(p: Proc) -> str:
+    """The test that was running when ``p`` started (setup and teardown included)."""
+    at = p.start / _CLK_TCK
+    now = _boottime()  # the last test is still open: the session is torn down in its teardown
+    for start, end, nodeid in [*((s, now, n) for n, s in _running.items()), *_test_spans[::-1]]:
+        if start - 0.02 <= at <= end + 0.02:
+            return nodeid
+    return "no test (between tests, or in a session fixture)"
+
+
+def left_behind(basetemp: Path) -> list[Proc]:
+    """Live processes this session started and left: descendants of pytest, and the adopted
+    orphans of daemons it killed, found by the session's variable, by a run token of an
+    in-process run, or by a working directory in the session's temporary directory."""
+    me = os.getpid()
+    procs = {p.pid: p for p in processes()}
+    ancestors = {me}
+    pid = me
+    while pid in procs and pid > 1:
+        pid = procs[pid].ppid
+        ancestors.add(pid)
+    children: dict[int, list[int]] = {}
+    for p in procs.values():
+        children.setdefault(p.ppid, []).append(p.pid)
+    descendants: set[int] = set()
+    todo = list(children.get(me, ()))
+    while todo:
+        pid = todo.pop()
+        if pid not in descendants:
+            descendants.add(pid)
+            todo += children.get(pid, ())
+    keys = [f"\0{SESSION_VAR}={os.environ.get(SESSION_VAR, '-')}\0".encode()]
+    runner = sys.modules.get("taskerd.procs")  # in-process runs (tests/daemon/test_runner.py)
+    token_prefix = getattr(runner, "token_prefix", None)
+    if callable(token_prefix):
+        keys.append(f"\0{_TOKEN_VAR}={token_prefix()}".encode())
+    root = str(basetemp.resolve())
+    left: list[Proc] = []
+    for p in procs.values():
+        if p.pid in ancestors:
+            continue
+        if p.pid in descendants:
+            left.append(p)
+            continue
+        env = p.environ()
+        if any(key in env for key in keys):
+            left.append(p)
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{p.pid}/cwd")
+        except OSError:
+            continue
+        if cwd == root or cwd.startswith(root + "/"):
+            left.append(p)
+    return sorted(left, key=lambda p: p.pid)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After every other fixture is torn down: fail the session if the tests left any process
+    running (task processes orphaned by a killed daemon, a daemon never stopped...), and kill
+    them so that nothing lingers."""
+    yield
+    left = left_behind(tmp_path_factory.getbasetemp())
+    if not left:
+        return
+    by_test: dict[str, list[str]] = {}
+    for p in left:
+        by_test.setdefault(_started_during(p), []).append(p.describe())
+    kill_processes(left)
+    lines = [f"{len(left)} processes left running by the tests (now killed):"]
+    for nodeid, described in by_test.items():
+        lines.append(f"  started during {nodeid}:")
+        lines += [f"    {d}" for d in described]
+    pytest.fail("\n".join(lines), pytrace=False)
