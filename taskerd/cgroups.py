@@ -101,7 +101,8 @@ def _write(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _read(path: str) -> bytes:
+def read_file(path: str) -> bytes:
+    """A small kernel file's content (/proc, cgroupfs); empty if it cannot be read."""
     try:
         with open(path, "rb") as fh:
             return fh.read()
@@ -111,7 +112,7 @@ def _read(path: str) -> bytes:
 
 def members(path: str) -> set[int]:
     """Pids in the cgroup at ``path`` and its descendants (none if it is gone)."""
-    pids = {int(p) for p in _read(os.path.join(path, "cgroup.procs")).split()}
+    pids = {int(p) for p in read_file(os.path.join(path, "cgroup.procs")).split()}
     with contextlib.suppress(OSError), os.scandir(path) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
@@ -121,7 +122,7 @@ def members(path: str) -> set[int]:
 
 def populated(path: str) -> bool:
     """True while a live process is in the cgroup or below it (zombies do not count)."""
-    return b"populated 1" in _read(os.path.join(path, "cgroup.events"))
+    return b"populated 1" in read_file(os.path.join(path, "cgroup.events"))
 
 
 def signal_members(path: str, sig: int, done: set[int] | None = None) -> set[int]:
@@ -183,7 +184,7 @@ def _descendants(pid: int) -> list[int]:
         except OSError:
             continue
         for tid in tids:
-            kids = [int(k) for k in _read(f"/proc/{parent}/task/{tid}/children").split()]
+            kids = [int(k) for k in read_file(f"/proc/{parent}/task/{tid}/children").split()]
             found += kids
             todo += kids
     return found

@@ -245,22 +245,14 @@ def _pids() -> list[int]:
 
 def _stat(pid: int) -> list[bytes]:
     """Fields of ``/proc/PID/stat`` after "pid (comm)": state ppid pgrp session ...; [] if gone."""
-    data = _read(f"/proc/{pid}/stat")
+    data = cgv2.read_file(f"/proc/{pid}/stat")
     close = data.rfind(b")")
     return data[close + 2 :].split() if close >= 0 else []
 
 
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
 def _env_token(pid: int) -> str | None:
     """The run token in ``/proc/<pid>/environ``, if any."""
-    data = b"\0" + _read(f"/proc/{pid}/environ")
+    data = b"\0" + cgv2.read_file(f"/proc/{pid}/environ")
     key = b"\0" + TOKEN_VAR.encode() + b"="
     at = data.find(key)
     if at < 0:
@@ -315,7 +307,7 @@ def children() -> set[int]:
     kids: set[int] = set()
     if os.path.exists(f"/proc/{me}/task/{me}/children"):
         for tid in os.listdir(f"/proc/{me}/task"):
-            kids.update(int(p) for p in _read(f"/proc/{me}/task/{tid}/children").split())
+            kids.update(int(p) for p in cgv2.read_file(f"/proc/{me}/task/{tid}/children").split())
         return kids
     # Kernel without CONFIG_PROC_CHILDREN: scan every stat for our pid as parent.
     for pid in _pids():

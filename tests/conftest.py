@@ -18,6 +18,7 @@ import pytest
 
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
+from taskerd.cgroups import read_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -188,14 +189,6 @@ _test_spans: list[tuple[float, float, str]] = []  # (start, end) in seconds sinc
 _running: dict[str, float] = {}
 
 
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError:
-        return b""
-
-
 @dataclass(frozen=True, slots=True)
 class Proc:
     """A live process as /proc shows it; ``start`` (clock ticks after boot) tells it apart from a
@@ -212,10 +205,10 @@ class Proc:
 
     def environ(self) -> bytes:
         """Its environment as ``\\0NAME=value\\0...`` (a leading NUL, for exact-name searches)."""
-        return b"\0" + _read(f"/proc/{self.pid}/environ")
+        return b"\0" + read_file(f"/proc/{self.pid}/environ")
 
     def describe(self) -> str:
-        cmd = _read(f"/proc/{self.pid}/cmdline").replace(b"\0", b" ").decode(errors="replace")
+        cmd = read_file(f"/proc/{self.pid}/cmdline").replace(b"\0", b" ").decode(errors="replace")
         try:
             cwd = os.readlink(f"/proc/{self.pid}/cwd")
         except OSError:
@@ -227,7 +220,7 @@ class Proc:
 
 def proc(pid: int) -> Proc | None:
     """Process ``pid``, or None when it is gone or a zombie (dead, just not reaped)."""
-    data = _read(f"/proc/{pid}/stat")
+    data = read_file(f"/proc/{pid}/stat")
     close = data.rfind(b")")
     if close < 0:
         return None
