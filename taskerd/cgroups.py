@@ -5,8 +5,9 @@ named after the run's token without its state key (see :mod:`taskerd.procs`). No
 ever enabled (``cgroup.subtree_control`` is never written), so the no-internal-process rule never
 applies and the daemon may stay in its own cgroup, above its runs.
 
-A process is moved into its run's cgroup after ``posix_spawn`` returns: there is no way to start
-it inside (``CLONE_INTO_CGROUP`` needs ``clone3``, which neither Python nor this glibc's
+A process is moved into its run's cgroup ``PLACE_DELAY`` (20 ms) after ``posix_spawn`` returned,
+if it still runs then (a run that ends sooner never gets a cgroup): there is no way to start it
+inside (``CLONE_INTO_CGROUP`` needs ``clone3``, which neither Python nor this glibc's
 ``posix_spawn`` offers). Writing ``cgroup.procs`` takes the kernel's global
 ``cgroup_threadgroup_rwsem`` for writing, which waits for an RCU grace period whenever the lock
 was idle: about 11 ms here. So the moves are done by :class:`Placer`, a thread, never on the event
@@ -28,7 +29,6 @@ import contextlib
 import errno
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +40,11 @@ SUBTREE_PREFIX = "tasker-"
 
 _FLAGS = os.O_WRONLY | os.O_CLOEXEC
 _RMDIR_RETRY = (0.02, 2.0)  # first and longest wait between tries to remove a busy run cgroup
-_TICK = 0.05  # the placer thread handles queued releases at least this often
+_TICK = 0.01  # a busy placer thread looks at its queues this often
+#: A run is moved into its cgroup this long after its spawn, if it still runs: each move stalls
+#: every fork and exit on the machine for up to an RCU grace period, so a short run (most are)
+#: is never moved. What it forks meanwhile is moved with it (see :meth:`Placer._move`).
+PLACE_DELAY = 0.02
 
 
 def own_cgroup_dir() -> str:
@@ -215,45 +219,49 @@ def move(path: str, pid: int) -> None:
 class Placement:
     """One run's cgroup as the :class:`Placer` handles it."""
 
-    __slots__ = ("created", "done", "path", "pid", "released", "start_time")
+    __slots__ = ("created", "done", "due", "path", "pid", "released", "start_time")
 
-    def __init__(self, path: str, pid: int, start_time: int) -> None:
+    def __init__(self, path: str, pid: int, start_time: int, due: float = 0.0) -> None:
         self.path = path
         self.pid = pid
         self.start_time = start_time
+        self.due = due  # when the move is made (time.monotonic()), if the run still runs
         self.done = False  # nothing more will be moved: moved, or skipped (placer thread)
         self.created = False  # the directory was made (placer thread)
         self.released = False  # release() was called (event loop)
 
 
-_STOP = Placement("", 0, 0)
-
-
 class Placer:
     """A thread that creates run cgroups, moves processes into them, and kills and removes them.
 
-    The event loop only queues work: a move wakes the thread, a release does not (the thread
-    handles releases when it wakes, at least every ``_TICK`` seconds). Every cgroup write happens
-    here, since one can block for a grace period. ``running(pid, start_time)`` tells whether the
-    run's main process still runs: once it has exited (its pid could then be reused) it is not
-    moved, and the run ends without a cgroup.
+    The event loop only queues work, and wakes the thread only when it was idle: a busy thread
+    looks at its queues every ``_TICK`` seconds, so spawning costs the loop no thread hand-off.
+    Every cgroup write happens here, since one can block for a grace period.
+    ``running(pid, start_time)`` tells whether the run's main process still runs: once it has
+    exited (its pid could then be reused) it is not moved, and the run ends without a cgroup.
     """
 
     def __init__(self, running: Callable[[int, int], bool]) -> None:
         self._running = running
-        self._moves: queue.SimpleQueue[Placement] = queue.SimpleQueue()
+        self._moves: collections.deque[Placement] = collections.deque()
         self._releases: collections.deque[Placement] = collections.deque()
         self._busy: list[tuple[float, float, Placement]] = []  # (next try, wait, run) to remove
         self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._idle = False
+        self._closing = False
         self._warned = False
 
     def place(self, path: str, pid: int, start_time: int) -> Placement:
-        """Queue the move of ``pid`` (and any early descendants) into a new cgroup at ``path``."""
-        placement = Placement(path, pid, start_time)
+        """Queue the move of ``pid`` (and any early descendants) into a new cgroup at ``path``,
+        made ``PLACE_DELAY`` after the spawn if the run still runs then."""
+        placement = Placement(path, pid, start_time, time.monotonic() + PLACE_DELAY)
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="cgroups", daemon=True)
             self._thread.start()
-        self._moves.put(placement)
+        self._moves.append(placement)
+        if self._idle:
+            self._wake.set()
         return placement
 
     def release(self, placement: Placement) -> None:
@@ -262,33 +270,43 @@ class Placer:
         if not placement.released:
             placement.released = True
             self._releases.append(placement)
+            if self._idle:
+                self._wake.set()
 
     def close(self, timeout: float) -> None:
         """Finish the queued work and, for up to ``timeout`` seconds, the pending removals."""
         if self._thread is None:
             return
-        self._moves.put(_STOP)
+        self._closing = True
+        self._wake.set()
         self._thread.join(timeout)
         self._thread = None
+        self._closing = False  # a later place() starts a new thread
 
     # -- the thread ------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        closing = False
-        while not closing or self._busy or self._releases:
-            wait = _TICK
-            if self._busy:
-                wait = min(wait, max(0.0, self._busy[0][0] - time.monotonic()))
-            try:
-                placement = self._moves.get(timeout=wait)
-            except queue.Empty:
-                pass
+        pending: collections.deque[Placement] = collections.deque()  # moves not due yet
+        while True:
+            closing = self._closing
+            if not (pending or self._moves or self._releases or self._busy):
+                if closing:
+                    return
+                self._idle = True  # then look again: a queue filled meanwhile wakes nobody
+                if not (self._moves or self._releases or self._closing):
+                    self._wake.wait()
+                self._wake.clear()
+                self._idle = False
             else:
-                closing = closing or placement is _STOP
-                if placement is not _STOP:
-                    self._guarded(self._move, placement)
+                time.sleep(_TICK)
+            while self._moves:
+                pending.append(self._moves.popleft())
+            # Releases first: a run that ended before its move is due is never moved.
             while self._releases:
                 self._guarded(self._release, self._releases.popleft())
+            now = time.monotonic()
+            while pending and (closing or pending[0].due <= now):
+                self._guarded(self._move, pending.popleft())
             if self._busy:
                 self._retry_busy()
 
