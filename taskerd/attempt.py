@@ -72,6 +72,9 @@ class Host(Protocol):
     def settle(self, live: Live) -> None:
         """End the task if its outcome is known and no attempt of it runs."""
 
+    def failed_attempt(self, live: Live, reason: str) -> None:
+        """An attempt failed and the task runs again at once (``TaskSpec.retries``)."""
+
 
 class Attempt:
     """One run of one task's command; the engine calls it with the worker's context."""
@@ -92,41 +95,54 @@ class Attempt:
                 if spec is None:  # cleaned while queued: cannot happen for live tasks
                     raise SpawnError(f"task {live.id} vanished from the journal")
             host.move(live, RUNNING)
-            live.attempts += 1
             live.worker = ctx.worker_id + 1  # 1-based; 0 is a temporary resource (Run)
-            live.pid = 0
-            live.run = None
-            live.started_at = time.time()
-            live.capture = Capture(host.config.output_limit, on_chunk=partial(_output, host, live))
-            if live.once:  # at most once: RUNNING must be durable before the command starts
-                self._journal_started()
-                await host.store.flush()
-            result = await run_command(
-                list(spec.argv),
-                shell=spec.shell,
-                env=self._environment(spec, resource),
-                cwd=spec.cwd or None,
-                stdin=spec.stdin,
-                capture=live.capture,
-                kill_grace=host.config.kill_grace,
-                on_spawn=self._spawned,
-            )
-            if result.exit_code in host.config.unhealthy_exit_codes:
-                raise Unhealthy(result)
-            return result
+            deadline = None if live.timeout is None else time.time() + live.timeout
+            failures = 0
+            while True:
+                live.attempts += 1
+                live.pid = 0
+                live.run = None
+                live.started_at = time.time()
+                live.capture = Capture(
+                    host.config.output_limit, on_chunk=partial(_output, host, live)
+                )
+                if live.once:  # at most once: RUNNING must be durable before the command starts
+                    self._journal_started()
+                    await host.store.flush()
+                result = await run_command(
+                    list(spec.argv),
+                    shell=spec.shell,
+                    env=self._environment(spec, resource, deadline),
+                    cwd=spec.cwd or None,
+                    stdin=spec.stdin,
+                    capture=live.capture,
+                    kill_grace=host.config.kill_grace,
+                    on_spawn=self._spawned,
+                )
+                if result.exit_code in host.config.unhealthy_exit_codes:
+                    raise Unhealthy(result)
+                if not _failed(result) or failures >= spec.retries:
+                    return result
+                failures += 1  # run it again, at once, in the same slot (and the same timeout)
+                if live.started_write is not None:
+                    live.started_write.cancel()
+                    live.started_write = None
+                host.failed_attempt(live, _how(result))
         finally:
             live.in_attempt = False
             host.settle(live)
 
-    def _environment(self, spec: pb.TaskSpec, resource: str) -> dict[str, str]:
+    def _environment(
+        self, spec: pb.TaskSpec, resource: str, deadline: float | None
+    ) -> dict[str, str]:
         live = self.live
         variables = spec.env or live.env
         env = dict(variables) if variables else dict(os.environ)
         env["TASKER_TASK_ID"] = str(live.id)
         env["TASKER_WORKER_ID"] = str(live.worker)
         env["TASKER_ATTEMPT"] = str(live.attempts)
-        if live.timeout is not None and live.started_at is not None:
-            env["TASKER_DEADLINE"] = f"{live.started_at + live.timeout:.3f}"
+        if deadline is not None:
+            env["TASKER_DEADLINE"] = f"{deadline:.3f}"
         if resource:
             env["TASKER_RESOURCE"] = resource
         return env
@@ -161,6 +177,19 @@ class Attempt:
             )  # fmt: skip
 
 
+def _failed(result: Exit) -> bool:
+    """Whether an attempt failed on its own: a non-zero exit, or a signal we did not send."""
+    if result.exit_code is not None:
+        return result.exit_code != 0
+    return not result.killed_by_us
+
+
+def _how(result: Exit) -> str:
+    if result.exit_code is not None:
+        return f"exited with status {result.exit_code}"
+    return f"killed by signal {result.signal} ({_signame(result.signal)})"
+
+
 def _stamped(task_id: int, seq: int, _with_output: bool, **kind: object) -> pb.TaskEvent:
     return event(task_id, seq, **kind)
 
@@ -185,9 +214,7 @@ def classify(
         assert result is not None
         if result.exit_code == 0:
             return SUCCEEDED, ""
-        if result.exit_code is not None:
-            return FAILED, f"exited with status {result.exit_code}"
-        return FAILED, f"killed by signal {result.signal} ({_signame(result.signal)})"
+        return FAILED, _how(result)
     if isinstance(error, engine.TaskTimeout):
         if live.state == QUEUED and live.queue_timeout is not None:
             return TIMED_OUT, f"did not start within {format_duration(live.queue_timeout)}"

@@ -95,6 +95,7 @@ class Counters:
     running: int = 0
     by_state: dict[State, int] = field(default_factory=lambda: dict.fromkeys(TERMINAL, 0))
     rejected: int = 0
+    retried: int = 0  # failed attempts run again (``TaskSpec.retries``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,6 +427,16 @@ class Core:
             if live.ended is not None and not live.ended.done():
                 live.ended.set_result(None)
 
+    def failed_attempt(self, live: Live, reason: str) -> None:
+        """An attempt failed and runs again at once (``TaskSpec.retries``): count, announce."""
+        self.counters.retried += 1
+        live.seq += 1
+        seq = live.seq
+        retrying = pb.TaskEvent.Retrying(attempt=live.attempts, reason=reason)
+        self.hub.publish(live.id, lambda _: event(live.id, seq, retrying=retrying))
+        log.warning("task %d failed attempt %d (%s); running it again", live.id, live.attempts,
+                    reason)  # fmt: skip
+
     def on_retry(self, engine_id: int, error: BaseException) -> None:
         """The engine re-queued a task after an unhealthy worker."""
         task_id = self._engine_ids.get(engine_id)
@@ -567,6 +578,11 @@ class Core:
         done.time.CopyFrom(past.time)
         return done
 
+    def select(self, states: Collection[int], labels: Mapping[str, str]) -> builtins.list[int]:
+        """Ids of the live tasks in ``states`` (empty: queued or running) with ``labels``."""
+        wanted = frozenset(states) & _LIVE_STATES if states else _LIVE_STATES
+        return [i for i, live in self.live.items() if live.matches(wanted, labels)]
+
     async def cancel(
         self, ids: Sequence[int], *, reason: str = "cancelled"
     ) -> builtins.list[CancelResult]:
@@ -654,8 +670,10 @@ class Core:
         )
 
     def metrics(self) -> pb.MetricsResponse:
-        """The engine's metrics."""
+        """Rates and timings from the engine; totals from the tasks' terminal states."""
         m = self.engine.metrics()
+        by = self.counters.by_state
+        ended = sum(by.values())
         return pb.MetricsResponse(
             arrival_rate=m.arrival_rate,
             completion_rate=m.completion_rate,
@@ -666,14 +684,14 @@ class Core:
             exec_p95=_duration(m.exec_p95),
             exec_p99=_duration(m.exec_p99),
             wait_avg=_duration(m.wait_avg),
-            completed=m.completed,
-            failed=m.failed,
-            retried=m.retried,
-            timed_out=m.timed_out,
-            cancelled=m.cancelled,
+            completed=ended,
+            failed=by[FAILED],
+            retried=m.retried + self.counters.retried,
+            timed_out=by[TIMED_OUT],
+            cancelled=by[CANCELLED],
             rejected=self.counters.rejected,
-            success_rate=m.success_rate,
-            failure_rate=m.failure_rate,
+            success_rate=by[SUCCEEDED] / ended if ended else 0.0,
+            failure_rate=(ended - by[SUCCEEDED]) / ended if ended else 0.0,
         )
 
     async def clean(self, older_than: float | None) -> int:

@@ -137,8 +137,13 @@ class Service(pb_grpc.TaskerServicer):
         self, request: pb.StreamResultsRequest, context: Context
     ) -> AsyncIterator[pb.TaskEvent]:
         validate.ids("ids", request.ids)
+        ids = list(request.ids)
+        if request.all_live:
+            ids += self.core.select((), {})
+            if not ids:  # nothing to wait for
+                return
         watcher, past = await self.core.watch(
-            list(request.ids), output=request.output, finished_only=request.finished_only
+            ids, output=request.output, finished_only=request.finished_only
         )
         try:
             finished: set[int] = set()
@@ -160,14 +165,19 @@ class Service(pb_grpc.TaskerServicer):
     @unary
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
         ids = ([request.id] if request.id else []) + list(request.ids)
-        if not ids:
-            raise InvalidArgument("ids", "name at least one task")
         validate.ids("ids", ids)
-        results = await self.core.cancel(ids)
-        first = results[0]
+        selecting = request.all or bool(request.labels) or bool(request.states)
+        if not ids and not selecting:
+            raise InvalidArgument("ids", "name at least one task, or select with all/labels/states")
+        if selecting:
+            validate.states("states", request.states)
+            validate.labels("labels", request.labels)
+            ids += self.core.select(request.states, request.labels)
+        results = await self.core.cancel(ids) if ids else []
+        first = results[0] if results else None
         return pb.CancelResponse(
-            cancelled=first.cancelled,
-            state=first.state,
+            cancelled=first.cancelled if first else False,
+            state=first.state if first else pb.TASK_STATE_UNSPECIFIED,
             results=[
                 pb.CancelResponse.Result(id=r.id, cancelled=r.cancelled, state=r.state)
                 for r in results

@@ -140,6 +140,11 @@ def spec(s: pb.TaskSpec, where: str, shared_env: int = 0) -> None:
         _duration(f"{where}.queue_timeout", s.queue_timeout)
     if s.HasField("max_retries") and s.max_retries > MAX_RETRIES:
         raise InvalidArgument(f"{where}.max_retries", f"at most {MAX_RETRIES}")
+    if s.retries:
+        if s.retries > MAX_RETRIES:
+            raise InvalidArgument(f"{where}.retries", f"at most {MAX_RETRIES}")
+        if s.once:
+            raise InvalidArgument(f"{where}.retries", "an at-most-once task is never run again")
     if s.labels:
         labels(f"{where}.labels", s.labels)
 

@@ -221,6 +221,7 @@ class TaskSpec(_message.Message):
     ONCE_FIELD_NUMBER: _builtins.int
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
     shell: _builtins.bool
     cwd: _builtins.str
     """Absolute path of the working directory; it must exist. Empty: the
@@ -239,6 +240,12 @@ class TaskSpec(_message.Message):
     """How many times the task may be re-queued after an attempt was lost to
     an unhealthy worker (see the daemon's unhealthy_exit_codes) or to a
     daemon crash. Unset: the daemon's max_retries. At most 100.
+    """
+    retries: _builtins.int
+    """How many times a failed attempt (a non-zero exit, or a signal the daemon
+    did not send) is run again, at once, before the task ends FAILED. A
+    timeout, a cancel or a command that cannot start is not retried. 0: never.
+    At most 100. Not with `once`. Independent of `max_retries`.
     """
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -287,10 +294,11 @@ class TaskSpec(_message.Message):
         once: _builtins.bool = ...,
         max_retries: _builtins.int | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        retries: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "max_retries", b"max_retries", "queue_timeout", b"queue_timeout", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "argv", b"argv", "cwd", b"cwd", "env", b"env", "labels", b"labels", "max_retries", b"max_retries", "once", b"once", "priority", b"priority", "queue_timeout", b"queue_timeout", "shell", b"shell", "stdin", b"stdin", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "argv", b"argv", "cwd", b"cwd", "env", b"env", "labels", b"labels", "max_retries", b"max_retries", "once", b"once", "priority", b"priority", "queue_timeout", b"queue_timeout", "retries", b"retries", "shell", b"shell", "stdin", b"stdin", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
     _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
@@ -649,10 +657,16 @@ class StreamResultsRequest(_message.Message):
     IDS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     FINISHED_ONLY_FIELD_NUMBER: _builtins.int
+    ALL_LIVE_FIELD_NUMBER: _builtins.int
     output: _builtins.bool
     """Also stream output chunks, and include output in `finished`."""
     finished_only: _builtins.bool
     """Only each task's `finished` event: the cheap way to wait for many tasks."""
+    all_live: _builtins.bool
+    """Also watch every task that is queued or running now (any number), and
+    end once all of them (and `ids`) have finished: `wait --all`. Tasks
+    submitted later are not included.
+    """
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The tasks to watch (at most 10,000). Empty: every task, live."""
@@ -663,10 +677,11 @@ class StreamResultsRequest(_message.Message):
         ids: _abc.Iterable[_builtins.int] | None = ...,
         output: _builtins.bool = ...,
         finished_only: _builtins.bool = ...,
+        all_live: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_only", b"finished_only", "ids", b"ids", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_live", b"all_live", "finished_only", b"finished_only", "ids", b"ids", "output", b"output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -676,23 +691,59 @@ Global___StreamResultsRequest: _TypeAlias = StreamResultsRequest  # noqa: Y015
 class CancelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     IDS_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """A task to cancel (0: none)."""
+    all: _builtins.bool
+    """Also cancel, in the same step, every task that is queued or running and
+    matches all of `labels` and one of `states` (QUEUED or RUNNING; empty:
+    both). Set `all` to select with no label (`cancel --all`); without `all`,
+    labels or states, nothing is selected this way.
+    """
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """More tasks to cancel in the same step (at most 10,000 with `id`)."""
 
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___TaskState.ValueType]: ...
     def __init__(
         self,
         *,
         id: _builtins.int = ...,
         ids: _abc.Iterable[_builtins.int] | None = ...,
+        all: _builtins.bool = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        states: _abc.Iterable[Global___TaskState.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "ids", b"ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "id", b"id", "ids", b"ids", "labels", b"labels", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1029,14 +1080,21 @@ class MetricsResponse(_message.Message):
     """Tasks per second, over the recent window."""
     completion_rate: _builtins.float
     completed: _builtins.int
-    """Totals since the daemon started."""
+    """Totals since the daemon started, by the tasks' terminal states (as Stats
+    counts them): `completed` is every task that ended, however it ended;
+    `failed`, `timed_out` and `cancelled` are those that ended so. `retried`
+    counts attempts run again (after a failure with `retries` left, or an
+    unhealthy worker).
+    """
     failed: _builtins.int
     retried: _builtins.int
     timed_out: _builtins.int
     cancelled: _builtins.int
     rejected: _builtins.int
     success_rate: _builtins.float
-    """completed / (completed + failed), and failed / (completed + failed)."""
+    """Of the tasks that ended: the share that SUCCEEDED, and the share that did
+    not (0 when none ended).
+    """
     failure_rate: _builtins.float
     @_builtins.property
     def exec_avg(self) -> _duration_pb2.Duration:
