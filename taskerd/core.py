@@ -39,6 +39,7 @@ from taskerd.errors import (
     ShuttingDown,
 )
 from taskerd.events import EventHub, Watcher
+from taskerd.heap import Heap
 from taskerd.live import (
     CANCELLED,
     FAILED,
@@ -114,6 +115,7 @@ class Core:
         self.config = config
         self.store = store
         self.hub = EventHub()
+        self.heap = Heap()
         self.live: dict[int, Live] = {}
         self.counters = Counters()
         self.started = time.time()
@@ -415,6 +417,8 @@ class Core:
             ended = False
         # Let go of the output now: the handle and its callbacks make a cycle with ``live``,
         # which only a full garbage collection would break.
+        if live.capture is not None:
+            self.heap.note(len(live.capture.stdout) + len(live.capture.stderr))
         live.capture = None
         live.handle = None
         if not ended:

@@ -291,6 +291,7 @@ class Daemon:
             loop = asyncio.get_running_loop()
             background = [
                 loop.create_task(core.prune_forever()),
+                loop.create_task(core.heap.trim_forever()),
                 loop.create_task(reap_orphans_forever()),
             ]
             log.info(
