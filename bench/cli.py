@@ -1,4 +1,5 @@
-"""Start-up cost of ``taskerctl submit`` and throughput of ``taskerctl submit --batch``.
+"""Start-up cost of ``taskerctl submit``, throughput of ``submit --batch``, and ``taskerctl wait``
+on many tasks.
 
 Starts a private taskerd, then measures (interleaved, so machine noise hits both alike):
 
@@ -6,14 +7,23 @@ Starts a private taskerd, then measures (interleaved, so machine noise hits both
 * the median wall time of 50 runs of a minimal Python script that imports grpc and the stubs
   and makes one unary call (the floor for any Python gRPC client);
 * ``tsp true`` beside them when task-spooler is installed;
-* ``taskerctl submit --batch`` of 10,000 lines, in tasks/s.
+* ``taskerctl submit --batch`` of 10,000 lines, in tasks/s;
+* ``taskerctl wait`` on 10,000 finished ids, beside its baseline in the same run: a minimal
+  script that reads one raw StreamResults stream of the same ids (``finished_only``), and, in
+  process, ``Client.wait_many`` beside that raw stream;
+* ``taskerctl wait --all`` with 100,000 live tasks (a daemon of one worker that a gate task holds,
+  the tasks ending TIMED_OUT one after the other as their ``queue_timeout`` passes): its time,
+  and whether it reported every task.
 
-Goal: submit <= 1.3x the minimal script. Usage: ``python bench/cli.py [--runs N]``.
+Goals: submit <= 1.3x the minimal script; ``wait`` on 10,000 finished ids < 0.5 s; ``wait --all``
+correct at 100,000 live tasks. Usage: ``python bench/cli.py [--runs N] [--wait-ids N] [--live N]``
+(``--live 0`` skips the last part).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -23,8 +33,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import PY, BenchDaemon, verdict
+
+from tasker.v1 import tasker_pb2 as pb
+from tasker.v1 import tasker_pb2_grpc as pb_grpc
+from taskerctl import Client
 
 MINIMAL = """\
 import sys
@@ -34,89 +49,148 @@ with grpc.insecure_channel("unix:" + sys.argv[1]) as ch:
     pb_grpc.TaskerStub(ch).Stats(pb.StatsRequest(), timeout=10)
 """
 
+#: The floor of ``taskerctl wait`` on finished ids: one raw stream, nothing done with its events.
+RAW_STREAM = """\
+import sys
+import grpc
+from tasker.v1 import tasker_pb2 as pb, tasker_pb2_grpc as pb_grpc
+ids = [int(i) for i in open(sys.argv[2]).read().split()]
+options = [("grpc.max_receive_message_length", 64 << 20)]
+with grpc.insecure_channel("unix:" + sys.argv[1], options=options) as ch:
+    request = pb.StreamResultsRequest(ids=ids, finished_only=True)
+    n = sum(1 for _ in pb_grpc.TaskerStub(ch).StreamResults(request))
+assert n == len(ids), n
+"""
 
-def start_daemon(tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
-    sock = tmp / "taskerd.sock"
-    log = open(tmp / "taskerd.log", "wb")  # noqa: SIM115 - owned by the process
-    proc = subprocess.Popen(
-        [PY, "-m", "taskerd", "--socket", str(sock), "--state-dir", str(tmp / "state"),
-         "--workers", "2", "--max-queue", "100000"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
-    )  # fmt: skip
-    log.close()
-    from taskerctl import Client, DaemonUnavailable
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"taskerd exited {proc.returncode}: {(tmp / 'taskerd.log').read_text()}")
-        try:
-            with Client(sock, rpc_timeout=2) as c:
-                c.stats()
-            return proc, sock
-        except DaemonUnavailable:
-            time.sleep(0.05)
-    proc.kill()
-    sys.exit("taskerd did not start")
+#: Finished tasks are kept, so that the waits find them all.
+CONFIG = "keep_finished = 1000000\n"
 
 
-def wall(cmd: list[str], env: dict[str, str], stdin: bytes | None = None) -> float:
+def wall(cmd: list[str], stdin: bytes | None = None) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, env=env, input=stdin, stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(cmd, input=stdin, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
 
+def bench_submit(taskerctl: list[str], sock: Path, tmp: Path, runs: int, batch: int) -> None:
+    script = tmp / "minimal.py"
+    script.write_text(MINIMAL)
+    tsp = shutil.which("tsp")
+    times: dict[str, list[float]] = {"submit": [], "minimal": [], "tsp": []}
+    for _ in range(3):  # warm the page cache
+        wall([*taskerctl, "submit", "--", "true"])
+        wall([PY, str(script), str(sock)])
+    for _ in range(runs):
+        times["submit"].append(wall([*taskerctl, "submit", "--", "true"]))
+        times["minimal"].append(wall([PY, str(script), str(sock)]))
+        if tsp:
+            times["tsp"].append(wall([tsp, "true"]))
+    sub = statistics.median(times["submit"])
+    base = statistics.median(times["minimal"])
+    print(f"taskerctl submit -- true    median {sub * 1000:7.1f} ms  ({runs} runs)")
+    print(f"minimal grpc client         median {base * 1000:7.1f} ms")
+    if tsp:
+        print(
+            f"tsp true                    median {statistics.median(times['tsp']) * 1000:7.1f} ms"
+        )
+    else:
+        print("tsp true                    (tsp not installed)")
+    ratio = sub / base
+    print(f"ratio submit/minimal        {ratio:.2f}x  (goal <= 1.30x: {verdict(ratio <= 1.3)})")
+    t = wall([*taskerctl, "submit", "--batch", "-"], stdin=b"true\n" * batch)
+    print(f"submit --batch of {batch} lines  {t:.2f} s  = {batch / t:,.0f} tasks/s")
+
+
+def bench_wait(
+    taskerctl: list[str], daemon: BenchDaemon, stub: pb_grpc.TaskerStub, runs: int, n: int
+) -> None:
+    """``taskerctl wait`` on ``n`` finished ids, and its floor: one raw stream of them."""
+    sock, tmp = daemon.socket, daemon.dir
+    with Client(sock) as c:
+        # As `taskerctl submit --batch` sends them: with the caller's environment.
+        ids = [h.id for h in c.submit_many(["true"] * n, batch_size=10_000)]
+        c.wait_many(ids)
+    id_file = tmp / "ids.txt"
+    id_file.write_text(" ".join(map(str, ids)))
+    raw = tmp / "raw_stream.py"
+    raw.write_text(RAW_STREAM)
+    cli = [*taskerctl, "wait", *map(str, ids)]
+    times: dict[str, list[float]] = {"cli": [], "raw": [], "wait_many": [], "raw_in": []}
+    wall(cli)  # warm up
+    request = pb.StreamResultsRequest(ids=ids, finished_only=True)
+    with Client(sock) as c:
+        for _ in range(runs):
+            times["cli"].append(wall(cli))
+            times["raw"].append(wall([PY, str(raw), str(sock), str(id_file)]))
+            t0 = time.perf_counter()
+            assert len(c.wait_many(ids)) == n
+            times["wait_many"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            assert sum(1 for _ in stub.StreamResults(request)) == n
+            times["raw_in"].append(time.perf_counter() - t0)
+    size = stub.Get(pb.GetRequest(id=ids[0])).ByteSize()
+    cli_s, raw_s = statistics.median(times["cli"]), statistics.median(times["raw"])
+    wm_s, raw_in_s = statistics.median(times["wait_many"]), statistics.median(times["raw_in"])
+    print(f"taskerctl wait, {n:,} finished ids     median {cli_s:6.2f} s  ({runs} runs)")
+    print(f"baseline: one raw stream (a script)  median {raw_s:6.2f} s  = {cli_s / raw_s:.2f}x")
+    print(f"in process: Client.wait_many         median {wm_s:6.2f} s")
+    print(
+        f"in process: the raw stream           median {raw_in_s:6.2f} s  = {wm_s / raw_in_s:.2f}x"
+    )
+    print(f"(each finished event carries a {size:,}-byte task record)")
+    print(f"goal: taskerctl wait < 0.5 s: {verdict(cli_s < 0.5)}")
+
+
+def bench_wait_all(taskerctl: list[str], tmp: Path, n: int, rate: float = 3000.0) -> None:
+    """``taskerctl wait --all`` with ``n`` live tasks that end one after the other."""
+    with BenchDaemon(tmp / "live", workers=1, max_queue=n + 10, config=CONFIG) as d:
+        d.start()
+        base = 5.0 + n / 20_000  # the submission of n tasks ends well before the first ends
+        with Client(d.socket) as c:
+            gate = c.submit(["sleep", "600"], timeout=base + n / rate + 2.0)
+            while c.get(gate.id).state.name != "RUNNING":
+                time.sleep(0.02)
+            specs = ({"cmd": "true", "queue_timeout": base + i / rate} for i in range(n))
+            ids = [gate.id, *(h.id for h in c.submit_many(specs, batch_size=10_000, env={}))]
+        out = tmp / "wait-all.json"
+        env = dict(os.environ, TASKER_SOCKET=str(d.socket))
+        t0 = time.perf_counter()
+        with out.open("wb") as sink:
+            code = subprocess.run(
+                [*taskerctl, "--json", "wait", "--all"], stdout=sink, stderr=subprocess.PIPE,
+                env=env,
+            ).returncode  # fmt: skip
+        took = time.perf_counter() - t0
+        try:
+            reported = [r["id"] for r in json.loads(out.read_bytes())]
+        except ValueError:
+            reported = []
+        ok = reported == ids
+        print(
+            f"taskerctl wait --all, {n:,} live tasks  {took:6.1f} s (they end over "
+            f"{n / rate:.0f} s), exit {code}, reported {len(reported):,} of {len(ids):,}"
+        )
+        print(f"goal: wait --all correct at {n:,} live tasks: {verdict(ok)}")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--wait-ids", type=int, default=10_000)
+    parser.add_argument("--live", type=int, default=100_000)
     opts = parser.parse_args()
-    exe = shutil.which("taskerctl", path=str(Path(PY).parent)) or ""
-    submit = [exe] if exe else [PY, "-m", "taskerctl"]
+    exe = shutil.which("taskerctl", path=str(Path(PY).parent))
+    taskerctl = [exe] if exe else [PY, "-m", "taskerctl"]
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as d:
         tmp = Path(d)
-        proc, sock = start_daemon(tmp)
-        env = dict(os.environ, TASKER_SOCKET=str(sock))
-        script = tmp / "minimal.py"
-        script.write_text(MINIMAL)
-        tsp = shutil.which("tsp")
-        try:
-            times: dict[str, list[float]] = {"submit": [], "minimal": [], "tsp": []}
-            for _ in range(3):  # warm the page cache
-                wall([*submit, "submit", "--", "true"], env)
-                wall([PY, str(script), str(sock)], env)
-            for _ in range(opts.runs):
-                times["submit"].append(wall([*submit, "submit", "--", "true"], env))
-                times["minimal"].append(wall([PY, str(script), str(sock)], env))
-                if tsp:
-                    times["tsp"].append(wall([tsp, "true"], env))
-            sub = statistics.median(times["submit"])
-            base = statistics.median(times["minimal"])
-            print(f"taskerctl submit -- true    median {sub * 1000:7.1f} ms  ({opts.runs} runs)")
-            print(f"minimal grpc client         median {base * 1000:7.1f} ms")
-            if tsp:
-                tsp_ms = statistics.median(times["tsp"]) * 1000
-                print(f"tsp true                    median {tsp_ms:7.1f} ms")
-            else:
-                print("tsp true                    (tsp not installed)")
-            ratio = sub / base
-            verdict = "met" if ratio <= 1.3 else "NOT met"
-            print(f"ratio submit/minimal        {ratio:.2f}x  (goal <= 1.30x: {verdict})")
-
-            lines = b"true\n" * opts.batch
-            t = wall([*submit, "submit", "--batch", "-"], env, stdin=lines)
-            print(
-                f"submit --batch of {opts.batch} lines  {t:.2f} s  = {opts.batch / t:,.0f} tasks/s"
-            )
-        finally:
-            from taskerctl import Client
-
-            try:
-                with Client(sock) as c:
-                    c.shutdown("kill")
-                proc.wait(30)
-            except Exception:
-                proc.kill()
+        with BenchDaemon(tmp / "main", workers=2, max_queue=100_000, config=CONFIG) as daemon:
+            stub = daemon.start()
+            os.environ["TASKER_SOCKET"] = str(daemon.socket)  # for every taskerctl run
+            bench_submit(taskerctl, daemon.socket, tmp, opts.runs, opts.batch)
+            bench_wait(taskerctl, daemon, stub, max(3, opts.runs // 10), opts.wait_ids)
+        if opts.live:
+            bench_wait_all(taskerctl, tmp, opts.live)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
-"""The asyncio client, :class:`AsyncClient`: the twin of :class:`taskerctl.Client`."""
+"""The asyncio client, :class:`AsyncClient`: the twin of :class:`taskerctl.Client`.
+
+Only the transport is here: requests are built, and answers mapped, in :mod:`taskerctl._core`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import inspect
 import logging
 import os
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Callable,
     Coroutine,
@@ -15,80 +20,57 @@ from collections.abc import (
     Iterable,
     Mapping,
 )
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
-import grpc
 import grpc.aio
 
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
-from taskerctl.errors import (
-    DaemonUnavailable,
-    DeadlineExceeded,
-    TaskerError,
-    ended_error,
-    from_rpc_error,
-)
+from taskerctl import _core as core
+from taskerctl._core import UNSET as _UNSET
 from taskerctl.models import (
-    CHANNEL_OPTIONS,
-    DEFAULT_RPC_TIMEOUT,
     Command,
     Metrics,
     OutputCallback,
-    RunCollector,
     SpecLike,
     Stats,
     TaskEvent,
     TaskOptions,
     TaskResult,
     TaskState,
-    build_spec,
-    cancel_request,
-    cancel_results,
-    channel_target,
-    list_request,
-    older_than_request,
-    shutdown_mode,
-    submit_requests,
+    WaitOptions,
 )
-from taskerctl.paths import client_socket_path
 
 log = logging.getLogger("taskerctl")
 T = TypeVar("T")
 #: ``callback(result, error)``; may be a plain function or return an awaitable.
 AsyncCallback = Callable[[TaskResult | None, BaseException | None], object]
-_UNSET: Any = object()
 
 
-class AsyncTaskHandle:
-    """A submitted task: ``id``, ``await handle.state``, ``await handle`` (its result),
-    ``wait()``, ``cancel()``, ``events()``."""
+class AsyncTaskHandle(core.BaseHandle["AsyncClient"]):
+    """A submitted task: ``id``, ``await handle`` (its result), ``wait()``, ``result()``,
+    ``cancel()``, ``events()`` and ``get_state()``. Only its methods ask the daemon."""
 
-    def __init__(self, client: AsyncClient, task_id: int) -> None:
-        self.client = client
-        self.id = task_id
-
-    def __repr__(self) -> str:
-        return f"AsyncTaskHandle(id={self.id})"
+    async def get_state(self) -> TaskState:
+        """The task's state now, asked of the daemon (one Get)."""
+        return (await self.client.get(self.id)).state
 
     @property
     def state(self) -> Coroutine[Any, Any, TaskState]:
-        """The task's state, fetched from the daemon (``await handle.state``)."""
-        return self._state()
-
-    async def _state(self) -> TaskState:
-        return (await self.client.get(self.id)).state
+        """Deprecated: use ``await handle.get_state()`` (a property should not make an RPC)."""
+        core.deprecated("AsyncTaskHandle.state", "AsyncTaskHandle.get_state()")
+        return self.get_state()
 
     async def wait(self, timeout: float | None = None) -> TaskResult:
-        """Wait until the task is terminal (StreamResults, no polling) and return its result."""
+        """Wait until the task is terminal (StreamResults, no polling) and return its result,
+        with its output."""
         return await self.client.wait(self.id, timeout)
 
     async def result(self, timeout: float | None = None) -> TaskResult:
         """Like :meth:`wait`, but raise ``TaskFailed``/``TaskTimedOut``/``TaskCancelled`` unless
         the task SUCCEEDED."""
-        return _check(await self.wait(timeout))
+        return core.succeeded(await self.wait(timeout))
 
     def __await__(self) -> Generator[Any, None, TaskResult]:
         return self.wait().__await__()
@@ -102,13 +84,37 @@ class AsyncTaskHandle:
         return self.client.stream_results([self.id], output=output)
 
 
-def _check(result: TaskResult) -> TaskResult:
-    if not result.ok:
-        raise ended_error(result)
-    return result
+async def _merged(calls: builtins.list[Any]) -> AsyncGenerator[pb.TaskEvent, None]:
+    """The events of several streams as they come: one reader task per stream (none for one)."""
+    if len(calls) <= 1:
+        for call in calls:
+            async for event in call:
+                yield event
+        return
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def read(call: Any) -> None:
+        try:
+            async for event in call:
+                inbox.put_nowait(event)
+        except Exception as err:
+            inbox.put_nowait(err)
+        else:
+            inbox.put_nowait(None)
+
+    readers = [asyncio.ensure_future(read(call)) for call in calls]
+    try:
+        for _ in calls:  # each reader ends with None or its error
+            while (item := await inbox.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+    finally:
+        for reader in readers:
+            reader.cancel()
 
 
-class AsyncClient:
+class AsyncClient(core.BaseClient):
     """asyncio Tasker client; safe to share between tasks of one loop, an async context manager.
 
     Same arguments and methods as :class:`taskerctl.Client`, as coroutines.
@@ -118,15 +124,14 @@ class AsyncClient:
         self,
         socket: str | os.PathLike[str] | None = None,
         *,
-        rpc_timeout: float | None = DEFAULT_RPC_TIMEOUT,
+        rpc_timeout: float | None = core.DEFAULT_RPC_TIMEOUT,
     ) -> None:
-        self.socket: Path = Path(os.path.abspath(client_socket_path(socket)))
-        self.rpc_timeout = rpc_timeout
+        super().__init__(socket, rpc_timeout)
         self._channel: grpc.aio.Channel | None = None
         self._stub_: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    # -- plumbing ---------------------------------------------------------------------------
+    # -- transport --------------------------------------------------------------------------
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -153,7 +158,7 @@ class AsyncClient:
         # The aio channel binds to the running loop, so it is made on first use.
         if self._stub_ is None:
             self._channel = grpc.aio.insecure_channel(
-                channel_target(self.socket), options=list(CHANNEL_OPTIONS)
+                self._target, options=list(core.CHANNEL_OPTIONS)
             )
             self._stub_ = pb_grpc.TaskerStub(self._channel)
         return self._stub_
@@ -164,24 +169,30 @@ class AsyncClient:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _call(self, name: str, request: Any, rpc_timeout: Any) -> Any:
-        timeout = self.rpc_timeout if rpc_timeout is _UNSET else rpc_timeout
-        try:
-            return await getattr(self._stub, name)(request, timeout=timeout)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err, self.socket) from None
+    async def _run(self, op: core.Op[T], rpc_timeout: Any = _UNSET) -> T:
+        """Make the calls of a core operation, one after the other; return its result."""
+        run = core.Driver(op, self._timeout(rpc_timeout))
+        with self._errors():
+            while run.call is not None:
+                method = getattr(self._stub, run.call.method)
+                run.answer(await method(run.call.request, timeout=run.timeout))
+        return run.result
 
     async def _stream(
-        self, name: str, request: Any, timeout: float | None
+        self, method: str, request: Any, timeout: float | None
     ) -> AsyncIterator[TaskEvent]:
-        call = getattr(self._stub, name)(request, timeout=timeout)
-        try:
-            async for ev in call:
-                yield TaskEvent.from_proto(ev)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err, self.socket) from None
-        finally:
-            call.cancel()
+        call = getattr(self._stub, method)(request, timeout=timeout)
+        with self._errors(call):
+            async for event in call:
+                yield TaskEvent.from_proto(event)
+
+    async def _wait(self, waiter: core.Waiter) -> builtins.list[TaskResult]:
+        calls = [self._stub.StreamResults(r, timeout=waiter.timeout) for r in waiter.requests]
+        with waiter.deadline(), self._errors(*calls):
+            async with contextlib.aclosing(_merged(calls)) as events:
+                async for event in events:
+                    waiter.feed(event)
+        return waiter.results(self.socket)
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -193,9 +204,7 @@ class AsyncClient:
         **options: Unpack[TaskOptions],
     ) -> AsyncTaskHandle:
         """Submit one task; returns once the daemon has journaled it (see ``Client.submit``)."""
-        spec = build_spec(cmd, **options)
-        resp = await self._call("Submit", pb.SubmitRequest(tasks=[spec]), rpc_timeout)
-        return AsyncTaskHandle(self, resp.ids[0])
+        return AsyncTaskHandle(self, await self._run(core.submit(cmd, options), rpc_timeout))
 
     async def submit_many(
         self,
@@ -206,11 +215,8 @@ class AsyncClient:
         **options: Unpack[TaskOptions],
     ) -> builtins.list[AsyncTaskHandle]:
         """Submit many tasks, one Submit RPC per ``batch_size`` tasks, as ``Client.submit_many``."""
-        handles: builtins.list[AsyncTaskHandle] = []
-        for request in submit_requests(items, options, batch_size):
-            resp = await self._call("Submit", request, rpc_timeout)
-            handles.extend(AsyncTaskHandle(self, i) for i in resp.ids)
-        return handles
+        ids = await self._run(core.submit_many(items, options, batch_size), rpc_timeout)
+        return [AsyncTaskHandle(self, i) for i in ids]
 
     async def queue_task(
         self, cmd: Command, *, wait_timeout: float | None = None, **kw: Any
@@ -252,21 +258,20 @@ class AsyncClient:
     def run_stream(self, cmd: Command, **kw: Any) -> AsyncIterator[TaskEvent]:
         """Run at once (Run RPC) and iterate its events, output included; the last is
         ``finished``."""
-        return self._stream("Run", pb.RunRequest(task=build_spec(cmd, **kw)), None)
+        return self._stream("Run", core.run_request(cmd, kw), None)
 
     async def run(
         self, cmd: Command, *, on_output: OutputCallback | None = None, **kw: Any
     ) -> TaskResult:
         """Run at once via the Run RPC and return the TaskResult (whatever its state);
         ``on_output(stream, data)`` sees output chunks live."""
-        collector = RunCollector(on_output)
+        collector = core.RunCollector(on_output)
         async for ev in self.run_stream(cmd, **kw):
-            result = collector.feed(ev)
-            if result is not None:
+            if (result := collector.feed(ev)) is not None:
                 return result
-        raise TaskerError("the Run stream ended before the task finished")
+        raise collector.unfinished()
 
-    # -- watching ---------------------------------------------------------------------------
+    # -- watching and waiting ---------------------------------------------------------------
 
     def stream_results(
         self,
@@ -276,24 +281,26 @@ class AsyncClient:
         finished_only: bool = False,
         timeout: float | None = None,
     ) -> AsyncIterator[TaskEvent]:
-        """Iterate events of ``ids`` (every task, live, when None) until they all finish;
-        ``finished_only`` keeps just each task's final event."""
-        req = pb.StreamResultsRequest(
-            ids=list(ids or ()), output=output, finished_only=finished_only
-        )
-        return self._stream("StreamResults", req, timeout)
+        """Iterate events of ``ids`` (at most 10,000; every task, live, when None) until they all
+        finish; ``finished_only`` keeps just each task's final event."""
+        request = core.stream_request(ids, output, finished_only)
+        return self._stream("StreamResults", request, timeout)
 
     async def wait(self, task_id: int, timeout: float | None = None) -> TaskResult:
-        """Wait until task ``task_id`` is terminal and return its result."""
-        try:
-            async for ev in self.stream_results(
-                [task_id], output=True, finished_only=True, timeout=timeout
-            ):
-                if ev.kind == "finished" and ev.result is not None and ev.task_id == task_id:
-                    return ev.result
-        except DeadlineExceeded:
-            raise DeadlineExceeded(f"task {task_id} not finished after {timeout}s") from None
-        raise DaemonUnavailable(self.socket, "event stream ended before the task finished")
+        """Wait until task ``task_id`` is terminal and return its result, with its output."""
+        return (await self._wait(core.Waiter([task_id], output=True, timeout=timeout)))[0]
+
+    async def wait_many(
+        self, ids: Iterable[int], **options: Unpack[WaitOptions]
+    ) -> builtins.list[TaskResult]:
+        """Wait until every task of ``ids`` (any number) is terminal; their results in the order
+        of ``ids``, as ``Client.wait_many`` (``on_result`` is called from this task)."""
+        return await self._wait(core.Waiter(ids, **options))
+
+    async def wait_all(self, **options: Unpack[WaitOptions]) -> builtins.list[TaskResult]:
+        """Wait until every task queued or running now (any number) is terminal; their results
+        by id, as ``Client.wait_all``."""
+        return await self._wait(core.Waiter(None, **options))
 
     # -- inspecting and managing ------------------------------------------------------------
 
@@ -301,8 +308,7 @@ class AsyncClient:
         self, task_id: int, output: bool = False, *, rpc_timeout: float | None = _UNSET
     ) -> TaskResult:
         """One task's record (with stdout/stderr when ``output``)."""
-        task = await self._call("Get", pb.GetRequest(id=task_id, output=output), rpc_timeout)
-        return TaskResult.from_proto(task)
+        return await self._run(core.get(task_id, output), rpc_timeout)
 
     def handle(self, task_id: int) -> AsyncTaskHandle:
         """A handle for an existing task id (no RPC)."""
@@ -317,47 +323,42 @@ class AsyncClient:
         rpc_timeout: float | None = _UNSET,
     ) -> builtins.list[TaskResult]:
         """Up to ``limit`` task records, newest first, following page tokens."""
-        req = list_request(states, labels, limit)
-        out: builtins.list[TaskResult] = []
-        while len(out) < limit:
-            resp = await self._call("List", req, rpc_timeout)
-            out.extend(TaskResult.from_proto(t) for t in resp.tasks[: limit - len(out)])
-            if not resp.next_page_token:
-                break
-            req.page_token = resp.next_page_token
-        return out
+        return await self._run(core.list_tasks(states, labels, limit), rpc_timeout)
 
     async def cancel(self, task_id: int, *, rpc_timeout: float | None = _UNSET) -> bool:
         """Cancel a task; False when it had already finished. Raises TaskNotFound."""
         return (await self.cancel_many([task_id], rpc_timeout=rpc_timeout))[task_id]
 
     async def cancel_many(
-        self, task_ids: Iterable[int], *, rpc_timeout: float | None = _UNSET
+        self,
+        ids: Iterable[int] = (),
+        *,
+        all: bool = False,
+        labels: Mapping[str, str] | None = None,
+        states: Iterable[str | int] | None = None,
+        rpc_timeout: float | None = _UNSET,
     ) -> dict[int, bool]:
-        """Cancel tasks in one step: the queued ones leave the queue before any running one is
-        stopped. Maps each id to whether it was cancelled (False: it had already finished).
-        Raises TaskNotFound, and then none was cancelled."""
-        resp = await self._call("Cancel", cancel_request(task_ids), rpc_timeout)
-        return cancel_results(resp)
+        """Cancel ``ids`` and, with ``all``/``labels``/``states``, every live task selected, in
+        one request and one step, as ``Client.cancel_many``."""
+        return await self._run(core.cancel(ids, all, labels, states), rpc_timeout)
 
     async def stats(self, *, rpc_timeout: float | None = _UNSET) -> Stats:
         """Workers, queue and counts right now."""
-        return Stats.from_proto(await self._call("Stats", pb.StatsRequest(), rpc_timeout))
+        return await self._run(core.stats(), rpc_timeout)
 
     async def metrics(self, *, rpc_timeout: float | None = _UNSET) -> Metrics:
         """Rates, latencies and totals since the daemon started."""
-        return Metrics.from_proto(await self._call("Metrics", pb.MetricsRequest(), rpc_timeout))
+        return await self._run(core.metrics(), rpc_timeout)
 
     async def clean(
         self, older_than: float | str | None = None, *, rpc_timeout: float | None = _UNSET
     ) -> int:
         """Remove finished tasks (that ended at least ``older_than`` ago); returns how many."""
-        resp = await self._call("Clean", older_than_request(older_than), rpc_timeout)
-        return int(resp.removed)
+        return await self._run(core.clean(older_than), rpc_timeout)
 
     async def shutdown(self, mode: str = "stop", *, rpc_timeout: float | None = _UNSET) -> None:
         """Stop the daemon: ``stop``, ``drain`` (finish the queue first) or ``kill``."""
-        await self._call("Shutdown", pb.ShutdownRequest(mode=shutdown_mode(mode)), rpc_timeout)
+        await self._run(core.shutdown(mode), rpc_timeout)
 
 
 __all__ = ["AsyncCallback", "AsyncClient", "AsyncTaskHandle"]

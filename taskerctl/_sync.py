@@ -1,14 +1,17 @@
-"""The blocking client, :class:`Client`. Its twin is :class:`taskerctl.AsyncClient`."""
+"""The blocking client, :class:`Client`; its twin is :class:`taskerctl.AsyncClient`.
+
+Only the transport is here: requests are built, and answers mapped, in :mod:`taskerctl._core`.
+"""
 
 from __future__ import annotations
 
 import builtins
 import logging
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
@@ -16,69 +19,52 @@ import grpc
 
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
-from taskerctl.errors import (
-    DaemonUnavailable,
-    DeadlineExceeded,
-    TaskerError,
-    ended_error,
-    from_rpc_error,
-)
+from taskerctl import _core as core
+from taskerctl._core import UNSET as _UNSET
 from taskerctl.models import (
-    CHANNEL_OPTIONS,
-    DEFAULT_RPC_TIMEOUT,
     Command,
     Metrics,
     OutputCallback,
-    RunCollector,
     SpecLike,
     Stats,
     TaskEvent,
     TaskOptions,
     TaskResult,
     TaskState,
-    build_spec,
-    cancel_request,
-    cancel_results,
-    channel_target,
-    list_request,
-    older_than_request,
-    shutdown_mode,
-    submit_requests,
+    WaitOptions,
 )
-from taskerctl.paths import client_socket_path
 
 log = logging.getLogger("taskerctl")
 T = TypeVar("T")
 Callback = Callable[[TaskResult | None, BaseException | None], object]
-_UNSET: Any = object()
 
 
-class TaskHandle:
-    """A submitted task: ``id``, live ``state``, ``wait()``, ``cancel()``, ``events()``."""
+class TaskHandle(core.BaseHandle["Client"]):
+    """A submitted task: ``id``, ``wait()``, ``result()``, ``cancel()``, ``events()`` and
+    ``get_state()``. Only its methods ask the daemon."""
 
-    def __init__(self, client: Client, task_id: int) -> None:
-        self.client = client
-        self.id = task_id
-
-    def __repr__(self) -> str:
-        return f"TaskHandle(id={self.id})"
+    def get_state(self) -> TaskState:
+        """The task's state now, asked of the daemon (one Get)."""
+        return self.client.get(self.id).state
 
     @property
     def state(self) -> TaskState:
-        """The task's state, fetched from the daemon."""
-        return self.client.get(self.id).state
+        """Deprecated: use :meth:`get_state` (a property should not make an RPC)."""
+        core.deprecated("TaskHandle.state", "TaskHandle.get_state()")
+        return self.get_state()
 
     def wait(self, timeout: float | None = None) -> TaskResult:
-        """Block until the task is terminal (StreamResults, no polling) and return its result.
+        """Block until the task is terminal (StreamResults, no polling) and return its result,
+        with its output.
 
         ``timeout`` limits the wait (:class:`DeadlineExceeded`), not the task.
         """
-        return self.client._wait(self.id, timeout=timeout)
+        return self.client.wait(self.id, timeout)
 
     def result(self, timeout: float | None = None) -> TaskResult:
         """Like :meth:`wait`, but raise ``TaskFailed``/``TaskTimedOut``/``TaskCancelled`` unless
         the task SUCCEEDED."""
-        return _check(self.wait(timeout))
+        return core.succeeded(self.wait(timeout))
 
     def cancel(self) -> bool:
         """Cancel the task; False when it had already finished."""
@@ -89,13 +75,33 @@ class TaskHandle:
         return self.client.stream_results([self.id], output=output)
 
 
-def _check(result: TaskResult) -> TaskResult:
-    if not result.ok:
-        raise ended_error(result)
-    return result
+def _merged(calls: builtins.list[Any]) -> Iterator[pb.TaskEvent]:
+    """The events of several streams as they come: one reader thread per stream (none for one)."""
+    if len(calls) <= 1:
+        for call in calls:
+            yield from call
+        return
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def read(call: Any) -> None:
+        try:
+            for event in call:
+                inbox.put(event)
+        except Exception as err:
+            inbox.put(err)
+        else:
+            inbox.put(None)
+
+    for call in calls:
+        threading.Thread(target=read, args=(call,), name="taskerctl-wait", daemon=True).start()
+    for _ in calls:  # each reader ends with None or its error
+        while (item := inbox.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
 
 
-class Client:
+class Client(core.BaseClient):
     """Blocking Tasker client over the daemon's Unix socket; thread-safe, a context manager.
 
     ``socket`` defaults to ``$TASKER_SOCKET``, else the daemon's default path.
@@ -107,20 +113,17 @@ class Client:
         self,
         socket: str | os.PathLike[str] | None = None,
         *,
-        rpc_timeout: float | None = DEFAULT_RPC_TIMEOUT,
+        rpc_timeout: float | None = core.DEFAULT_RPC_TIMEOUT,
         max_workers: int = 32,
     ) -> None:
-        self.socket: Path = Path(os.path.abspath(client_socket_path(socket)))
-        self.rpc_timeout = rpc_timeout
-        self._channel = grpc.insecure_channel(
-            channel_target(self.socket), options=list(CHANNEL_OPTIONS)
-        )
+        super().__init__(socket, rpc_timeout)
+        self._channel = grpc.insecure_channel(self._target, options=list(core.CHANNEL_OPTIONS))
         self._stub = pb_grpc.TaskerStub(self._channel)
         self._max_workers = max_workers
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
-    # -- plumbing ---------------------------------------------------------------------------
+    # -- transport --------------------------------------------------------------------------
 
     def __enter__(self) -> Client:
         return self
@@ -147,25 +150,27 @@ class Client:
                 self._pool = ThreadPoolExecutor(self._max_workers, "taskerctl")
             return self._pool
 
-    def _deadline(self, rpc_timeout: float | None) -> float | None:
-        return self.rpc_timeout if rpc_timeout is _UNSET else rpc_timeout
+    def _run(self, op: core.Op[T], rpc_timeout: Any = _UNSET) -> T:
+        """Make the calls of a core operation, one after the other; return its result."""
+        run = core.Driver(op, self._timeout(rpc_timeout))
+        with self._errors():
+            while run.call is not None:
+                method = getattr(self._stub, run.call.method)
+                run.answer(method(run.call.request, timeout=run.timeout))
+        return run.result
 
-    def _call(self, method: Callable[..., T], request: Any, rpc_timeout: Any) -> T:
-        try:
-            return method(request, timeout=self._deadline(rpc_timeout))
-        except grpc.RpcError as err:
-            raise from_rpc_error(err, self.socket) from None
+    def _stream(self, method: str, request: Any, timeout: float | None) -> Iterator[TaskEvent]:
+        call = getattr(self._stub, method)(request, timeout=timeout)
+        with self._errors(call):
+            for event in call:
+                yield TaskEvent.from_proto(event)
 
-    def _stream(
-        self, method: Callable[..., Any], request: Any, timeout: float | None
-    ) -> Iterator[pb.TaskEvent]:
-        call = method(request, timeout=timeout)
-        try:
-            yield from call
-        except grpc.RpcError as err:
-            raise from_rpc_error(err, self.socket) from None
-        finally:
-            call.cancel()
+    def _wait(self, waiter: core.Waiter) -> builtins.list[TaskResult]:
+        calls = [self._stub.StreamResults(r, timeout=waiter.timeout) for r in waiter.requests]
+        with waiter.deadline(), self._errors(*calls):
+            for event in _merged(calls):
+                waiter.feed(event)
+        return waiter.results(self.socket)
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -181,10 +186,11 @@ class Client:
         ``cmd`` is an argv list, or a string (``shell=True``: run by ``/bin/sh -c``; else
         ``shlex.split``). ``env=None`` sends a copy of ``os.environ``; ``cwd=None`` the current
         directory. ``timeout``/``queue_timeout`` take seconds or duration strings (``"5s"``).
+        ``retries=N`` runs a failed attempt again up to N times; ``max_requeues=N`` bounds the
+        re-queues after a lost attempt (unhealthy worker, daemon crash). A bad value raises
+        :class:`InvalidTask` naming its field (``tasks[0].timeout``).
         """
-        spec = build_spec(cmd, **options)
-        resp = self._call(self._stub.Submit, pb.SubmitRequest(tasks=[spec]), rpc_timeout)
-        return TaskHandle(self, resp.ids[0])
+        return TaskHandle(self, self._run(core.submit(cmd, options), rpc_timeout))
 
     def submit_many(
         self,
@@ -199,11 +205,8 @@ class Client:
         Items are commands, ``pb.TaskSpec`` or dicts of ``submit`` kwargs with ``cmd``;
         ``options`` are ``submit`` kwargs shared by all items. Each batch is all or nothing.
         """
-        handles: builtins.list[TaskHandle] = []
-        for request in submit_requests(items, options, batch_size):
-            resp = self._call(self._stub.Submit, request, rpc_timeout)
-            handles.extend(TaskHandle(self, i) for i in resp.ids)
-        return handles
+        ids = self._run(core.submit_many(items, options, batch_size), rpc_timeout)
+        return [TaskHandle(self, i) for i in ids]
 
     def queue_task(
         self, cmd: Command, *, wait_timeout: float | None = None, **kw: Any
@@ -242,9 +245,7 @@ class Client:
     def run_stream(self, cmd: Command, **kw: Any) -> Iterator[TaskEvent]:
         """Run at once (Run RPC, bypassing the queue) and iterate its events, output included;
         the last is ``finished``. ``kw`` are :meth:`submit`'s options (no ``rpc_timeout``)."""
-        req = pb.RunRequest(task=build_spec(cmd, **kw))
-        for ev in self._stream(self._stub.Run, req, None):
-            yield TaskEvent.from_proto(ev)
+        return self._stream("Run", core.run_request(cmd, kw), None)
 
     def run(
         self, cmd: Command, *, on_output: OutputCallback | None = None, **kw: Any
@@ -253,9 +254,13 @@ class Client:
 
         ``on_output(stream, data)`` sees output chunks live (``stream`` is stdout or stderr).
         """
-        return _collect_run(self.run_stream(cmd, **kw), on_output)
+        collector = core.RunCollector(on_output)
+        for ev in self.run_stream(cmd, **kw):
+            if (result := collector.feed(ev)) is not None:
+                return result
+        raise collector.unfinished()
 
-    # -- watching ---------------------------------------------------------------------------
+    # -- watching and waiting ---------------------------------------------------------------
 
     def stream_results(
         self,
@@ -265,28 +270,41 @@ class Client:
         finished_only: bool = False,
         timeout: float | None = None,
     ) -> Iterator[TaskEvent]:
-        """Iterate events of ``ids`` (every task, live, when None) until they all finish;
-        ``finished_only`` keeps just each task's final event."""
-        req = pb.StreamResultsRequest(
-            ids=list(ids or ()), output=output, finished_only=finished_only
-        )
-        for ev in self._stream(self._stub.StreamResults, req, timeout):
-            yield TaskEvent.from_proto(ev)
-
-    def _wait(self, task_id: int, timeout: float | None) -> TaskResult:
-        try:
-            for ev in self.stream_results(
-                [task_id], output=True, finished_only=True, timeout=timeout
-            ):
-                if ev.kind == "finished" and ev.result is not None and ev.task_id == task_id:
-                    return ev.result
-        except DeadlineExceeded:
-            raise DeadlineExceeded(f"task {task_id} not finished after {timeout}s") from None
-        raise DaemonUnavailable(self.socket, "event stream ended before the task finished")
+        """Iterate events of ``ids`` (at most 10,000; every task, live, when None) until they all
+        finish; ``finished_only`` keeps just each task's final event."""
+        request = core.stream_request(ids, output, finished_only)
+        return self._stream("StreamResults", request, timeout)
 
     def wait(self, task_id: int, timeout: float | None = None) -> TaskResult:
-        """Block until task ``task_id`` is terminal and return its result."""
-        return self._wait(task_id, timeout)
+        """Block until task ``task_id`` is terminal and return its result, with its output.
+
+        ``timeout`` limits the wait (:class:`DeadlineExceeded`), not the task.
+        """
+        return self._wait(core.Waiter([task_id], output=True, timeout=timeout))[0]
+
+    def wait_many(
+        self, ids: Iterable[int], **options: Unpack[WaitOptions]
+    ) -> builtins.list[TaskResult]:
+        """Block until every task of ``ids`` (any number) is terminal; return their results in
+        the order of ``ids``, without repeats.
+
+        One StreamResults call per 10,000 ids, all at once, and no other round trip: an already
+        finished task costs one message. An unknown id raises ``TaskNotFound`` at once. Options
+        (:class:`~taskerctl.models.WaitOptions`): ``output=False``; ``timeout=None`` limits the
+        wait (:class:`DeadlineExceeded`), not the tasks; ``on_result(result)`` is called in this
+        thread as each task finishes.
+        """
+        return self._wait(core.Waiter(ids, **options))
+
+    def wait_all(self, **options: Unpack[WaitOptions]) -> builtins.list[TaskResult]:
+        """Block until every task queued or running now (any number) is terminal; return their
+        results by id. Tasks submitted meanwhile are not waited for.
+
+        One StreamResults call (``all_live``); options as :meth:`wait_many`'s. Its events are
+        not bounded by 10,000 ids, so a daemon that cannot send them as fast as the tasks end
+        drops it (``StreamFellBehind``); and a daemon that stops ends it as if all had finished.
+        """
+        return self._wait(core.Waiter(None, **options))
 
     # -- inspecting and managing ------------------------------------------------------------
 
@@ -294,8 +312,7 @@ class Client:
         self, task_id: int, output: bool = False, *, rpc_timeout: float | None = _UNSET
     ) -> TaskResult:
         """One task's record (with stdout/stderr when ``output``)."""
-        task = self._call(self._stub.Get, pb.GetRequest(id=task_id, output=output), rpc_timeout)
-        return TaskResult.from_proto(task)
+        return self._run(core.get(task_id, output), rpc_timeout)
 
     def handle(self, task_id: int) -> TaskHandle:
         """A handle for an existing task id (no RPC)."""
@@ -310,59 +327,49 @@ class Client:
         rpc_timeout: float | None = _UNSET,
     ) -> builtins.list[TaskResult]:
         """Up to ``limit`` task records, newest first, following page tokens."""
-        req = list_request(states, labels, limit)
-        out: builtins.list[TaskResult] = []
-        while len(out) < limit:
-            resp = self._call(self._stub.List, req, rpc_timeout)
-            out.extend(TaskResult.from_proto(t) for t in resp.tasks[: limit - len(out)])
-            if not resp.next_page_token:
-                break
-            req.page_token = resp.next_page_token
-        return out
+        return self._run(core.list_tasks(states, labels, limit), rpc_timeout)
 
     def cancel(self, task_id: int, *, rpc_timeout: float | None = _UNSET) -> bool:
         """Cancel a task; False when it had already finished. Raises TaskNotFound."""
         return self.cancel_many([task_id], rpc_timeout=rpc_timeout)[task_id]
 
     def cancel_many(
-        self, task_ids: Iterable[int], *, rpc_timeout: float | None = _UNSET
+        self,
+        ids: Iterable[int] = (),
+        *,
+        all: bool = False,
+        labels: Mapping[str, str] | None = None,
+        states: Iterable[str | int] | None = None,
+        rpc_timeout: float | None = _UNSET,
     ) -> dict[int, bool]:
-        """Cancel tasks in one step: the queued ones leave the queue before any running one is
-        stopped. Maps each id to whether it was cancelled (False: it had already finished).
-        Raises TaskNotFound, and then none was cancelled."""
-        resp = self._call(self._stub.Cancel, cancel_request(task_ids), rpc_timeout)
-        return cancel_results(resp)
+        """Cancel tasks in one request, all in one step: the queued ones leave the queue before
+        any running one is stopped. Maps each task to whether it was cancelled (False: it had
+        already finished).
+
+        The tasks are ``ids`` (at most 10,000), and also, when ``all``, ``labels`` or ``states``
+        is given, every live task that has all of ``labels`` and is in one of ``states``
+        (``"queued"``, ``"running"``; None: both). ``all=True`` selects every live task.
+        Raises TaskNotFound for an unknown id, and then none was cancelled.
+        """
+        return self._run(core.cancel(ids, all, labels, states), rpc_timeout)
 
     def stats(self, *, rpc_timeout: float | None = _UNSET) -> Stats:
         """Workers, queue and counts right now."""
-        return Stats.from_proto(self._call(self._stub.Stats, pb.StatsRequest(), rpc_timeout))
+        return self._run(core.stats(), rpc_timeout)
 
     def metrics(self, *, rpc_timeout: float | None = _UNSET) -> Metrics:
         """Rates, latencies and totals since the daemon started."""
-        resp = self._call(self._stub.Metrics, pb.MetricsRequest(), rpc_timeout)
-        return Metrics.from_proto(resp)
+        return self._run(core.metrics(), rpc_timeout)
 
     def clean(
         self, older_than: float | str | None = None, *, rpc_timeout: float | None = _UNSET
     ) -> int:
         """Remove finished tasks (that ended at least ``older_than`` ago); returns how many."""
-        req = older_than_request(older_than)
-        resp: pb.CleanResponse = self._call(self._stub.Clean, req, rpc_timeout)
-        return resp.removed
+        return self._run(core.clean(older_than), rpc_timeout)
 
     def shutdown(self, mode: str = "stop", *, rpc_timeout: float | None = _UNSET) -> None:
         """Stop the daemon: ``stop``, ``drain`` (finish the queue first) or ``kill``."""
-        req = pb.ShutdownRequest(mode=shutdown_mode(mode))
-        self._call(self._stub.Shutdown, req, rpc_timeout)
-
-
-def _collect_run(events: Iterable[TaskEvent], on_output: OutputCallback | None) -> TaskResult:
-    collector = RunCollector(on_output)
-    for ev in events:
-        result = collector.feed(ev)
-        if result is not None:
-            return result
-    raise TaskerError("the Run stream ended before the task finished")
+        self._run(core.shutdown(mode), rpc_timeout)
 
 
 __all__ = ["Client", "TaskHandle"]

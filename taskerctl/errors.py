@@ -39,10 +39,15 @@ class DaemonUnavailable(TaskerError):
     exit_code = EXIT_UNAVAILABLE
 
     def __init__(self, socket: Path | str, detail: str = "", *, code: str | None = None) -> None:
-        msg = (
-            f"taskerd is not running on {socket} "
-            "(start it with `taskerd &` or `systemctl --user start taskerd`)"
-        )
+        from shlex import quote
+
+        from tasker.paths import default_socket_path
+
+        if Path(socket) == default_socket_path():
+            how = "`taskerd &` or `systemctl --user start taskerd`"
+        else:  # the daemon must be told the same socket
+            how = f"`taskerd --socket {quote(str(socket))} &`"
+        msg = f"taskerd is not running on {socket} (start it with {how})"
         super().__init__(msg, code=code)
         self.socket = Path(socket)
         self.detail = detail
@@ -65,12 +70,23 @@ class StreamFellBehind(TaskerError):
     exit_code = EXIT_FELL_BEHIND
 
 
+class JournalFailed(TaskerError):
+    """The daemon is up but its journal failed (an I/O error): nothing was kept; retry later."""
+
+    exit_code = EXIT_QUEUE_FULL
+
+
 class TaskNotFound(TaskerError):
     """No task has that id (NOT_FOUND)."""
 
 
-class InvalidTask(TaskerError):
-    """A request field is bad (INVALID_ARGUMENT); ``field`` names it, e.g. ``tasks[0].timeout``."""
+class InvalidTask(TaskerError, ValueError):
+    """A request field is bad; ``field`` names it as the daemon does, e.g. ``tasks[0].timeout``.
+
+    Raised for the daemon's INVALID_ARGUMENT, and by the client itself for a value that cannot
+    even make a request (``timeout="abc"``, ``priority="urgent"``, ``retries=-1``). Also a
+    ``ValueError``.
+    """
 
     exit_code = EXIT_USAGE
 
@@ -133,6 +149,8 @@ def from_rpc_error(err: Any, socket: Path | str) -> TaskerError:
     details = err.details() if callable(getattr(err, "details", None)) else str(err)
     details = details or code
     if code == "UNAVAILABLE":
+        if details.startswith("journal:"):  # the daemon is up; its journal failed
+            return JournalFailed(details, code=code)
         return DaemonUnavailable(socket, details, code=code)
     if code == "RESOURCE_EXHAUSTED":
         return QueueFull(details, code=code)

@@ -1,8 +1,8 @@
-"""Models shared by the sync and async clients, and the request building they share.
+"""The models both clients return, and the types of their arguments.
 
 ``TaskState`` and ``Priority`` are derived from the proto enums, so they can never drift from the
 contract. :class:`TaskResult`, :class:`TaskEvent`, :class:`Stats` and :class:`Metrics` are frozen
-dataclasses built from the proto messages.
+dataclasses built from the proto messages. Requests are built in :mod:`taskerctl._core`.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import dataclasses
 import enum
 import os
 import shlex
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeAlias, TypedDict
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
+from tasker.durations import format_duration, parse_duration
 from tasker.v1 import tasker_pb2 as pb
-from taskerctl.durations import format_duration, parse_duration
 
 
 def _members(enum_type: Any, prefix: str) -> dict[str, int]:
@@ -95,12 +95,6 @@ def to_seconds(value: float | str | None) -> float | None:
     return float(value)
 
 
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(round(seconds * 1e9))
-    return d
-
-
 def _seconds(msg: Any, field: str) -> float | None:
     if not msg.HasField(field):
         return None
@@ -108,24 +102,36 @@ def _seconds(msg: Any, field: str) -> float | None:
     return d.seconds + d.nanos / 1e9
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _time(msg: Any, field: str) -> datetime | None:
+    # Exactly ``Timestamp.ToDatetime(tzinfo=UTC)``, at a third of its cost: a wait maps
+    # thousands of records.
     if not msg.HasField(field):
         return None
-    ts: timestamp_pb2.Timestamp = getattr(msg, field)
-    return ts.ToDatetime(tzinfo=UTC)
+    ts = getattr(msg, field)
+    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+
+
+#: Enum members by proto number: a dict look-up is cheaper than ``TaskState(n)``.
+_STATES: dict[int, TaskState] = {s.value: s for s in TaskState}
+_PRIORITIES: dict[int, Priority] = {p.value: p for p in Priority}
 
 
 Command: TypeAlias = str | Sequence[str]
 
 
 class TaskOptions(TypedDict, total=False):
-    """The keywords of ``submit`` and its kin; see :func:`build_spec` for what each means."""
+    """The keywords of ``submit`` and its kin; :func:`taskerctl._core.build_spec` says what each
+    means."""
 
     priority: str | int
     timeout: float | str | None
     queue_timeout: float | str | None
     once: bool
-    retries: int | None
+    retries: int
+    max_requeues: int | None
     env: Mapping[str, str] | None
     cwd: str | os.PathLike[str] | None
     stdin: bytes | str | None
@@ -133,102 +139,28 @@ class TaskOptions(TypedDict, total=False):
     shell: bool
 
 
-def build_spec(
-    cmd: Command,
-    *,
-    priority: str | int = "normal",
-    timeout: float | str | None = None,
-    queue_timeout: float | str | None = None,
-    once: bool = False,
-    retries: int | None = None,
-    env: Mapping[str, str] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-    stdin: bytes | str | None = None,
-    labels: Mapping[str, str] | None = None,
-    shell: bool = False,
-) -> pb.TaskSpec:
-    """Build a ``TaskSpec``: the one place client arguments become a request.
+#: ``on_result(result)``: called as each task of a wait finishes.
+ResultCallback: TypeAlias = Callable[["TaskResult"], object]
 
-    A string ``cmd`` runs via ``/bin/sh -c`` with ``shell=True``, else is ``shlex.split``.
-    ``env=None`` sends a copy of ``os.environ`` and ``cwd=None`` the current directory, as a user
-    expects from ``nohup cmd``.
+
+class WaitOptions(TypedDict, total=False):
+    """The keywords of ``wait_many`` and ``wait_all``.
+
+    ``output``: the results carry the tasks' output (default False). ``timeout``: seconds the
+    client waits at most (:class:`~taskerctl.DeadlineExceeded`); it never limits the tasks.
+    ``on_result(result)``: called as each task finishes (in the calling thread, or task).
     """
-    if isinstance(cmd, str):
-        argv = [cmd] if shell else shlex.split(cmd)
-    else:
-        argv = [os.fspath(a) for a in cmd]
-    spec = pb.TaskSpec(
-        argv=argv,
-        shell=shell,
-        env=dict(os.environ if env is None else env),
-        cwd=os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd(),
-        priority=cast("pb.Priority.ValueType", parse_priority(priority).value),
-        once=once,
-        labels=dict(labels or {}),
-    )
-    if stdin:
-        spec.stdin = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
-    t = to_seconds(timeout)
-    if t is not None:
-        spec.timeout.CopyFrom(_duration(t))
-    qt = to_seconds(queue_timeout)
-    if qt is not None:
-        spec.queue_timeout.CopyFrom(_duration(qt))
-    if retries is not None:
-        spec.max_retries = retries
-    return spec
+
+    output: bool
+    timeout: float | None
+    on_result: ResultCallback | None
 
 
 #: What ``submit_many`` accepts per item: a command, a ready ``TaskSpec``, or ``submit`` kwargs
 #: (with ``cmd``) that override the call's shared options.
 SpecLike: TypeAlias = str | Sequence[str] | pb.TaskSpec | Mapping[str, Any]
-
-
-def submit_requests(
-    items: Iterable[SpecLike], options: Mapping[str, Any], batch_size: int
-) -> Iterator[pb.SubmitRequest]:
-    """Lazily turn ``submit_many`` items into Submit requests of at most ``batch_size`` tasks.
-
-    ``options`` are ``submit`` kwargs shared by all items. Their environment (by default a copy of
-    ``os.environ``) travels once per request, in ``SubmitRequest.env``, not once per task.
-    """
-    shared = dict(options)
-    env = shared.pop("env", None)
-    env = dict(os.environ if env is None else env)
-    if shared.get("cwd") is None:
-        shared["cwd"] = os.getcwd()
-    size = max(1, min(batch_size, 10_000))
-    request = pb.SubmitRequest(env=env)
-    for item in items:
-        if isinstance(item, pb.TaskSpec):
-            request.tasks.append(item)
-        elif isinstance(item, Mapping):
-            merged = {"env": {}, **shared, **item}
-            request.tasks.append(build_spec(merged.pop("cmd"), **merged))
-        else:
-            request.tasks.append(build_spec(item, **shared, env={}))
-        if len(request.tasks) >= size:
-            yield request
-            request = pb.SubmitRequest(env=env)
-    if request.tasks:
-        yield request
-
-
-def shutdown_mode(mode: str) -> pb.ShutdownMode.ValueType:
-    """``"stop" | "drain" | "kill"`` → ``pb.ShutdownMode`` value."""
-    try:
-        return pb.ShutdownMode.Value("SHUTDOWN_MODE_" + mode.upper())
-    except ValueError:
-        raise ValueError(f"invalid shutdown mode {mode!r}: use stop, drain or kill") from None
-
-
-def older_than_request(older_than: float | str | None) -> pb.CleanRequest:
-    """A ``CleanRequest`` for tasks that ended at least ``older_than`` ago (None: all)."""
-    req = pb.CleanRequest()
-    s = to_seconds(older_than)
-    if s is not None:
-        req.older_than.CopyFrom(_duration(s))
-    return req
+#: ``on_output(stream, data)``: ``stream`` is ``"stdout"`` or ``"stderr"``.
+OutputCallback: TypeAlias = Callable[[str, bytes], object]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -259,6 +191,8 @@ class TaskResult:
     run: float | None
     timeout: float | None
     once: bool
+    #: Failed attempts run again at most this many times (``TaskSpec.retries``).
+    retries: int
 
     @classmethod
     def from_proto(cls, task: pb.Task) -> TaskResult:
@@ -266,10 +200,10 @@ class TaskResult:
         spec = task.spec
         return cls(
             id=task.id,
-            state=TaskState(task.state),
+            state=_STATES[task.state],
             argv=tuple(spec.argv),
             shell=spec.shell,
-            priority=Priority(spec.priority or Priority.NORMAL),
+            priority=_PRIORITIES[spec.priority or Priority.NORMAL],
             labels=dict(spec.labels),
             cwd=spec.cwd,
             exit_code=task.exit_code if task.HasField("exit_code") else None,
@@ -289,6 +223,7 @@ class TaskResult:
             run=_seconds(task, "run"),
             timeout=_seconds(spec, "timeout"),
             once=spec.once,
+            retries=spec.retries,
         )
 
     @property
@@ -315,6 +250,7 @@ class TaskResult:
         FAILED, exited with N        N
         FAILED, killed by signal N   128+N
         FAILED, spawn failed         127
+        FAILED, no status of its own 122 (interrupted in its last allowed attempt, ...)
         TIMED_OUT                    124
         CANCELLED                    125
         LOST                         123
@@ -335,7 +271,9 @@ class TaskResult:
                 return 128 + self.signal
             if self.exit_code is not None:
                 return self.exit_code or 1
-            return 127
+            if self.error.startswith("spawn failed"):
+                return 127
+            return 122
         return 1
 
     def describe(self) -> str:
@@ -396,7 +334,7 @@ class TaskEvent:
             "kind": kind,
         }
         if kind == "queued":
-            base["priority"] = Priority(ev.queued.priority or Priority.NORMAL)
+            base["priority"] = _PRIORITIES[ev.queued.priority or Priority.NORMAL]
         elif kind == "started":
             base.update(pid=ev.started.pid, worker=ev.started.worker, attempt=ev.started.attempt)
         elif kind == "output":
@@ -492,68 +430,3 @@ class Metrics:
 def fmt_seconds(value: float | None) -> str:
     """``format_duration`` that shows ``-`` for unset."""
     return "-" if value is None else format_duration(value)
-
-
-#: gRPC channel options used by both clients: 64 MiB messages both ways.
-MAX_MESSAGE = 64 * 1024 * 1024
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-)
-#: The default RPC deadline in seconds for unary calls (not for waits or streams).
-DEFAULT_RPC_TIMEOUT = 30.0
-
-
-def channel_target(socket: os.PathLike[str] | str) -> str:
-    """The gRPC target for a Unix socket: ``unix:`` + absolute path."""
-    return "unix:" + os.path.abspath(os.fspath(socket))
-
-
-def list_request(
-    states: Iterable[str | int] | None, labels: Mapping[str, str] | None, page_size: int
-) -> pb.ListRequest:
-    """A first-page ``ListRequest``."""
-    return pb.ListRequest(
-        states=[cast("pb.TaskState.ValueType", parse_state(s).value) for s in states or ()],
-        labels=dict(labels or {}),
-        page_size=max(1, min(page_size, 1000)),
-    )
-
-
-def cancel_request(task_ids: Iterable[int]) -> pb.CancelRequest:
-    """One ``CancelRequest`` for all of ``task_ids``."""
-    return pb.CancelRequest(ids=list(task_ids))
-
-
-def cancel_results(resp: pb.CancelResponse) -> dict[int, bool]:
-    """Each task asked, mapped to whether this request cancelled it."""
-    return {r.id: r.cancelled for r in resp.results}
-
-
-#: ``on_output(stream, data)``: ``stream`` is ``"stdout"`` or ``"stderr"``.
-OutputCallback: TypeAlias = Callable[[str, bytes], object]
-
-
-class RunCollector:
-    """Drives a Run stream for both clients: passes output chunks to ``on_output`` and returns
-    the final result with the collected output."""
-
-    def __init__(self, on_output: OutputCallback | None = None) -> None:
-        self.on_output = on_output
-        self.stdout: list[bytes] = []
-        self.stderr: list[bytes] = []
-
-    def feed(self, ev: TaskEvent) -> TaskResult | None:
-        """Take one event; return the result when it is the ``finished`` one."""
-        if ev.kind == "output" and ev.stream:
-            (self.stderr if ev.stream == "stderr" else self.stdout).append(ev.data)
-            if self.on_output is not None:
-                self.on_output(ev.stream, ev.data)
-        elif ev.kind == "finished" and ev.result is not None:
-            r = ev.result
-            return dataclasses.replace(
-                r,
-                stdout=r.stdout or b"".join(self.stdout),
-                stderr=r.stderr or b"".join(self.stderr),
-            )
-        return None

@@ -1,23 +1,6 @@
-"""Where the daemon's socket lives by default, shared by the daemon and its clients."""
+"""Compatibility re-export: the socket paths live in :mod:`tasker.paths`, shared by the daemon and
+the client without either importing the other."""
 
-from __future__ import annotations
+from tasker.paths import SOCKET_ENV, client_socket_path, default_socket_path
 
-import os
-from pathlib import Path
-
-SOCKET_ENV = "TASKER_SOCKET"
-
-
-def default_socket_path() -> Path:
-    """``$XDG_RUNTIME_DIR/tasker/taskerd.sock``, else ``/tmp/tasker-$UID/taskerd.sock``."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) / "tasker" if runtime else Path(f"/tmp/tasker-{os.getuid()}")
-    return base / "taskerd.sock"
-
-
-def client_socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The socket a client should use: ``explicit``, else ``$TASKER_SOCKET``, else the default."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get(SOCKET_ENV)
-    return Path(env) if env else default_socket_path()
+__all__ = ["SOCKET_ENV", "client_socket_path", "default_socket_path"]

@@ -22,8 +22,8 @@ import time
 from functools import partial
 from typing import Protocol
 
+from tasker.durations import format_duration
 from tasker.v1 import tasker_pb2 as pb
-from taskerctl.durations import format_duration
 from taskerd import engine
 from taskerd.config import DaemonConfig
 from taskerd.events import EventHub

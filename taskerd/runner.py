@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from taskerctl.durations import format_duration
+from tasker.durations import format_duration
 from taskerd import cgroups, procs
 from taskerd.cgroups import Placement
 from taskerd.procs import (

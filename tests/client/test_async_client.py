@@ -31,13 +31,13 @@ async def client(shared: Daemon) -> AsyncIterator[AsyncClient]:
         yield c
 
 
-async def test_submit_await_handle_state_get(client: AsyncClient) -> None:
+async def test_submit_await_handle_get_state(client: AsyncClient) -> None:
     h = await client.submit(["sh", "-c", "echo out; sleep 0.3"])
-    assert await h.state in (TaskState.QUEUED, TaskState.RUNNING)
+    assert await h.get_state() in (TaskState.QUEUED, TaskState.RUNNING)
     r = await h
     assert r.ok and r.id == h.id
     assert (await client.get(h.id, output=True)).stdout == b"out\n"
-    assert await h.state == TaskState.SUCCEEDED
+    assert await h.get_state() == TaskState.SUCCEEDED
 
 
 async def test_queue_task_variants_and_gather(client: AsyncClient) -> None:

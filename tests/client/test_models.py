@@ -7,6 +7,7 @@ import os
 import pytest
 
 from tasker.v1 import tasker_pb2 as pb
+from taskerctl._core import build_spec, submit_requests
 from taskerctl.errors import (
     InvalidTask,
     QueueFull,
@@ -16,7 +17,7 @@ from taskerctl.errors import (
     ended_error,
     parse_field,
 )
-from taskerctl.models import Priority, TaskResult, TaskState, build_spec, submit_requests
+from taskerctl.models import Priority, TaskResult, TaskState
 
 
 def test_states_come_from_the_proto() -> None:
@@ -62,14 +63,25 @@ def test_build_spec_strings_env_cwd_durations() -> None:
     assert spec.timeout.seconds == 90 and spec.queue_timeout.nanos == 500_000_000
     assert spec.priority == pb.PRIORITY_HIGH
     assert dict(spec.env) == dict(os.environ) and spec.cwd == os.getcwd()
-    assert not spec.HasField("max_retries")
-    shell = build_spec("echo $HOME | wc", shell=True, env={}, retries=0, stdin="x")
+    assert not spec.HasField("max_retries") and spec.retries == 0
+    shell = build_spec("echo $HOME | wc", shell=True, env={}, max_requeues=0, stdin="x")
     assert list(shell.argv) == ["echo $HOME | wc"] and shell.shell and dict(shell.env) == {}
     assert shell.HasField("max_retries") and shell.max_retries == 0 and shell.stdin == b"x"
     with pytest.raises(ValueError, match="invalid priority"):
         build_spec(["true"], priority="urgent")
     with pytest.raises(ValueError, match="invalid duration"):
         build_spec(["true"], timeout="5 parsecs")
+
+
+def test_retries_is_the_new_field_and_max_requeues_the_old() -> None:
+    """Issue 9: ``retries=N`` runs a failed attempt again (``TaskSpec.retries``); the re-queues
+    after a lost attempt (``TaskSpec.max_retries``) are ``max_requeues=N``."""
+    spec = build_spec(["true"], retries=2)
+    assert spec.retries == 2 and not spec.HasField("max_retries")
+    spec = build_spec(["true"], max_requeues=5)
+    assert spec.retries == 0 and spec.max_retries == 5
+    both = build_spec(["true"], retries=1, max_requeues=0)
+    assert (both.retries, both.HasField("max_retries"), both.max_retries) == (1, True, 0)
 
 
 def test_submit_requests_batch_items_and_carry_env_once() -> None:

@@ -42,7 +42,7 @@ def test_submit_wait_get_output(client: Client) -> None:
     full = client.get(h.id, output=True)
     assert full.stdout == b"out\n" and full.stderr == b"err\n"
     assert client.get(h.id).stdout == b""
-    assert h.state == TaskState.SUCCEEDED
+    assert h.get_state() == TaskState.SUCCEEDED
 
 
 def test_strings_shell_env_and_cwd(
@@ -182,7 +182,7 @@ def test_errors(client: Client, tmp_path: Path) -> None:
     dead = tmp_path / "dead.sock"
     with Client(dead) as c, pytest.raises(DaemonUnavailable) as err:
         c.stats()
-    assert str(dead) in str(err.value) and "taskerd &" in str(err.value)
+    assert str(dead) in str(err.value) and f"`taskerd --socket {dead} &`" in str(err.value)
     assert err.value.exit_code == 69
 
 

@@ -1,0 +1,524 @@
+"""The core of the twin clients, as httpx's ``BaseClient`` is of its ``Client`` and ``AsyncClient``:
+everything that does not wait on the network is written here, once.
+
+* Requests: ``submit`` keywords become a ``TaskSpec`` in :func:`build_spec` (a value that cannot
+  make a request raises :class:`~taskerctl.errors.InvalidTask` naming its field), and every other
+  request is built here too.
+* Answers: protos become :class:`~taskerctl.models.TaskResult` and its kin, and gRPC errors typed
+  errors (:meth:`BaseClient._errors`).
+* An operation of one or more unary calls (Get, the pages of List, the batches of Submit) is a
+  generator: it yields each :class:`Call` it needs and is sent the answer back; it returns the
+  result. A transport steps it with a :class:`Driver`. A wait for tasks to finish is a
+  :class:`Waiter`: its StreamResults requests, and the results their events carry.
+
+:mod:`taskerctl._sync` and :mod:`taskerctl._async` keep only the transport: they send what is built
+here, blocking or awaited, and hand the answers back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shlex
+import warnings
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Generic, TypeAlias, TypeVar, cast
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+
+from tasker.paths import client_socket_path
+from tasker.v1 import tasker_pb2 as pb
+from taskerctl.errors import (
+    DaemonUnavailable,
+    DeadlineExceeded,
+    InvalidTask,
+    TaskerError,
+    ended_error,
+    from_rpc_error,
+)
+from taskerctl.models import (
+    Command,
+    Metrics,
+    OutputCallback,
+    ResultCallback,
+    SpecLike,
+    Stats,
+    TaskEvent,
+    TaskResult,
+    parse_priority,
+    parse_state,
+    to_seconds,
+)
+
+T = TypeVar("T")
+C = TypeVar("C")
+
+#: The default of every ``rpc_timeout=``: the client's own ``rpc_timeout``.
+UNSET: Any = object()
+#: The default deadline of unary RPCs, in seconds; it never limits a wait, a stream or a task.
+DEFAULT_RPC_TIMEOUT = 30.0
+#: Most ids one StreamResults request may name (the daemon's limit).
+MAX_IDS = 10_000
+#: gRPC channel options of both clients: 64 MiB messages both ways.
+MAX_MESSAGE = 64 * 1024 * 1024
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+)
+_BAD_VALUE = (ValueError, TypeError, OverflowError)
+
+
+# -- the shared halves of the clients and their handles --------------------------------------
+
+
+class BaseClient:
+    """What both clients are beside their transport: the socket, the default RPC deadline, and
+    the one place gRPC errors become typed ones."""
+
+    def __init__(self, socket: str | os.PathLike[str] | None, rpc_timeout: float | None) -> None:
+        self.socket: Path = Path(os.path.abspath(client_socket_path(socket)))
+        self.rpc_timeout = rpc_timeout
+        self._target = f"unix:{self.socket}"
+
+    def _timeout(self, rpc_timeout: Any) -> float | None:
+        return self.rpc_timeout if rpc_timeout is UNSET else cast("float | None", rpc_timeout)
+
+    @contextlib.contextmanager
+    def _errors(self, *calls: Any) -> Iterator[None]:
+        """Raise a gRPC error (sync or aio) as its :class:`TaskerError`; cancel ``calls``
+        (streams) on the way out, whatever the way."""
+        try:
+            yield
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, self.socket) from None
+        finally:
+            for call in calls:
+                call.cancel()
+
+
+class BaseHandle(Generic[C]):
+    """What both task handles are: a client and a task id. Making one costs no RPC, and no
+    property of theirs makes one (but the deprecated ``state``): their methods do."""
+
+    def __init__(self, client: C, task_id: int) -> None:
+        self.client = client
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id})"
+
+
+def deprecated(old: str, new: str) -> None:
+    """Warn that ``old`` is deprecated in favour of ``new`` (pointing at the caller's caller)."""
+    warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
+
+
+def succeeded(result: TaskResult) -> TaskResult:
+    """``result`` if the task SUCCEEDED; else raise ``TaskFailed``/``TaskTimedOut``/
+    ``TaskCancelled``."""
+    if not result.ok:
+        raise ended_error(result)
+    return result
+
+
+# -- building specs ---------------------------------------------------------------------------
+
+
+def _count(name: str, value: int | None) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _set_seconds(target: Duration, value: float | str | None) -> None:
+    seconds = to_seconds(value)
+    if seconds is not None:
+        target.FromNanoseconds(round(seconds * 1e9))
+
+
+def build_spec(
+    cmd: Command,
+    *,
+    priority: str | int = "normal",
+    timeout: float | str | None = None,
+    queue_timeout: float | str | None = None,
+    once: bool = False,
+    retries: int = 0,
+    max_requeues: int | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    stdin: bytes | str | None = None,
+    labels: Mapping[str, str] | None = None,
+    shell: bool = False,
+) -> pb.TaskSpec:
+    """Build a ``TaskSpec``: the one place ``submit`` keywords become a request.
+
+    * ``cmd``: an argv list, or a string: run by ``/bin/sh -c`` with ``shell=True``, else
+      ``shlex.split``.
+    * ``priority``: ``low``, ``normal``, ``high`` or ``critical`` (or a :class:`Priority`).
+    * ``timeout``: kill the task after this long; ``queue_timeout``: give up on it if it has not
+      started this long after it was submitted. Seconds, or a duration string (``"1m30s"``).
+    * ``once``: at most once: never run again, not even after a daemon crash (it ends LOST).
+    * ``retries``: run a failed attempt (a non-zero exit, or a signal the daemon did not send)
+      again, at once, up to this many times before the task ends FAILED. A timeout, a cancel or
+      a command that cannot start is not retried. Not with ``once`` (the daemon refuses it).
+    * ``max_requeues``: how many times the task may be re-queued after an attempt was lost to an
+      unhealthy worker or to a daemon crash (``TaskSpec.max_retries``); None: the daemon's
+      ``max_retries``.
+    * ``env=None`` sends a copy of ``os.environ`` and ``cwd=None`` the current directory, as a
+      user expects from ``nohup cmd``. ``stdin``: bytes fed to the task. ``labels``: for
+      filtering (``list``, ``cancel_many``).
+
+    A value that cannot make a request raises :class:`InvalidTask` whose ``field`` names the
+    ``TaskSpec`` field (``timeout``); the daemon checks the rest, such as bounds.
+    """
+    field = "argv"
+    try:
+        spec = pb.TaskSpec()
+        if isinstance(cmd, str):
+            spec.argv.extend([cmd] if shell else shlex.split(cmd))
+        else:
+            spec.argv.extend(os.fspath(a) for a in cmd)
+        field = "shell"
+        spec.shell = shell
+        field = "env"
+        spec.env.update(os.environ if env is None else env)
+        field = "cwd"
+        spec.cwd = os.path.abspath(os.fspath(cwd)) if cwd is not None else os.getcwd()
+        field = "stdin"
+        if stdin:
+            spec.stdin = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
+        field = "priority"
+        spec.priority = cast("pb.Priority.ValueType", parse_priority(priority).value)
+        field = "timeout"
+        _set_seconds(spec.timeout, timeout)
+        field = "queue_timeout"
+        _set_seconds(spec.queue_timeout, queue_timeout)
+        field = "once"
+        spec.once = once
+        field = "retries"
+        spec.retries = _count("retries", retries)
+        field = "max_retries"
+        if max_requeues is not None:
+            spec.max_retries = _count("max_requeues", max_requeues)
+        field = "labels"
+        if labels:
+            spec.labels.update(labels)
+    except _BAD_VALUE as err:
+        raise InvalidTask(f"{field}: {err}", field=field) from None
+    return spec
+
+
+def _spec(where: str, cmd: Command, options: Mapping[str, Any]) -> pb.TaskSpec:
+    """:func:`build_spec`, its errors naming the task as the daemon would (``tasks[3].timeout``)."""
+    try:
+        return build_spec(cmd, **options)
+    except InvalidTask as err:
+        raise InvalidTask(f"{where}.{err.message}", field=f"{where}.{err.field}") from None
+
+
+def submit_requests(
+    items: Iterable[SpecLike], options: Mapping[str, Any], batch_size: int
+) -> Iterator[pb.SubmitRequest]:
+    """Lazily turn ``submit_many`` items into Submit requests of at most ``batch_size`` tasks.
+
+    ``options`` are ``submit`` kwargs shared by all items. Their environment (by default a copy of
+    ``os.environ``) travels once per request, in ``SubmitRequest.env``, not once per task. A bad
+    item is named by its place among all items: ``tasks[1234].timeout``.
+    """
+    shared = dict(options)
+    env = shared.pop("env", None)
+    if shared.get("cwd") is None:
+        shared["cwd"] = os.getcwd()
+    plain = {**shared, "env": {}}
+    size = max(1, min(batch_size, MAX_IDS))
+    try:
+        request = pb.SubmitRequest(env=dict(os.environ if env is None else env))
+    except _BAD_VALUE as err:
+        raise InvalidTask(f"env: {err}", field="env") from None
+    shared_env = request.env
+    for i, item in enumerate(items):
+        if isinstance(item, pb.TaskSpec):
+            request.tasks.append(item)
+        elif isinstance(item, Mapping):
+            merged = {**plain, **item}
+            if "cmd" not in merged:
+                raise InvalidTask(
+                    f"tasks[{i}].argv: no 'cmd' in {item!r}", field=f"tasks[{i}].argv"
+                )
+            request.tasks.append(_spec(f"tasks[{i}]", merged.pop("cmd"), merged))
+        else:
+            request.tasks.append(_spec(f"tasks[{i}]", item, plain))
+        if len(request.tasks) >= size:
+            yield request
+            request = pb.SubmitRequest(env=shared_env)
+    if request.tasks:
+        yield request
+
+
+def run_request(cmd: Command, options: Mapping[str, Any]) -> pb.RunRequest:
+    """The request of ``run`` and ``run_stream``."""
+    return pb.RunRequest(task=_spec("task", cmd, options))
+
+
+def _id_list(ids: Iterable[int]) -> list[int]:
+    """``ids`` without repeats, as a request takes them (a negative id cannot be sent)."""
+    unique = list(dict.fromkeys(ids))
+    for i in unique:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 2**64:
+            raise InvalidTask(f"ids: not a task id: {i!r}", field="ids")
+    return unique
+
+
+def _states(states: Iterable[str | int] | None) -> list[pb.TaskState.ValueType]:
+    try:
+        return [cast("pb.TaskState.ValueType", parse_state(s).value) for s in states or ()]
+    except _BAD_VALUE as err:
+        raise InvalidTask(f"states: {err}", field="states") from None
+
+
+def stream_request(
+    ids: Iterable[int] | None, output: bool, finished_only: bool
+) -> pb.StreamResultsRequest:
+    """The request of ``stream_results``: the events of ``ids``, or of every task (None)."""
+    return pb.StreamResultsRequest(
+        ids=_id_list(ids or ()), output=output, finished_only=finished_only
+    )
+
+
+# -- operations: the unary RPCs, each answer mapped -------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Call:
+    """One unary RPC an operation needs: the stub method's name, and the request."""
+
+    method: str
+    request: Message
+
+
+#: An operation: yields the calls it needs, is sent their answers, returns its result.
+Op: TypeAlias = Generator[Call, Any, T]
+
+
+class Driver(Generic[T]):
+    """Steps an operation for a transport: make :attr:`call` (with :attr:`timeout`), hand its
+    answer to :meth:`answer`, and so on until ``call`` is None; then :attr:`result` is set."""
+
+    __slots__ = ("_op", "call", "result", "timeout")
+
+    def __init__(self, op: Op[T], timeout: float | None) -> None:
+        self._op = op
+        self.timeout = timeout
+        self.call: Call | None = None
+        self.result: T
+        self.answer(None)
+
+    def answer(self, response: Any) -> None:
+        """The answer to :attr:`call` (None to start)."""
+        try:
+            self.call = self._op.send(response)
+        except StopIteration as done:
+            self.call = None
+            self.result = done.value
+
+
+def submit(cmd: Command, options: Mapping[str, Any]) -> Op[int]:
+    """Submit one task; returns its id."""
+    resp = yield Call("Submit", pb.SubmitRequest(tasks=[_spec("tasks[0]", cmd, options)]))
+    return int(resp.ids[0])
+
+
+def submit_many(
+    items: Iterable[SpecLike], options: Mapping[str, Any], batch_size: int
+) -> Op[list[int]]:
+    """Submit many tasks, one call per batch; returns their ids."""
+    ids: list[int] = []
+    for request in submit_requests(items, options, batch_size):
+        resp = yield Call("Submit", request)
+        ids.extend(resp.ids)
+    return ids
+
+
+def get(task_id: int, output: bool) -> Op[TaskResult]:
+    """One task's record."""
+    task = yield Call("Get", pb.GetRequest(id=task_id, output=output))
+    return TaskResult.from_proto(task)
+
+
+def list_tasks(
+    states: Iterable[str | int] | None, labels: Mapping[str, str] | None, limit: int
+) -> Op[list[TaskResult]]:
+    """Up to ``limit`` records, newest first, page after page."""
+    request = pb.ListRequest(
+        states=_states(states), labels=dict(labels or {}), page_size=max(1, min(limit, 1000))
+    )
+    out: list[TaskResult] = []
+    while len(out) < limit:
+        resp = yield Call("List", request)
+        out.extend(TaskResult.from_proto(t) for t in resp.tasks[: limit - len(out)])
+        if not resp.next_page_token:
+            break
+        request = pb.ListRequest(
+            states=request.states,
+            labels=request.labels,
+            page_size=request.page_size,
+            page_token=resp.next_page_token,
+        )
+    return out
+
+
+def cancel(
+    ids: Iterable[int],
+    all: bool,
+    labels: Mapping[str, str] | None,
+    states: Iterable[str | int] | None,
+) -> Op[dict[int, bool]]:
+    """Cancel in one request; maps each task asked or selected to whether it was cancelled."""
+    request = pb.CancelRequest(
+        ids=_id_list(ids), all=all, labels=dict(labels or {}), states=_states(states)
+    )
+    if not (request.ids or request.all or request.labels or request.states):
+        return {}  # nothing asked: no request (the daemon would refuse an empty one)
+    resp = yield Call("Cancel", request)
+    return {r.id: r.cancelled for r in resp.results}
+
+
+def stats() -> Op[Stats]:
+    """Workers, queue and counts."""
+    return Stats.from_proto((yield Call("Stats", pb.StatsRequest())))
+
+
+def metrics() -> Op[Metrics]:
+    """Rates, latencies and totals."""
+    return Metrics.from_proto((yield Call("Metrics", pb.MetricsRequest())))
+
+
+def clean(older_than: float | str | None) -> Op[int]:
+    """Remove finished tasks; returns how many."""
+    request = pb.CleanRequest()
+    try:
+        _set_seconds(request.older_than, older_than)
+    except _BAD_VALUE as err:
+        raise InvalidTask(f"older_than: {err}", field="older_than") from None
+    resp = yield Call("Clean", request)
+    return int(resp.removed)
+
+
+def shutdown(mode: str) -> Op[None]:
+    """Stop the daemon: ``stop``, ``drain`` or ``kill``."""
+    try:
+        value = pb.ShutdownMode.Value("SHUTDOWN_MODE_" + mode.upper())
+    except ValueError:
+        raise InvalidTask(
+            f"mode: invalid shutdown mode {mode!r}: use stop, drain or kill", field="mode"
+        ) from None
+    yield Call("Shutdown", pb.ShutdownRequest(mode=value))
+
+
+# -- streams ----------------------------------------------------------------------------------
+
+
+class Waiter:
+    """One wait for tasks to finish, for either client: its StreamResults requests, and the
+    results their ``finished`` events carry.
+
+    ``ids`` None waits for every task live when the wait starts, with one ``all_live`` request
+    (any number). Else one ``finished_only`` request per 10,000 ids: a transport makes them all
+    at once (so each task is watched from the start, and an unknown id fails the wait at once),
+    feeds every event of every stream to :meth:`feed`, then asks :meth:`results`. No other round
+    trip: a finished task's result comes on its stream too.
+    """
+
+    def __init__(
+        self,
+        ids: Iterable[int] | None,
+        *,
+        output: bool = False,
+        timeout: float | None = None,
+        on_result: ResultCallback | None = None,
+    ) -> None:
+        self.ids = None if ids is None else _id_list(ids)
+        self.timeout = timeout
+        self._on_result = on_result
+        self._results: dict[int, TaskResult] = {}
+        if self.ids is None:
+            chunks: list[list[int]] = [[]]
+        else:
+            chunks = [self.ids[i : i + MAX_IDS] for i in range(0, len(self.ids), MAX_IDS)]
+        self.requests = [
+            pb.StreamResultsRequest(
+                ids=chunk, output=output, finished_only=True, all_live=self.ids is None
+            )
+            for chunk in chunks
+        ]
+
+    def feed(self, event: pb.TaskEvent) -> None:
+        """Take one event of any of the streams."""
+        if event.HasField("finished"):
+            result = TaskResult.from_proto(event.finished.task)
+            self._results[result.id] = result
+            if self._on_result is not None:
+                self._on_result(result)
+
+    @contextlib.contextmanager
+    def deadline(self) -> Iterator[None]:
+        """Around the streams: a wait past its ``timeout`` says how much is left."""
+        try:
+            yield
+        except DeadlineExceeded:
+            raise DeadlineExceeded(f"{self._left()} not finished after {self.timeout}s") from None
+
+    def _left(self) -> str:
+        if self.ids is None:
+            return f"live tasks ({len(self._results)} finished meanwhile)"
+        if len(self.ids) == 1:
+            return f"task {self.ids[0]}"
+        return f"{len(self.ids) - len(self._results)} of {len(self.ids)} tasks"
+
+    def results(self, socket: Path) -> list[TaskResult]:
+        """The results, in the order of ``ids`` (by id for ``all_live``), once the streams have
+        ended; :class:`DaemonUnavailable` if they ended before every task finished (the daemon
+        stopped)."""
+        if self.ids is None:
+            return [self._results[i] for i in sorted(self._results)]
+        if len(self._results) < len(self.ids):
+            left = self._left()
+            raise DaemonUnavailable(socket, f"event stream ended before {left} finished")
+        return [self._results[i] for i in self.ids]
+
+
+class RunCollector:
+    """Drives a Run stream for both clients: passes output chunks to ``on_output`` and returns
+    the final result with the collected output."""
+
+    def __init__(self, on_output: OutputCallback | None = None) -> None:
+        self.on_output = on_output
+        self.stdout: list[bytes] = []
+        self.stderr: list[bytes] = []
+
+    def feed(self, ev: TaskEvent) -> TaskResult | None:
+        """Take one event; return the result when it is the ``finished`` one."""
+        if ev.kind == "output" and ev.stream:
+            (self.stderr if ev.stream == "stderr" else self.stdout).append(ev.data)
+            if self.on_output is not None:
+                self.on_output(ev.stream, ev.data)
+        elif ev.kind == "finished" and ev.result is not None:
+            r = ev.result
+            return dataclasses.replace(
+                r,
+                stdout=r.stdout or b"".join(self.stdout),
+                stderr=r.stderr or b"".join(self.stderr),
+            )
+        return None
+
+    @staticmethod
+    def unfinished() -> TaskerError:
+        """The error for a Run stream that ended without its ``finished`` event."""
+        return TaskerError("the Run stream ended before the task finished")
