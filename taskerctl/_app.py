@@ -1,128 +1,505 @@
-"""The full ``taskerctl`` CLI (typer + rich). ``submit`` and ``run`` are pass-throughs to
-:mod:`taskerctl._submit`, which owns their options."""
+"""The ``taskerctl`` command line: one click group, one help layout, one way to fail.
+
+Every command takes the global options (``--socket``, ``--json``, ``-h``) after its name as well
+as before it. Options end at ``--`` or at the first word that is not an option wherever a command
+takes a command line (``submit``, ``run``). Errors are one ``taskerctl: error:`` line on stderr and
+an exit status (see :mod:`taskerctl.cli`); with ``--json`` stdout carries one JSON document.
+"""
 
 from __future__ import annotations
 
-import json
+import os
+import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-import typer
-from typer._click import exceptions as click_exc
+import click
 
-from taskerctl import __version__, _submit
-from taskerctl._sync import Client
-from taskerctl.errors import EXIT_OTHER, EXIT_USAGE, TaskerError
-from taskerctl.models import (
-    STATE_NAMES,
-    Metrics,
-    Stats,
-    TaskResult,
-    TaskState,
-    fmt_seconds,
-    to_seconds,
-)
+from taskerctl import __version__
+from taskerctl import _submit as task
+from taskerctl.errors import EXIT_OTHER, EXIT_USAGE, DaemonUnavailable, TaskerError
 
-_GLOBAL = {o.dest: o for o in _submit.GLOBAL_OPTIONS}
-_PASS_THROUGH = {
-    "ignore_unknown_options": True,
-    "allow_extra_args": True,
-    "allow_interspersed_args": False,
-    "help_option_names": [],
-}
+if TYPE_CHECKING:
+    from taskerctl._sync import Client
+    from taskerctl.models import Stats, TaskOptions, TaskResult, TaskState
 
-app = typer.Typer(
-    name="taskerctl",
-    help="Submit, watch and manage tasks of the Tasker daemon (taskerd).",
-    epilog=_submit.EXIT_CODES_HELP.replace("\n", " "),
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-daemon_app = typer.Typer(help="Status and shutdown of the daemon.", no_args_is_help=True)
-app.add_typer(daemon_app, name="daemon")
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = """\
+Exit status: the task's own code when it ran (--wait, --follow, run, logs -f); 124 timed out;
+128+N killed by signal N; 125 cancelled; 123 lost; 127 could not be started; 122 failed without
+an exit status of its own; 130 interrupted (Ctrl-C); 2 usage error; 69 daemon unreachable;
+75 queue full; 74 stream fell behind (read too slowly); 1 other errors."""
+
+_EPILOG = EXIT_CODES_HELP.replace("\n", " ")
+
+# -- help: one layout for every command ------------------------------------------------------
+
+
+class _Help(click.Command):
+    """Plain help for every command and group: usage, text, options, then the global ones.
+
+    ``usage`` replaces the generated usage line's arguments.
+    """
+
+    def __init__(self, *args: Any, usage: str | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.usage = usage
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        if self.usage is not None:
+            return [self.usage]
+        return super().collect_usage_pieces(ctx)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        help_option = self.get_help_option(ctx)
+        own: list[tuple[str, str]] = []
+        common: list[tuple[str, str]] = []
+        for param in self.get_params(ctx):
+            row = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            if row is not None:
+                is_global = param.name in _GLOBAL_NAMES or param is help_option
+                (common if is_global and not isinstance(self, click.Group) else own).append(row)
+        if own:
+            with formatter.section("Options"):
+                formatter.write_dl(own)
+        if common:
+            with formatter.section("Global options (also before the command)"):
+                formatter.write_dl(common)
+        if isinstance(self, click.Group):
+            self.format_commands(ctx, formatter)
+
+
+class Command(_Help):
+    """A taskerctl command."""
+
+
+class Group(_Help, click.Group):
+    """A group of commands; run bare, it prints its help (once) and exits 2."""
+
+    command_class = Command
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        kw.setdefault("invoke_without_command", True)
+        super().__init__(*args, **kw)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        _Help.format_options(self, ctx, formatter)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names: dict[click.Command, list[str]] = {}
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                names.setdefault(cmd, []).append(name)
+        rows = [(", ".join(n), cmd.get_short_help_str(100)) for cmd, n in names.items()]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # in the order they were added
+
+
+# -- parameter types: metavars and messages a person reads -----------------------------------
+
+
+class TaskId(click.ParamType[int]):
+    name = "id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if text.isdecimal() and 0 < int(text) < 1 << 64:
+            return int(text)
+        self.fail(f"{value!r} is not a task id (ids are whole numbers from 1)", param, ctx)
+
+
+#: What a google.protobuf.Duration carries: 10,000 years.
+MAX_DURATION = 315_576_000_000.0
+
+
+class Duration(click.ParamType[float]):
+    """``250ms``, ``5s``, ``1m30s``, ``2h`` or plain seconds."""
+
+    name = "duration"
+
+    def __init__(self, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        from taskerctl.durations import parse_duration
+
+        try:
+            seconds = parse_duration(str(value))
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+        if seconds > MAX_DURATION:
+            self.fail(f"invalid duration {value!r}: more than 10,000 years", param, ctx)
+        if self.positive and seconds <= 0:
+            self.fail(f"invalid duration {value!r}: must be more than 0", param, ctx)
+        return seconds
+
+
+class Pair(click.ParamType[tuple[str, str]]):
+    name = "K=V"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        key, eq, val = str(value).partition("=")
+        if not eq or not key:
+            self.fail(f"{value!r} is not K=V", param, ctx)
+        return key, val
+
+
+class Named(click.ParamType[str]):
+    """A priority or a state by name (states also as a comma-separated list), checked by the
+    models' own parser."""
+
+    def __init__(self, name: str, parse: Callable[[str], Any], *, many: bool = False) -> None:
+        self.name = name
+        self.parse = parse
+        self.many = many
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().lower()
+        try:
+            for name in text.split(",") if self.many else [text]:
+                self.parse(name)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+        return text
+
+
+def _parse_priority(text: str) -> Any:
+    from taskerctl.models import parse_priority
+
+    return parse_priority(text)
+
+
+def _parse_state(text: str) -> Any:
+    from taskerctl.models import parse_state
+
+    return parse_state(text)
+
+
+class Whole(click.ParamType[int]):
+    """A whole number from ``minimum`` (at most 2**32 - 1, what the requests carry)."""
+
+    name = "number"
+
+    def __init__(self, minimum: int = 0) -> None:
+        self.minimum = minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if not (text.isdecimal() and self.minimum <= int(text) < 1 << 32):
+            self.fail(f"{value!r} is not a whole number from {self.minimum}", param, ctx)
+        return int(text)
+
+
+def _parse_live_state(text: str) -> Any:
+    state = _parse_state(text)
+    if state.name not in ("QUEUED", "RUNNING"):
+        raise ValueError(f"invalid state {text!r}: only queued or running tasks can be cancelled")
+    return state
+
+
+PRIORITY = Named("priority", _parse_priority)
+STATE = Named("state", _parse_state, many=True)
+LIVE_STATE = Named("state", _parse_live_state, many=True)
+
+# -- global options ----------------------------------------------------------------------------
 
 
 @dataclass
 class Globals:
-    """Options given before the command."""
+    """``--socket`` and ``--json``, wherever they were given (after the command wins)."""
 
-    socket: str | None
-    json: bool
+    socket: str | None = None
+    json: bool = False
 
 
-def _version(value: bool) -> None:
+_GLOBAL_NAMES = ("socket", "as_json")
+SOCKET_HELP = "The daemon's socket (default: $TASKER_SOCKET, else the daemon's default path)."
+JSON_HELP = "Print one JSON document on stdout."
+
+
+def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
     if value:
-        print(f"taskerctl {__version__}")
-        raise typer.Exit(0)
+        g = ctx.ensure_object(Globals)
+        setattr(g, "json" if param.name == "as_json" else "socket", value)
 
 
-@app.callback()
-def _root(
-    ctx: typer.Context,
-    socket: Annotated[
-        str | None,
-        typer.Option(
-            "--socket", envvar="TASKER_SOCKET", help=_GLOBAL["socket"].help, metavar="PATH"
-        ),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help=_GLOBAL["json"].help)] = False,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
-    ] = False,
-) -> None:
-    ctx.obj = Globals(socket, as_json)
+def global_options(f: F) -> F:
+    """Add ``--socket`` and ``--json`` to a command."""
+    f = click.option(
+        "--json", "as_json", is_flag=True, expose_value=False, callback=_set_global, help=JSON_HELP
+    )(f)
+    f = click.option(
+        "--socket", metavar="PATH", expose_value=False, callback=_set_global, help=SOCKET_HELP
+    )(f)
+    return f
 
 
-JsonOpt = Annotated[bool, typer.Option("--json", help=_GLOBAL["json"].help)]
-
-
-def _g(ctx: typer.Context) -> Globals:
-    obj = ctx.find_root().obj
-    assert isinstance(obj, Globals)
-    return obj
+def settings() -> Globals:
+    return click.get_current_context().ensure_object(Globals)
 
 
 @contextmanager
-def _client(ctx: typer.Context) -> Iterator[Client]:
-    with Client(_g(ctx).socket) as client:
-        yield client
+def client() -> Iterator[Client]:
+    from taskerctl._sync import Client
+
+    with Client(settings().socket) as c:
+        yield c
 
 
-def _json_wanted(ctx: typer.Context, local: bool) -> bool:
-    return local or _g(ctx).json
+def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"taskerctl {__version__}")
+        ctx.exit(0)
 
 
-def _dump(data: object) -> None:
-    print(json.dumps(data, indent=2, default=str))
+def _show_completion(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is None or ctx.resilient_parsing:
+        return
+    from click.shell_completion import get_completion_class
+
+    shell = value or os.path.basename(os.environ.get("SHELL", "bash"))
+    completion = get_completion_class(shell)
+    if completion is None:
+        raise click.BadParameter(f"{shell!r}: use bash, zsh or fish", ctx, param)
+    root = ctx.find_root().command
+    click.echo(completion(root, {}, "taskerctl", "_TASKERCTL_COMPLETE").source())
+    ctx.exit(0)
 
 
-def _pass_through(ctx: typer.Context, command: str) -> None:
-    g = _g(ctx)
-    globals_: dict[str, Any] = {"json": g.json} if g.json else {}
-    if g.socket:
-        globals_["socket"] = g.socket
-    raise typer.Exit(_submit.main(command, ctx.args, globals_))
+@click.group(
+    cls=Group,
+    usage="[OPTIONS] COMMAND [ARG]...",
+    help="Submit, watch and manage the tasks of the Tasker daemon (taskerd).",
+    epilog=_EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@global_options
+@click.option(
+    "-V",
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_version,
+    help="Print taskerctl's version.",
+)
+@click.option(
+    "--show-completion",
+    metavar="[SHELL]",
+    is_flag=False,
+    flag_value="",
+    expose_value=False,
+    is_eager=True,
+    callback=_show_completion,
+    help="Print the completion script for bash, zsh or fish (default: $SHELL), to source.",
+)
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    ctx.ensure_object(Globals)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(EXIT_USAGE)
 
 
-@app.command(context_settings=_PASS_THROUGH, add_help_option=False)
-def submit(ctx: typer.Context) -> None:
-    """Submit a task (or --batch FILE); print its id. See `taskerctl submit --help`."""
-    _pass_through(ctx, "submit")
+# -- submit and run ------------------------------------------------------------------------------
+
+_COMMAND_LINE = "[OPTIONS] [--] COMMAND [ARG]..."
+_PASS_COMMAND = {"allow_interspersed_args": False}
 
 
-@app.command(context_settings=_PASS_THROUGH, add_help_option=False)
-def run(ctx: typer.Context) -> None:
-    """Run a task at once, bypassing the queue; stream it; exit with its status."""
-    _pass_through(ctx, "run")
+def _task_options(*, submit: bool) -> Callable[[F], F]:
+    """The options shared by ``submit`` and ``run``, in help order."""
+    opts: list[Callable[[F], F]] = []
+    if submit:
+        opts += [
+            click.option(
+                "-p", "--priority", type=PRIORITY, metavar="PRIO",
+                help="low, normal (default), high or critical.",
+            ),
+        ]  # fmt: skip
+    opts += [
+        click.option(
+            "-t", "--timeout", type=Duration(positive=True), metavar="DUR",
+            help="Kill the task after this long (250ms, 5s, 1m30s, 2h).",
+        ),
+    ]  # fmt: skip
+    if submit:
+        opts.append(
+            click.option(
+                "--queue-timeout", type=Duration(positive=True), metavar="DUR",
+                help="Give up (timed out) if it has not started within this.",
+            )
+        )  # fmt: skip
+    opts += [
+        click.option(
+            "--retries", type=Whole(), metavar="N",
+            help="Run a failed attempt (non-zero exit, or a signal) again, up to N times.",
+        ),
+        click.option(
+            "--max-requeues", type=Whole(), metavar="N",
+            help="Re-queue after an attempt lost to a crash or an unhealthy worker, up to N "
+            "times (default: the daemon's max_retries).",
+        ),
+        click.option("--once", is_flag=True, help="At most once: never run it again (LOST)."),
+        click.option(
+            "-e", "--env", "env", type=Pair(), multiple=True, metavar="K=V",
+            help="Set K=V in its environment, which is otherwise yours.",
+        ),
+        click.option(
+            "--cwd", metavar="DIR", help="Its working directory (default: the current one)."
+        ),
+        click.option(
+            "-l", "--label", "labels", type=Pair(), multiple=True, metavar="K=V",
+            help="Label it (repeatable).",
+        ),
+        click.option(
+            "--shell", is_flag=True,
+            help="Run the words, joined by spaces, as one /bin/sh -c script.",
+        ),
+        click.option(
+            "--no-stdin", is_flag=True,
+            help="Do not pass piped standard input to the task (run, --wait, --follow pass it "
+            "when it is not a terminal, up to 1 MiB).",
+        ),
+    ]  # fmt: skip
+    if submit:
+        opts += [
+            click.option("--wait", is_flag=True, help="Wait, then exit with its status."),
+            click.option(
+                "-f", "--follow", is_flag=True,
+                help="Print its output live (the id goes to stderr), exit with its status.",
+            ),
+            click.option(
+                "--detach-on-interrupt", is_flag=True,
+                help="With --wait or --follow, Ctrl-C leaves the task running (default: "
+                "Ctrl-C cancels it).",
+            ),
+            click.option(
+                "--batch", type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+                metavar="FILE",
+                help="Submit one shell command per line of FILE (- for stdin), 1,000 per "
+                "request; print their ids.",
+            ),
+        ]  # fmt: skip
+
+    def apply(f: F) -> F:
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return apply
 
 
-# -- formatting --------------------------------------------------------------------------------
+def _spec_options(opts: dict[str, Any], *, stdin: bool) -> TaskOptions:
+    return task.task_options(
+        shell=opts["shell"],
+        env=dict(opts["env"]),
+        labels=dict(opts["labels"]),
+        priority=opts.get("priority"),
+        timeout=opts["timeout"],
+        queue_timeout=opts.get("queue_timeout"),
+        once=opts["once"],
+        retries=opts["retries"],
+        max_requeues=opts["max_requeues"],
+        cwd=opts["cwd"],
+        stdin=task.read_stdin() if stdin and not opts["no_stdin"] else b"",
+    )
+
+
+@contextmanager
+def _open(path: str) -> Iterator[IO[bytes]]:
+    if path == "-":
+        yield sys.stdin.buffer
+    else:
+        with open(path, "rb") as fh:
+            yield fh
+
+
+def _need_command(words: Sequence[str], name: str) -> None:
+    if not words:
+        raise click.UsageError(f"missing command: taskerctl {name} {_COMMAND_LINE}")
+
+
+@cli.command(usage=_COMMAND_LINE, context_settings=_PASS_COMMAND, epilog=_EPILOG)
+@_task_options(submit=True)
+@global_options
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def submit(command: tuple[str, ...], **opts: Any) -> int:
+    """Queue a task; print its id.
+
+    The id is printed alone, so that id=$(taskerctl submit -- make) works. With --batch FILE:
+    one shell command per line (blank lines and # comments skipped), the options applying to
+    each; their ids are printed as they are accepted.
+    """
+    g = settings()
+    batch: str | None = opts["batch"]
+    follow, wait = opts["follow"], opts["wait"]
+    if batch is not None:
+        if command or wait or follow:
+            raise click.UsageError("--batch takes no command, --wait or --follow")
+        options = _spec_options({**opts, "shell": True}, stdin=False)
+        with client() as c, _open(batch) as source:
+            return task.submit_batch(c, source, batch, options, as_json=g.json)
+    _need_command(command, "submit")
+    options = _spec_options(opts, stdin=follow or wait)
+    cancel = not opts["detach_on_interrupt"]
+    with client() as c:
+        handle = c.submit(task.argv(command, shell=opts["shell"]), **options)
+        if not (wait or follow):
+            if g.json:
+                task.dump({"id": handle.id})
+            else:
+                print(handle.id)
+            return 0
+        if not g.json:  # with --follow stdout carries the task's output: the id goes to stderr
+            print(handle.id, file=sys.stderr if follow else sys.stdout, flush=True)
+        if follow:
+            events = handle.events(output=True)
+            return task.watch(c, events, as_json=g.json, cancel_on_interrupt=cancel)
+        return task.wait_one(c, handle.id, as_json=g.json, cancel_on_interrupt=cancel)
+
+
+@cli.command(usage=_COMMAND_LINE, context_settings=_PASS_COMMAND, epilog=_EPILOG)
+@_task_options(submit=False)
+@global_options
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run(command: tuple[str, ...], **opts: Any) -> int:
+    """Run a task at once, bypassing the queue; stream its output; exit with its status.
+
+    Piped standard input is passed to it (see --no-stdin). The task is bound to this call:
+    Ctrl-C (or taskerctl going away) cancels it.
+    """
+    _need_command(command, "run")
+    options = _spec_options(opts, stdin=True)
+    with client() as c:
+        events = c.run_stream(task.argv(command, shell=opts["shell"]), **options)
+        return task.watch(c, events, as_json=settings().json, cancel_on_interrupt=True)
+
+
+# -- looking at tasks ----------------------------------------------------------------------------
 
 _STATE_STYLE = {
     "QUEUED": "cyan",
@@ -148,11 +525,17 @@ def _elide(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _fmt_seconds(value: float | None) -> str:
+    from taskerctl.models import fmt_seconds
+
+    return fmt_seconds(value)
+
+
 def _duration(r: TaskResult) -> str:
     if r.run is not None:
-        return fmt_seconds(r.run)
+        return _fmt_seconds(r.run)
     if r.started_at is not None and r.ended_at is None:
-        return fmt_seconds(time.time() - r.started_at.timestamp())
+        return _fmt_seconds(time.time() - r.started_at.timestamp())
     return "-"
 
 
@@ -164,41 +547,34 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 200)
 
 
-# -- commands ----------------------------------------------------------------------------------
+def _states(values: Sequence[str]) -> list[str]:
+    return [s for v in values for s in v.split(",")]
 
 
-def _pairs(items: Sequence[str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items or ():
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise typer.BadParameter(f"invalid label {item!r}: use K=V")
-        out[key] = value
-    return out
-
-
-@app.command("list")
-def list_(
-    ctx: typer.Context,
-    state: Annotated[
-        list[str] | None,
-        typer.Option("--state", "-s", help=f"Only these states ({', '.join(STATE_NAMES)})."),
-    ] = None,
-    label: Annotated[
-        list[str] | None, typer.Option("--label", "-l", help="Only tasks with K=V.")
-    ] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 50,
-    as_json: JsonOpt = False,
-) -> None:
+@cli.command("list", usage="[OPTIONS]")
+@click.option(
+    "-s", "--state", "states", type=STATE, multiple=True, metavar="STATE",
+    help="Only tasks in this state (repeatable): queued, running, succeeded, failed, "
+    "timed_out, cancelled, lost.",
+)  # fmt: skip
+@click.option(
+    "-l", "--label", "labels", type=Pair(), multiple=True, metavar="K=V",
+    help="Only tasks labelled K=V (repeatable: all of them).",
+)  # fmt: skip
+@click.option(
+    "-n", "--limit", type=Whole(1), default=50, metavar="N",
+    help="At most N tasks, the newest (default 50).",
+)  # fmt: skip
+@global_options
+def list_(states: tuple[str, ...], labels: tuple[tuple[str, str], ...], limit: int) -> None:
     """List tasks, newest first."""
-    try:
-        states = [s for arg in state or () for s in arg.split(",")]
-        with _client(ctx) as client:
-            tasks = client.list(states=states, labels=_pairs(label), limit=limit)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
-    if _json_wanted(ctx, as_json):
-        _dump([t.to_json() for t in tasks])
+    with client() as c:
+        tasks = c.list(states=_states(states), labels=dict(labels), limit=limit + 1)
+    if len(tasks) > limit:
+        tasks = tasks[:limit]
+        task.note(f"showing the newest {limit} tasks; there are more (--limit N)")
+    if settings().json:
+        task.dump([task.record(t) for t in tasks])
         return
     from rich.table import Table
 
@@ -210,11 +586,7 @@ def list_(
         columns = ["ID", "STATE", "PRIO", "COMMAND", "STARTED"]
     for col in columns:
         elastic = col in ("COMMAND", "LABELS")
-        table.add_column(
-            col,
-            no_wrap=True,
-            overflow="ellipsis" if elastic else "fold",
-        )
+        table.add_column(col, no_wrap=True, overflow="ellipsis" if elastic else "fold")
     table.add_column("DURATION", justify="right", no_wrap=True, min_width=8)
     table.add_column("EXIT", justify="right", no_wrap=True)
     for t in tasks:
@@ -235,128 +607,214 @@ def list_(
     console.print(table)
 
 
-app.command("ls", help="Alias of list.")(list_)
+cli.add_command(list_, "ls")
+
+_TIMES = ("queued_at", "started_at", "ended_at")
+_DURATIONS = ("wait", "run", "timeout")
 
 
-@app.command()
-def show(
-    ctx: typer.Context,
-    task_id: Annotated[int, typer.Argument(metavar="ID")],
-    output: Annotated[bool, typer.Option("--output", "-o", help="Include stdout/stderr.")] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Show one task's full record."""
-    with _client(ctx) as client:
-        t = client.get(task_id, output=output)
-    data = t.to_json(output=output)
-    if _json_wanted(ctx, as_json):
-        _dump(data)
+def _show_value(key: str, value: Any) -> str:
+    """A record's value as a person reads it: "-" when absent, argv shell-quoted."""
+    if value is None or value == "" or value == {}:
+        return "-"
+    if key == "argv":
+        return shlex.join(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key in _TIMES:
+        return datetime.fromisoformat(value).astimezone().isoformat(timespec="milliseconds")
+    if key in _DURATIONS:
+        return _fmt_seconds(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    text = str(value)
+    if "\n" in text:
+        return "\n  " + text.rstrip("\n").replace("\n", "\n  ")
+    return text
+
+
+@cli.command(usage="[OPTIONS] ID")
+@click.argument("task_id", type=TaskId(), metavar="ID")
+@click.option("-o", "--output", is_flag=True, help="Include its stdout and stderr.")
+@global_options
+def show(task_id: int, output: bool) -> None:
+    """Show one task's full record.
+
+    "-" (null in JSON) stands for what there is not, such as the pid of a task that has not
+    started. The argv is shell-quoted.
+    """
+    with client() as c:
+        t = c.get(task_id, output=True)  # the truncation flags come with the output
+    data = task.record(t, output=output)
+    if settings().json:
+        task.dump(data)
         return
+    data["state"] = t.state.name.lower()
     for key, value in data.items():
-        if key in ("queued_at", "started_at", "ended_at") and value:
-            value = datetime.fromisoformat(value).astimezone().isoformat(timespec="milliseconds")
-        elif key in ("wait", "run", "timeout"):
-            value = fmt_seconds(value)
-        elif key == "state":
-            value = t.state.name.lower()
-        elif isinstance(value, str) and "\n" in value:
-            value = "\n  " + value.rstrip("\n").replace("\n", "\n  ")
-        print(f"{key:<17} {value}")
+        print(f"{key:<17} {_show_value(key, value)}")
 
 
-@app.command()
-def logs(
-    ctx: typer.Context,
-    task_id: Annotated[int, typer.Argument(metavar="ID")],
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until it ends.")] = False,
-    stdout_only: Annotated[bool, typer.Option("--stdout", help="Only stdout.")] = False,
-    stderr_only: Annotated[bool, typer.Option("--stderr", help="Only stderr.")] = False,
-) -> None:
-    """Print a task's output (stdout to stdout, stderr to stderr)."""
-    want_out, want_err = not stderr_only or stdout_only, not stdout_only or stderr_only
-    with _client(ctx) as client:
+def _streams(stdout_only: bool, stderr_only: bool) -> tuple[bool, bool]:
+    return not stderr_only or stdout_only, not stdout_only or stderr_only
+
+
+@cli.command(usage="[OPTIONS] ID", epilog=_EPILOG)
+@click.argument("task_id", type=TaskId(), metavar="ID")
+@click.option(
+    "-f", "--follow", is_flag=True, help="Follow live until it ends; exit with its status."
+)
+@click.option("--stdout", "stdout_only", is_flag=True, help="Only its stdout.")
+@click.option("--stderr", "stderr_only", is_flag=True, help="Only its stderr.")
+@global_options
+def logs(task_id: int, follow: bool, stdout_only: bool, stderr_only: bool) -> int:
+    """Print a task's output.
+
+    Its stdout goes to stdout, its stderr to stderr (with --json, both in one document). The
+    daemon keeps the first output_limit bytes of each (1 MiB by default): when it dropped the
+    rest, a line on stderr says so.
+    """
+    want_out, want_err = _streams(stdout_only, stderr_only)
+    as_json = settings().json
+    with client() as c:
         if follow:
-            _submit.follow(
-                client.stream_results([task_id], output=True), stdout=want_out, stderr=want_err
-            )
-            return
-        t = client.get(task_id, output=True)
-    if want_out:
-        sys.stdout.buffer.write(t.stdout)
-        sys.stdout.flush()
-    if want_err:
-        sys.stderr.buffer.write(t.stderr)
-        sys.stderr.flush()
-
-
-@app.command()
-def wait(
-    ctx: typer.Context,
-    task_ids: Annotated[list[int] | None, typer.Argument(metavar="ID...")] = None,
-    all_: Annotated[
-        bool, typer.Option("--all", help="Wait for every queued or running task.")
-    ] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Wait for tasks to finish; exit non-zero if any did not succeed (its status, for one)."""
-    ids = list(task_ids or ())
-    with _client(ctx) as client:
-        if all_:
-            ids += [t.id for t in client.list(states=["queued", "running"], limit=100_000)]
-        if not ids:
-            if all_:
-                return
-            raise typer.BadParameter("give task ids or --all")
-        for i in ids:  # fail fast on unknown ids, which the stream would not report
-            client.get(i)
-        results: dict[int, TaskResult] = {}
-        show = sys.stderr.isatty() and not _json_wanted(ctx, as_json)
-        progress: Any = None
-        if show:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-            progress = Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=_console(stderr=True),
-            )
-            progress.start()
-            bar = progress.add_task("waiting", total=len(ids))
-        try:
-            for ev in client.stream_results(ids, finished_only=True):
-                if ev.kind == "finished" and ev.result is not None:
-                    results[ev.task_id] = ev.result
-                    if progress is not None:
-                        progress.update(bar, completed=len(results))
-        finally:
-            if progress is not None:
-                progress.stop()
-    done = [results[i] for i in ids if i in results]
-    if _json_wanted(ctx, as_json):
-        _dump([r.to_json() for r in done])
+            events = c.stream_results([task_id], output=True)
+            return task.watch(
+                c, events, as_json=as_json, cancel_on_interrupt=False,
+                stdout=want_out, stderr=want_err,
+            )  # fmt: skip
+        t = c.get(task_id, output=True)
+    if as_json:
+        doc: dict[str, Any] = {"id": t.id, "state": t.state.name.lower()}
+        for name, wanted in (("stdout", want_out), ("stderr", want_err)):
+            if wanted:
+                doc[name] = getattr(t, name).decode(errors="replace")
+                doc[f"{name}_truncated"] = getattr(t, f"{name}_truncated")
+        task.dump(doc)
     else:
-        for r in done:
-            if not r.ok:
-                print(f"task {r.id} {r.describe()}", file=sys.stderr)
-    bad = [r for r in done if not r.ok]
-    if len(done) < len(set(ids)):
-        raise TaskerError("event stream ended before all tasks finished")
+        if want_out:
+            sys.stdout.buffer.write(t.stdout)
+            sys.stdout.flush()
+        if want_err:
+            sys.stderr.buffer.write(t.stderr)
+            sys.stderr.flush()
+    task.note_truncated(t, stdout=want_out, stderr=want_err)
+    return 0
+
+
+@cli.command(usage="[OPTIONS] [ID]... [--all]", epilog=_EPILOG)
+@click.argument("task_ids", nargs=-1, type=TaskId(), metavar="ID")
+@click.option("--all", "all_", is_flag=True, help="Wait for every task queued or running now.")
+@global_options
+def wait(task_ids: tuple[int, ...], all_: bool) -> int:
+    """Wait for tasks to end; exit non-zero if any did not succeed.
+
+    A progress bar shows on a terminal. The exit status is the task's for one task, else 1 if
+    any did not succeed; each that did not gets a line on stderr. Ctrl-C stops waiting (130),
+    and leaves the tasks running.
+    """
+    if not task_ids and not all_:
+        raise click.UsageError("give task ids, or --all")
+    as_json = settings().json
+    progress: Any = None
+    done: list[TaskResult] = []
+    if sys.stderr.isatty() and not as_json:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=_console(stderr=True),
+        )
+        bar = progress.add_task("waiting", total=len(set(task_ids)) if task_ids else None)
+
+    def finished(result: TaskResult) -> None:
+        done.append(result)
+        if progress is not None:
+            progress.update(bar, completed=len(done))
+
+    try:
+        with client() as c:
+            if progress is not None:
+                progress.start()
+            results = c.wait_all(on_result=finished) if all_ else []
+            known = {r.id for r in results}
+            rest = [i for i in task_ids if i not in known]  # with --all: those already ended
+            results += c.wait_many(rest, on_result=finished) if rest else []
+    except KeyboardInterrupt:
+        task.note(f"interrupted: {len(done):,} tasks finished meanwhile")
+        return task.EXIT_INTERRUPTED
+    finally:
+        if progress is not None:
+            progress.stop()
+    if as_json:
+        task.dump([task.record(r) for r in results])
+    codes = [task.report(r, output_shown=False) for r in results]
+    bad = [code for code in codes if code]
     if bad:
-        raise typer.Exit(bad[0].exit_status if len(set(ids)) == 1 else EXIT_OTHER)
+        return bad[0] if len(results) == 1 else EXIT_OTHER
+    return 0
 
 
-@app.command()
+# -- changing tasks ------------------------------------------------------------------------------
+
+
+@cli.command(usage="[OPTIONS] [ID]... [--all | --label K=V | --state STATE]")
+@click.argument("task_ids", nargs=-1, type=TaskId(), metavar="ID")
+@click.option("--all", "all_", is_flag=True, help="Also cancel every queued or running task.")
+@click.option(
+    "-l", "--label", "labels", type=Pair(), multiple=True, metavar="K=V",
+    help="Also cancel the queued or running tasks labelled K=V (repeatable: all of them).",
+)  # fmt: skip
+@click.option(
+    "-s", "--state", "states", type=LIVE_STATE, multiple=True, metavar="STATE",
+    help="Also cancel the tasks in this state: queued or running (repeatable).",
+)  # fmt: skip
+@global_options
 def cancel(
-    ctx: typer.Context, task_ids: Annotated[list[int], typer.Argument(metavar="ID...")]
+    task_ids: tuple[int, ...],
+    all_: bool,
+    labels: tuple[tuple[str, str], ...],
+    states: tuple[str, ...],
 ) -> None:
-    """Cancel tasks, all in one step: the queued ones leave the queue first, then the running
-    ones get SIGTERM, then SIGKILL. An unknown id cancels nothing."""
-    with _client(ctx) as client:
-        cancelled = client.cancel_many(task_ids)
-    for i in dict.fromkeys(task_ids):
-        print(f"{i} cancelled" if cancelled.get(i) else f"{i} already finished")
+    """Cancel tasks, all in one request.
+
+    The queued ones leave the queue before any running one gets SIGTERM (then SIGKILL), so that
+    none of them starts meanwhile. An unknown id cancels nothing.
+    """
+    selecting = all_ or bool(labels) or bool(states)
+    if not task_ids and not selecting:
+        raise click.UsageError("give task ids, or select with --all, --label or --state")
+    with client() as c:
+        cancelled = c.cancel_many(task_ids, all=all_, labels=dict(labels), states=_states(states))
+    results = list(cancelled.items())
+    if settings().json:
+        task.dump([{"id": i, "cancelled": done} for i, done in results])
+        return
+    for i, done in results:
+        print(f"{i} cancelled" if done else f"{i} already finished")
+    if not results:
+        task.note("no queued or running task matched")
+
+
+@cli.command(usage="[OPTIONS]")
+@click.option(
+    "--older-than", type=Duration(), metavar="DUR",
+    help="Only tasks that ended at least this long ago (default: every finished task).",
+)  # fmt: skip
+@global_options
+def clean(older_than: float | None) -> None:
+    """Remove finished tasks from the journal."""
+    with client() as c:
+        removed = c.clean(older_than)
+    if settings().json:
+        task.dump({"removed": removed})
+    else:
+        print(f"removed {removed}")
+
+
+# -- the daemon ----------------------------------------------------------------------------------
 
 
 def _stats_table(s: Stats) -> Any:
@@ -380,7 +838,7 @@ def _stats_table(s: Stats) -> Any:
         ("queued", queued),
         ("finished", finished),
         ("rejected", str(s.rejected)),
-        ("uptime", fmt_seconds(s.uptime)),
+        ("uptime", _fmt_seconds(s.uptime)),
         ("version", s.version + (" (shutting down)" if s.shutting_down else "")),
     ]
     for row in rows:
@@ -388,42 +846,66 @@ def _stats_table(s: Stats) -> Any:
     return t
 
 
-@app.command()
-def stats(
-    ctx: typer.Context,
-    watch: Annotated[
-        bool, typer.Option("--watch", "-w", help="Refresh live until Ctrl-C.")
-    ] = False,
-    interval: Annotated[str, typer.Option("--interval", help="Refresh period.")] = "1s",
-    as_json: JsonOpt = False,
-) -> None:
+def _stats_line(s: Stats) -> str:
+    """``stats --watch`` without a terminal: one line per interval."""
+    return (
+        f"{datetime.now().strftime('%H:%M:%S')} running {s.running}, "
+        f"queued {s.queued}/{s.queue_capacity}, workers {s.active_workers} "
+        f"({s.burst_workers} burst), succeeded {s.succeeded}, failed {s.failed}, "
+        f"timed out {s.timed_out}, cancelled {s.cancelled}, lost {s.lost}, "
+        f"rejected {s.rejected}" + (", shutting down" if s.shutting_down else "")
+    )
+
+
+@cli.command(usage="[OPTIONS]")
+@click.option(
+    "-w", "--watch", is_flag=True,
+    help="Refresh until Ctrl-C: live on a terminal, else a line per interval (with --json, a "
+    "document per line).",
+)  # fmt: skip
+@click.option(
+    "--interval", type=Duration(positive=True), default="1s", metavar="DUR",
+    help="How often --watch refreshes (default 1s).",
+)  # fmt: skip
+@global_options
+def stats(watch: bool, interval: float) -> None:
     """Workers, queue and counts right now."""
-    with _client(ctx) as client:
-        if _json_wanted(ctx, as_json):
-            _dump(client.stats().to_json())
-            return
+    as_json = settings().json
+    with client() as c:
         if not watch:
-            _console().print(_stats_table(client.stats()))
+            s = c.stats()
+            if as_json:
+                task.dump(s.to_json())
+            else:
+                _console().print(_stats_table(s))
             return
-        from rich.live import Live
-
-        period = to_seconds(interval) or 1.0
-        with Live(_stats_table(client.stats()), console=_console(), auto_refresh=False) as live:
-            try:
+        try:
+            if as_json or not sys.stdout.isatty():
                 while True:
-                    time.sleep(period)
-                    live.update(_stats_table(client.stats()), refresh=True)
-            except KeyboardInterrupt:
-                pass
+                    s = c.stats()
+                    if as_json:
+                        task.dump(s.to_json(), compact=True)
+                    else:
+                        print(_stats_line(s), flush=True)
+                    time.sleep(interval)
+            from rich.live import Live
+
+            with Live(_stats_table(c.stats()), console=_console(), auto_refresh=False) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(_stats_table(c.stats()), refresh=True)
+        except KeyboardInterrupt:
+            pass
 
 
-@app.command()
-def metrics(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+@cli.command(usage="[OPTIONS]")
+@global_options
+def metrics() -> None:
     """Rates, latencies and totals since the daemon started."""
-    with _client(ctx) as client:
-        m: Metrics = client.metrics()
-    if _json_wanted(ctx, as_json):
-        _dump(m.to_json())
+    with client() as c:
+        m = c.metrics()
+    if settings().json:
+        task.dump(m.to_json())
         return
     for key, value in m.to_json().items():
         if key.endswith("_rate") and "success" not in key and "failure" not in key:
@@ -431,88 +913,98 @@ def metrics(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         elif key.endswith("_rate"):
             text = f"{value:.1%}"
         elif isinstance(value, float) or value is None:
-            text = fmt_seconds(value)
+            text = _fmt_seconds(value)
         else:
             text = str(value)
         print(f"{key:<16} {text}")
 
 
-@app.command()
-def clean(
-    ctx: typer.Context,
-    older_than: Annotated[
-        str | None, typer.Option("--older-than", help="Only tasks that ended this long ago.")
-    ] = None,
-) -> None:
-    """Remove finished tasks from the journal."""
-    try:
-        seconds = to_seconds(older_than)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
-    with _client(ctx) as client:
-        print(f"removed {client.clean(seconds)}")
+@cli.group(cls=Group, usage="[OPTIONS] COMMAND")
+@click.pass_context
+def daemon(ctx: click.Context) -> None:
+    """Status and shutdown of the daemon."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(EXIT_USAGE)
 
 
-@daemon_app.command("status")
-def daemon_status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+@daemon.command("status", usage="[OPTIONS]")
+@global_options
+def daemon_status() -> None:
     """Is the daemon up? Exit 0 if so, 69 if not."""
-    with _client(ctx) as client:
-        s = client.stats()
-        if _json_wanted(ctx, as_json):
-            _dump({"socket": str(client.socket), "running": True, **s.to_json()})
-            return
-        print(
-            f"taskerd {s.version} running on {client.socket}: up {fmt_seconds(s.uptime)}, "
-            f"{s.running} running, {s.queued} queued"
-            + (", shutting down" if s.shutting_down else "")
-        )
+    as_json = settings().json
+    with client() as c:
+        try:
+            s = c.stats()
+        except DaemonUnavailable:
+            if as_json:
+                task.dump({"socket": str(c.socket), "up": False})
+            raise
+    if as_json:
+        task.dump({"socket": str(c.socket), "up": True, **s.to_json()})
+        return
+    print(
+        f"taskerd {s.version} running on {c.socket}: up {_fmt_seconds(s.uptime)}, "
+        f"{s.running} running, {s.queued} queued" + (", shutting down" if s.shutting_down else "")
+    )
 
 
-def _shutdown(ctx: typer.Context, mode: str) -> None:
-    with _client(ctx) as client:
-        client.shutdown(mode)
-    print(f"taskerd: {mode} requested")
+def _shutdown(mode: str) -> None:
+    with client() as c:
+        c.shutdown(mode)
+    if settings().json:
+        task.dump({"shutdown": mode})
+    else:
+        print(f"taskerd: {mode} requested")
 
 
-@daemon_app.command("stop")
-def daemon_stop(ctx: typer.Context) -> None:
+@daemon.command("stop", usage="[OPTIONS]")
+@global_options
+def daemon_stop() -> None:
     """Stop accepting; running tasks get stop_timeout; queued ones stay for the next start."""
-    _shutdown(ctx, "stop")
+    _shutdown("stop")
 
 
-@daemon_app.command("drain")
-def daemon_drain(ctx: typer.Context) -> None:
+@daemon.command("drain", usage="[OPTIONS]")
+@global_options
+def daemon_drain() -> None:
     """Stop accepting, finish everything queued, then exit."""
-    _shutdown(ctx, "drain")
+    _shutdown("drain")
 
 
-@daemon_app.command("kill")
-def daemon_kill(ctx: typer.Context) -> None:
+@daemon.command("kill", usage="[OPTIONS]")
+@global_options
+def daemon_kill() -> None:
     """Cancel running and queued tasks at once, then exit."""
-    _shutdown(ctx, "kill")
+    _shutdown("kill")
+
+
+# -- running it ------------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def run_app(args: Sequence[str]) -> int:
-    """Run the typer app; every error becomes one ``taskerctl: error:`` line and an exit status."""
-    command = typer.main.get_command(app)
+    """Run ``taskerctl`` with ``args``; every error becomes one ``taskerctl: error:`` line on
+    stderr and an exit status, never a traceback."""
     try:
-        rv = command.main(list(args), prog_name="taskerctl", standalone_mode=False)
-    except click_exc.NoArgsIsHelpError as err:
-        assert err.ctx is not None
-        print(err.ctx.get_help())
+        rv = cli.main(list(args), prog_name="taskerctl", standalone_mode=False)
+    except click.UsageError as err:
+        where = err.ctx.command_path if err.ctx is not None else "taskerctl"
+        message = f"{_one_line(err.format_message())} (see '{where} --help')"
+        print(f"taskerctl: error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    except click_exc.UsageError as err:
-        print(f"taskerctl: error: {err.format_message()}", file=sys.stderr)
-        return EXIT_USAGE
-    except click_exc.ClickException as err:
-        print(f"taskerctl: error: {err.format_message()}", file=sys.stderr)
+    except click.ClickException as err:
+        print(f"taskerctl: error: {_one_line(err.format_message())}", file=sys.stderr)
         return err.exit_code
     except TaskerError as err:
-        print(f"taskerctl: error: {err}", file=sys.stderr)
+        print(f"taskerctl: error: {_one_line(str(err))}", file=sys.stderr)
         return err.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        return 130
-    except OSError as err:
-        print(f"taskerctl: error: {err}", file=sys.stderr)
+    except (click.Abort, KeyboardInterrupt):
+        return task.EXIT_INTERRUPTED
+    except Exception as err:  # a bug, or an error of the system: one line all the same
+        print(f"taskerctl: error: {type(err).__name__}: {_one_line(str(err))}", file=sys.stderr)
         return EXIT_OTHER
     return rv if isinstance(rv, int) else 0

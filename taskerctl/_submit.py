@@ -1,208 +1,176 @@
-"""``taskerctl submit`` and ``taskerctl run``: their one option table, its parser, and the lean
-code path that runs them without importing typer or rich (``submit`` runs thousands of times in
-shell loops).
+"""What ``submit``, ``run``, ``wait`` and ``logs`` do with tasks, apart from parsing: the spec's
+options, the caller's standard input, following a task's output, Ctrl-C, batches, and how a task
+ended (one line on stderr, and the exit status).
 
-Options end at ``--`` or at the first word that is not an option, so in
-``taskerctl submit sh -c 'exit 3'`` the ``-c`` belongs to ``sh``. The typer app registers
-``submit`` and ``run`` as pass-through commands that call :func:`main` here, so there is one
-parser with one set of semantics.
+Every message goes to stderr as one line starting ``taskerctl:``; stdout carries ids, the task's
+own output, or (with ``--json``) exactly one JSON document.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from shlex import quote
 from typing import IO, TYPE_CHECKING, Any
+
+from taskerctl.errors import EXIT_USAGE, TaskerError
 
 if TYPE_CHECKING:
     from taskerctl._sync import Client
-    from taskerctl.models import TaskEvent, TaskResult
+    from taskerctl.models import TaskEvent, TaskOptions, TaskResult
+
+#: The most a task's standard input may hold (``TaskSpec.stdin``).
+MAX_STDIN = 1 << 20
+#: Commands of ``submit --batch`` sent per Submit request.
+BATCH_SIZE = 1000
+#: taskerctl's exit status after Ctrl-C (128 + SIGINT), as a shell's.
+EXIT_INTERRUPTED = 130
 
 
-class UsageError(Exception):
-    """A bad command line (exit status 2)."""
+def note(message: str) -> None:
+    """One line on stderr."""
+    print(f"taskerctl: {message}", file=sys.stderr, flush=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Opt:
-    """One command-line option: ``metavar`` None means a boolean flag."""
-
-    dest: str
-    flags: tuple[str, ...]
-    help: str
-    metavar: str | None = None
-    multiple: bool = False
-    commands: frozenset[str] = frozenset({"submit", "run"})
+def dump(data: object, *, compact: bool = False) -> None:
+    """The JSON document of a command, on stdout."""
+    print(json.dumps(data, indent=None if compact else 2), flush=True)
 
 
-def _only(*names: str) -> frozenset[str]:
-    return frozenset(names)
+# -- what a task record says -----------------------------------------------------------------
 
 
-#: Global options, accepted before the command (and by submit/run after it).
-GLOBAL_OPTIONS: tuple[Opt, ...] = (
-    Opt(
-        "socket",
-        ("--socket",),
-        "Daemon socket (default: $TASKER_SOCKET or the usual path).",
-        "PATH",
-    ),
-    Opt("json", ("--json",), "Print data as JSON."),
-)
-
-#: The options of ``submit`` and ``run``.
-SUBMIT_OPTIONS: tuple[Opt, ...] = (
-    Opt("priority", ("-p", "--priority"), "low, normal (default), high or critical.", "PRIO"),
-    Opt("timeout", ("-t", "--timeout"), "Kill the task after this long (5s, 1m30s).", "DUR"),
-    Opt("queue_timeout", ("--queue-timeout",), "Give up if not started within this.", "DUR"),
-    Opt("once", ("--once",), "At most once: never re-run after a crash."),
-    Opt("retries", ("--retries",), "Re-queue at most N times after a lost attempt.", "N"),
-    Opt("env", ("-e", "--env"), "Set K=V in the task's env (repeatable).", "K=V", True),
-    Opt("cwd", ("--cwd",), "Working directory (default: the current one).", "DIR"),
-    Opt("labels", ("-l", "--label"), "Label the task K=V (repeatable).", "K=V", True),
-    Opt("shell", ("--shell",), "Run the command with /bin/sh -c."),
-    Opt("wait", ("--wait",), "Wait and exit with the task's status.", commands=_only("submit")),
-    Opt(
-        "follow",
-        ("-f", "--follow"),
-        "Stream the task's output live, then exit with its status.",
-        commands=_only("submit"),
-    ),
-    Opt(
-        "batch",
-        ("--batch",),
-        "Submit one shell command per line of FILE (- for stdin), 1,000 per RPC.",
-        "FILE",
-        commands=_only("submit"),
-    ),
-    *GLOBAL_OPTIONS,
-    Opt("help", ("-h", "--help"), "Show this message and exit."),
-)
-
-EXIT_CODES_HELP = """\
-Exit status: the task's own code when it ran; 124 timed out; 128+N killed by signal N;
-125 cancelled; 123 lost; 127 spawn failed (command not found); 2 usage error;
-69 daemon unreachable; 75 queue full; 74 stream fell behind (read too slowly); 1 other errors."""
+def record(t: TaskResult, *, output: bool = False) -> dict[str, Any]:
+    """A task's JSON record, where what is absent is ``None``: the pid and worker of a task that
+    never started, and the exit status of one that has not ended."""
+    d = t.to_json(output=output)
+    if not t.pid:
+        d["pid"] = None
+    if t.started_at is None:
+        d["worker"] = None
+    if not t.done:
+        d["exit_status"] = None
+    return d
 
 
-def parse_options(
-    args: Sequence[str], options: Iterable[Opt], *, stop_at_unknown: bool = False
-) -> tuple[dict[str, Any], list[str]]:
-    """Parse leading options of ``args``; return ``(values, rest)``.
-
-    ``rest`` starts at the first non-option word (a leading ``--`` is dropped). Unknown options
-    raise :class:`UsageError`, or end the options when ``stop_at_unknown``.
-    """
-    table = {flag: opt for opt in options for flag in opt.flags}
-    values: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            return values, list(args[i + 1 :])
-        if not arg.startswith("-") or arg == "-":
-            break
-        if arg.startswith("--"):
-            name, eq, attached = arg.partition("=")
-        else:
-            name, attached = arg[:2], arg[2:]
-            eq = "=" if attached else ""
-        opt = table.get(name)
-        if opt is None:
-            if stop_at_unknown:
-                break
-            raise UsageError(f"no such option: {name}")
-        i += 1
-        if opt.metavar is None:
-            if eq:
-                raise UsageError(f"option {name} does not take a value")
-            values[opt.dest] = True
-            continue
-        if not eq:
-            if i >= len(args):
-                raise UsageError(f"option {name} requires an argument")
-            attached = args[i]
-            i += 1
-        if opt.multiple:
-            values.setdefault(opt.dest, []).append(attached)
-        else:
-            values[opt.dest] = attached
-    return values, list(args[i:])
+def note_truncated(t: TaskResult, *, stdout: bool = True, stderr: bool = True) -> None:
+    """Say on stderr which of the task's kept output streams were cut at the daemon's limit."""
+    for name, wanted, cut, data in (
+        ("stdout", stdout, t.stdout_truncated, t.stdout),
+        ("stderr", stderr, t.stderr_truncated, t.stderr),
+    ):
+        if wanted and cut:
+            note(
+                f"task {t.id}: only the first {len(data):,} bytes of its {name} were kept "
+                "(the daemon's output_limit); the rest was dropped"
+            )
 
 
-def format_help(command: str) -> str:
-    """The ``--help`` text of ``submit`` or ``run``, from the option table."""
-    usage = {
-        "submit": "Usage: taskerctl submit [OPTIONS] [--] CMD [ARGS...]\n"
-        "       taskerctl submit --batch FILE|-\n\n"
-        "Submit a task to the queue; print its id (see --wait, --follow).",
-        "run": "Usage: taskerctl run [OPTIONS] [--] CMD [ARGS...]\n\n"
-        "Run a task at once (bypassing the queue), stream its output, exit with its status.",
-    }[command]
-    lines = [usage, "", "Options end at the first word that is not an option.", "", "Options:"]
-    for opt in SUBMIT_OPTIONS:
-        if command in opt.commands:
-            names = ", ".join(opt.flags) + (f" {opt.metavar}" if opt.metavar else "")
-            lines.append(f"  {names:<26} {opt.help}")
-    return "\n".join([*lines, "", EXIT_CODES_HELP, ""])
+def report(t: TaskResult, *, output_shown: bool) -> int:
+    """Say on stderr how a task that did not succeed ended, unless its own exit status and the
+    output just shown say it; return taskerctl's exit status for it."""
+    own_exit = t.state.name == "FAILED" and t.exit_code is not None
+    if not t.ok and not (output_shown and own_exit):
+        note(f"task {t.id} {t.describe()}")
+    return t.exit_status
 
 
-def _pairs(items: Iterable[str], what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise UsageError(f"invalid {what} {item!r}: use K=V")
-        out[key] = value
-    return out
+# -- building a task -------------------------------------------------------------------------
 
 
-def task_options(values: dict[str, Any]) -> dict[str, Any]:
-    """Turn parsed option values into ``Client.submit`` keyword arguments (validated)."""
-    from taskerctl.models import parse_priority, to_seconds
-
-    kw: dict[str, Any] = {"shell": bool(values.get("shell")), "once": bool(values.get("once"))}
+def read_stdin() -> bytes:
+    """What is piped to us, for a task's standard input: nothing from a terminal."""
+    stream = sys.stdin
+    if stream is None:
+        return b""
     try:
-        if "priority" in values:
-            kw["priority"] = parse_priority(values["priority"])
-        for dest in ("timeout", "queue_timeout"):
-            if dest in values:
-                kw[dest] = to_seconds(values[dest])
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    if "retries" in values:
-        try:
-            kw["retries"] = int(values["retries"])
-        except ValueError:
-            raise UsageError(f"invalid --retries {values['retries']!r}: not a number") from None
-    env = dict(os.environ)
-    env.update(_pairs(values.get("env", ()), "--env"))
-    kw["env"] = env
-    if "cwd" in values:
-        kw["cwd"] = values["cwd"]
-    if "labels" in values:
-        kw["labels"] = _pairs(values["labels"], "--label")
+        if os.isatty(stream.fileno()):
+            return b""
+        data = stream.buffer.read(MAX_STDIN + 1)
+    except (OSError, ValueError):  # closed, or not a real file
+        return b""
+    if len(data) > MAX_STDIN:
+        raise TaskerError(
+            f"standard input holds more than {MAX_STDIN:,} bytes, the most a task can be given: "
+            "pass --no-stdin, or let the command read a file"
+        )
+    return data
+
+
+def task_options(
+    *,
+    shell: bool,
+    env: Mapping[str, str],
+    labels: Mapping[str, str],
+    priority: str | None = None,
+    timeout: float | None = None,
+    queue_timeout: float | None = None,
+    once: bool = False,
+    retries: int | None = None,
+    max_requeues: int | None = None,
+    cwd: str | None = None,
+    stdin: bytes = b"",
+) -> TaskOptions:
+    """``Client.submit`` keyword arguments from the command line's options.
+
+    The task gets the caller's environment (plus ``env``) and working directory, as with nohup.
+    """
+    kw: TaskOptions = {"shell": shell, "once": once, "env": {**os.environ, **env}}
+    if labels:
+        kw["labels"] = dict(labels)
+    if priority is not None:
+        kw["priority"] = priority
+    if timeout is not None:
+        kw["timeout"] = timeout
+    if queue_timeout is not None:
+        kw["queue_timeout"] = queue_timeout
+    if retries is not None:
+        kw["retries"] = retries  # TaskSpec.retries: a failed attempt runs again
+    if max_requeues is not None:
+        kw["max_requeues"] = max_requeues  # TaskSpec.max_retries: after a lost attempt
+    if cwd is not None:
+        kw["cwd"] = cwd
+    if stdin:
+        kw["stdin"] = stdin
     return kw
 
 
-def _write(stream: IO[bytes], data: bytes) -> None:
-    stream.write(data)
-    stream.flush()
+def argv(words: Iterable[str], *, shell: bool) -> list[str]:
+    """The task's argv: with ``--shell`` the words are joined into one script (as ssh does)."""
+    words = list(words)
+    return [" ".join(words)] if shell and words else words
+
+
+# -- following a task ------------------------------------------------------------------------
+
+
+def _close(events: Iterable[Any]) -> None:
+    close: Callable[[], object] | None = getattr(events, "close", None)
+    if close is not None:
+        close()
+
+
+def _write(sink: IO[bytes] | None, data: bytes) -> None:
+    if sink is not None and data:
+        sink.write(data)
+        sink.flush()
 
 
 def follow(
     events: Iterable[TaskEvent],
     *,
-    stdout: bool = True,
-    stderr: bool = True,
+    stdout: IO[bytes] | None,
+    stderr: IO[bytes] | None,
     on_event: Callable[[TaskEvent], None] | None = None,
 ) -> TaskResult | None:
-    """Copy a task's output chunks to our stdout/stderr as they arrive; return its result.
+    """Copy a task's output chunks to ``stdout``/``stderr`` (None: drop) as they arrive, say
+    when a failed attempt runs again, and return the task's result.
 
-    When no chunk arrived (the task had already finished), the output in the final event is
-    printed instead, so nothing is shown twice.
+    When no chunk arrived (the task had already finished), the output the daemon kept is copied
+    instead, with a note when it was cut.
     """
     seen = False
     for ev in events:
@@ -210,124 +178,174 @@ def follow(
             on_event(ev)
         if ev.kind == "output":
             seen = True
-            if ev.stream == "stderr":
-                if stderr:
-                    _write(sys.stderr.buffer, ev.data)
-            elif stdout:
-                _write(sys.stdout.buffer, ev.data)
+            _write(stderr if ev.stream == "stderr" else stdout, ev.data)
+        elif ev.kind == "retrying":
+            note(f"task {ev.task_id}: attempt {ev.attempt} failed ({ev.reason}); it runs again")
         elif ev.kind == "finished" and ev.result is not None:
+            r = ev.result
             if not seen:
-                if stdout and ev.result.stdout:
-                    _write(sys.stdout.buffer, ev.result.stdout)
-                if stderr and ev.result.stderr:
-                    _write(sys.stderr.buffer, ev.result.stderr)
-            return ev.result
+                _write(stdout, r.stdout)
+                _write(stderr, r.stderr)
+                note_truncated(r, stdout=stdout is not None, stderr=stderr is not None)
+            return r
     return None
 
 
-def _batch_lines(path: str) -> Iterator[str]:
-    fh = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    try:
-        for line in fh:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                yield line
-    finally:
-        if fh is not sys.stdin:
-            fh.close()
-
-
-def _print_json(data: object) -> None:
-    import json
-
-    print(json.dumps(data, indent=None if isinstance(data, dict) and "id" in data else 2))
-
-
-def _run_submit(client: Client, values: dict[str, Any], cmd: list[str]) -> int:
-    kw = task_options(values)
-    as_json = bool(values.get("json"))
-    if "batch" in values:
-        if cmd or values.get("wait") or values.get("follow"):
-            raise UsageError("--batch takes no command, --wait or --follow")
-        kw["shell"] = True
-        handles = client.submit_many(_batch_lines(values["batch"]), batch_size=1000, **kw)
-        out = sys.stdout
-        if as_json:
-            _print_json([h.id for h in handles])
-        else:
-            out.write("".join(f"{h.id}\n" for h in handles))
-        return 0
-    if not cmd:
-        raise UsageError("missing command (taskerctl submit [OPTIONS] -- CMD [ARGS...])")
-    handle = client.submit(cmd, **kw)
-    if values.get("follow"):
-        # stdout carries the task's own output, so the id goes to stderr.
-        print(handle.id, file=sys.stderr, flush=True)
-        result = follow(handle.events(output=True))
-    elif values.get("wait"):
-        if not as_json:
-            print(handle.id, flush=True)
-        result = handle.wait()
-    elif as_json:
-        _print_json({"id": handle.id})
-        return 0
+def interrupted(client: Client, task_id: int | None, *, cancel: bool) -> int:
+    """After Ctrl-C: cancel the task (or say it goes on); return the exit status, 130."""
+    if task_id is None:
+        note("interrupted")
+    elif cancel:
+        client.cancel(task_id)
+        note(f"interrupted: task {task_id} cancelled")
     else:
-        print(handle.id)
-        return 0
-    if result is None:
-        from taskerctl.errors import DaemonUnavailable
-
-        raise DaemonUnavailable(client.socket, "event stream ended before the task finished")
-    if as_json:
-        _print_json(result.to_json())
-    return result.exit_status
+        note(f"interrupted: task {task_id} goes on (taskerctl wait {task_id})")
+    return EXIT_INTERRUPTED
 
 
-def _run_run(client: Client, values: dict[str, Any], cmd: list[str]) -> int:
-    if not cmd:
-        raise UsageError("missing command (taskerctl run [OPTIONS] -- CMD [ARGS...])")
-    kw = task_options(values)
-    if values.get("json"):
-        result = client.run(cmd, **kw)
-        _print_json(result.to_json(output=True))
-        return result.exit_status
-    followed = follow(client.run_stream(cmd, **kw))
-    if followed is None:
-        from taskerctl.errors import TaskerError
+def watch(
+    client: Client,
+    events: Iterable[TaskEvent],
+    *,
+    as_json: bool,
+    cancel_on_interrupt: bool,
+    stdout: bool = True,
+    stderr: bool = True,
+) -> int:
+    """Follow one task to its end: its output to our stdout and stderr (into the JSON document
+    with ``--json``), Ctrl-C, and how it ended. Returns taskerctl's exit status."""
+    out: IO[bytes] = io.BytesIO() if as_json else sys.stdout.buffer
+    err: IO[bytes] = io.BytesIO() if as_json else sys.stderr.buffer
+    ids: list[int] = []
 
-        raise TaskerError("the Run stream ended before the task finished")
-    return followed.exit_status
-
-
-def main(command: str, args: Sequence[str], globals_: dict[str, Any] | None = None) -> int:
-    """Run ``submit`` or ``run`` with ``args`` (after the command word); return the exit status.
-
-    Errors become one line on stderr.
-    """
-    from taskerctl.errors import TaskerError
+    def seen(ev: TaskEvent) -> None:
+        if not ids:
+            ids.append(ev.task_id)
 
     try:
-        allowed = [o for o in SUBMIT_OPTIONS if command in o.commands]
-        values, cmd = parse_options(args, allowed)
-        values = {**(globals_ or {}), **values}
-        if values.get("help"):
-            sys.stdout.write(format_help(command))
-            return 0
-        from taskerctl._sync import Client
-
-        with Client(values.get("socket")) as client:
-            if command == "submit":
-                return _run_submit(client, values, cmd)
-            return _run_run(client, values, cmd)
-    except UsageError as err:
-        print(f"taskerctl: error: {err}", file=sys.stderr)
-        print(f"Try 'taskerctl {command} --help'.", file=sys.stderr)
-        return 2
-    except TaskerError as err:
-        print(f"taskerctl: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except OSError as err:
-        print(f"taskerctl: error: {err}", file=sys.stderr)
-        return 1
+        result = follow(
+            events,
+            stdout=out if stdout else None,
+            stderr=err if stderr else None,
+            on_event=seen,
+        )
     except KeyboardInterrupt:
-        return 130
+        _close(events)  # a Run call ends here, and the daemon cancels its task
+        return interrupted(client, ids[0] if ids else None, cancel=cancel_on_interrupt)
+    finally:
+        _close(events)
+    if result is None:
+        raise TaskerError("the event stream ended before the task finished")
+    if as_json:
+        doc = record(result)
+        for name, wanted, sink in (("stdout", stdout, out), ("stderr", stderr, err)):
+            if wanted:
+                assert isinstance(sink, io.BytesIO)
+                doc[name] = sink.getvalue().decode(errors="replace")
+        dump(doc)
+    return report(result, output_shown=not as_json)
+
+
+def wait_one(client: Client, task_id: int, *, as_json: bool, cancel_on_interrupt: bool) -> int:
+    """Wait for one task without its output: ``submit --wait``."""
+    try:
+        result = client.wait(task_id)
+    except KeyboardInterrupt:
+        return interrupted(client, task_id, cancel=cancel_on_interrupt)
+    if as_json:
+        dump(record(result))
+    return report(result, output_shown=False)
+
+
+# -- batches ---------------------------------------------------------------------------------
+
+
+class BatchIncomplete(TaskerError):
+    """Part of a batch was not submitted; the message says from which line on."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _BadLine(Exception):
+    exit_code = EXIT_USAGE
+
+    def __init__(self, lineno: int) -> None:
+        super().__init__(f"line {lineno:,} is not valid UTF-8")
+        self.lineno = lineno
+
+
+def batch_commands(source: IO[bytes]) -> Iterator[tuple[int, str]]:
+    """``(line number, command)`` for each line that is not blank or a ``#`` comment."""
+    for lineno, raw in enumerate(source, 1):
+        try:
+            line = raw.decode().strip()
+        except UnicodeDecodeError:
+            raise _BadLine(lineno) from None
+        if line and not line.startswith("#"):
+            yield lineno, line
+
+
+def _count(commands: Iterator[tuple[int, str]]) -> int:
+    """How many commands are left (a line that is not UTF-8 counts as one)."""
+    n = 0
+    while True:
+        try:
+            for _ in commands:
+                n += 1
+            return n
+        except _BadLine:
+            n += 1
+
+
+def submit_batch(
+    client: Client, source: IO[bytes], name: str, options: TaskOptions, *, as_json: bool
+) -> int:
+    """``submit --batch``: one shell command per line, ``BATCH_SIZE`` per request.
+
+    The ids of the tasks accepted are printed as they are. A request that fails (or a line that
+    is not UTF-8) ends the batch; the error then says how many commands were not submitted, and
+    from which line on, so that the rest can be resumed.
+    """
+    accepted: list[int] = []
+    commands = batch_commands(source)
+    pending: list[tuple[int, str]] = []
+
+    def send() -> None:
+        handles = client.submit_many([c for _, c in pending], batch_size=BATCH_SIZE, **options)
+        accepted.extend(h.id for h in handles)
+        if not as_json:
+            sys.stdout.write("".join(f"{h.id}\n" for h in handles))
+            sys.stdout.flush()
+        pending.clear()
+
+    try:
+        for item in commands:
+            pending.append(item)
+            if len(pending) == BATCH_SIZE:
+                send()
+        if pending:
+            send()
+    except (TaskerError, _BadLine) as exc:
+        if as_json:
+            dump(accepted)
+        bad = isinstance(exc, _BadLine)
+        first = pending[0][0] if pending else exc.lineno if isinstance(exc, _BadLine) else 0
+        left = len(pending) + bad + _count(commands)
+        if not accepted:
+            message = f"{exc}: nothing submitted"
+        else:
+            message = (
+                f"{exc}: {len(accepted):,} tasks accepted (ids printed), {left:,} commands not "
+                f"submitted, from line {first:,} "
+                + (
+                    "of the input on"
+                    if name == "-"
+                    else f"on (resume: tail -n +{first} {quote(name)})"
+                )
+            )
+        raise BatchIncomplete(message, exc.exit_code) from None
+    if as_json:
+        dump(accepted)
+    return 0

@@ -1,20 +1,22 @@
-"""The ``taskerctl`` command line (entry point :func:`main`).
-
-``submit`` and ``run`` take a lean path (no typer, no rich) because they run thousands of times
-in shell loops; every other command goes through the typer app in :mod:`taskerctl._app`.
+"""The ``taskerctl`` command line (entry point :func:`main`); the commands are in
+:mod:`taskerctl._app`, one click group.
 
 Exit status:
 
 ====  ==============================================
-N     the task's own exit code, when it ran
+N     the task's own exit code, when it ran (--wait, --follow, run, logs -f)
 124   the task timed out
 128+N the task was killed by signal N
 125   the task was cancelled
 123   the task was lost (an at-most-once task when the daemon died)
-127   the task could not be spawned (command not found)
+127   the task could not be started (command not found, not executable, bad cwd)
+122   the task failed without an exit status of its own (interrupted during its last allowed
+      attempt, or a daemon-side error): the message says which
+130   interrupted (Ctrl-C)
 2     usage error
 69    the daemon is unreachable (with a hint how to start it)
 75    the daemon's queue is full
+74    a stream fell behind (read too slowly) and was dropped
 1     any other error
 ====  ==============================================
 """
@@ -25,27 +27,26 @@ import os
 import sys
 from collections.abc import Sequence
 
-#: Commands served by the lean path in :mod:`taskerctl._submit`.
-LEAN_COMMANDS = ("submit", "run")
-
 
 def dispatch(argv: Sequence[str]) -> int:
     """Run ``taskerctl`` with ``argv`` (without the program name); return the exit status."""
-    args = list(argv)
-    if "_TASKERCTL_COMPLETE" not in os.environ:
-        from taskerctl import _submit
-
-        try:
-            values, rest = _submit.parse_options(args, _submit.GLOBAL_OPTIONS, stop_at_unknown=True)
-        except _submit.UsageError:
-            rest = []  # let the full CLI report it
-        if rest and rest[0] in LEAN_COMMANDS:
-            return _submit.main(rest[0], rest[1:], values)
     from taskerctl._app import run_app
 
-    return run_app(args)
+    return run_app(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: exits with the status of :func:`dispatch`."""
-    sys.exit(dispatch(sys.argv[1:] if argv is None else argv))
+    """Console entry point: exits with the status of :func:`dispatch`.
+
+    The process ends with ``os._exit`` once stdout and stderr are flushed: everything it opened
+    is closed by then, and the interpreter's teardown (a third of a gRPC client's start-up
+    cost) would only delay the shell. Call :func:`dispatch` to run taskerctl in a process that
+    goes on.
+    """
+    status = dispatch(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: what was left unread is lost anyway
+            status = status or 1
+    os._exit(status)

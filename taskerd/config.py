@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from taskerctl.durations import format_duration, parse_duration
-from taskerctl.paths import default_socket_path
+from tasker.durations import format_duration, parse_duration
+from tasker.paths import default_socket_path
 
 #: Keys whose TOML value is a duration ("5s", "1m30s" or a number of seconds).
 _DURATIONS = {"kill_grace", "stop_timeout", "keep_for"}
@@ -136,12 +136,23 @@ def load(path: Path | None, overrides: dict[str, Any]) -> DaemonConfig:
     return config
 
 
+class _Version(argparse.Action):
+    """``-V``/``--version``: the version ``Stats`` reports, printed, then exit."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kw: Any) -> None:
+        from taskerd.core import _version
+
+        print(f"taskerd {_version()}")
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``taskerd`` command line."""
     p = argparse.ArgumentParser(
         prog="taskerd",
         description="Tasker daemon: serves the tasker.v1 gRPC API on a Unix socket.",
     )
+    p.add_argument("-V", "--version", action=_Version, nargs=0, help="print the version and exit")
     p.add_argument("--socket", help="socket path (default: $XDG_RUNTIME_DIR/tasker/taskerd.sock)")
     p.add_argument("--state-dir", dest="state_dir", help="where the journal lives")
     p.add_argument("--config", type=Path, help="TOML configuration file")
