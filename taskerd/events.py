@@ -57,8 +57,8 @@ class Watcher:
     """One subscription: events for some task ids (or all), with or without output."""
 
     __slots__ = (
-        "_backlog", "_bytes", "_ended", "_hub", "_ready", "finished_only", "ids", "output",
-        "overflowed", "remaining",
+        "_backlog", "_byte_cap", "_bytes", "_ended", "_hub", "_ready", "finished_only", "ids",
+        "output", "overflowed", "remaining",
     )  # fmt: skip
 
     def __init__(
@@ -75,6 +75,9 @@ class Watcher:
         self._backlog: deque[tuple[pb.TaskEvent, int]] = deque()
         self._bytes = 0
         self._ready = asyncio.Event()
+        self._byte_cap = WATCHER_BYTES
+        if finished_only and ids is not None:
+            self._byte_cap = max(WATCHER_BYTES, len(self.ids or ()) * EVENT_OVERHEAD * 2)
 
     def push(self, event: pb.TaskEvent | None, size: int | None = None) -> None:
         """Queue an event (``size``: its :func:`event_size`, if known); ``None`` ends the stream.
@@ -89,11 +92,14 @@ class Watcher:
             if size is None:
                 size = event_size(event)
             backlog = self._backlog
-            if backlog and len(backlog) >= WATCHER_QUEUE:
+            # A finished-only watcher of given tasks gets one event per task at most: its
+            # backlog is bounded by what it watches (``wait`` on many ids, ``all_live``).
+            bounded = self.finished_only and self.ids is not None
+            if backlog and len(backlog) >= WATCHER_QUEUE and not bounded:
                 self._drop(f"more than {WATCHER_QUEUE:,} events unread")
                 return
-            if backlog and self._bytes + size > WATCHER_BYTES:
-                self._drop(f"more than {WATCHER_BYTES >> 20} MiB unread")
+            if backlog and self._bytes + size > self._byte_cap:
+                self._drop(f"more than {self._byte_cap >> 20} MiB unread")
                 return
             backlog.append((event, size))
             self._bytes += size

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +73,39 @@ def test_every_example_is_tested() -> None:
         "web_server.py", "queue_with_context.py", "backpressure.py",
     }  # fmt: skip
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
+
+
+@pytest.mark.timeout(90)  # beyond the 45 s bound below, so the demo gets to stop its daemon
+def test_demo_sh(tmp_path: Path) -> None:
+    """``make run``: examples/demo.sh starts a taskerd of its own on a private socket (in a
+    directory it makes under $TMPDIR), runs its workload through taskerctl, stops the daemon and
+    removes its directory."""
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    env.pop("TASKER_SOCKET", None)  # the demo sets its own
+    t0 = time.monotonic()
+    p = subprocess.Popen(
+        ["bash", str(EXAMPLES / "demo.sh")], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, _ = p.communicate(timeout=45)
+    except subprocess.TimeoutExpired:
+        p.terminate()  # the demo's trap stops its daemon
+        try:
+            out, _ = p.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, _ = p.communicate()
+        pytest.fail(f"demo.sh still running after 45s:\n{out}")
+    took = time.monotonic() - t0
+    assert p.returncode == 0, out
+    for text in [
+        "they started in this order: critical high normal low",
+        "tick 3",
+        ": exit 124",  # the task that timed out
+        ": exit 125",  # the one cancelled
+        "taskerd exited cleanly",
+    ]:
+        assert text in out, out
+    assert took < 30, f"demo.sh took {took:.1f}s"
+    assert not list(tmp_path.iterdir()), "demo.sh left its directory behind"
