@@ -454,18 +454,29 @@ class Waiter:
             chunks = [self.ids[i : i + MAX_IDS] for i in range(0, len(self.ids), MAX_IDS)]
         self.requests = [
             pb.StreamResultsRequest(
-                ids=chunk, output=output, finished_only=True, all_live=self.ids is None
+                ids=chunk,
+                output=output,
+                finished_only=True,
+                all_live=self.ids is None,
+                batch=not output,  # what had ended comes many to a message
             )
             for chunk in chunks
         ]
 
     def feed(self, event: pb.TaskEvent) -> None:
         """Take one event of any of the streams."""
-        if event.HasField("finished"):
-            result = TaskResult.from_proto(event.finished.task)
-            self._results[result.id] = result
-            if self._on_result is not None:
-                self._on_result(result)
+        kind = event.WhichOneof("kind")
+        if kind == "finished":
+            self._take(event.finished.task)
+        elif kind == "finished_many":
+            for task in event.finished_many.tasks:
+                self._take(task)
+
+    def _take(self, task: pb.Task) -> None:
+        result = TaskResult.from_proto(task)
+        self._results[result.id] = result
+        if self._on_result is not None:
+            self._on_result(result)
 
     @contextlib.contextmanager
     def deadline(self) -> Iterator[None]:

@@ -65,6 +65,8 @@ NORMAL = pb.PRIORITY_NORMAL
 KEEP_SPECS = 10_000
 #: How long Cancel waits for the queued tasks' CANCELLED to be journaled before answering.
 ENDED_WAIT = 5.0
+#: Ended tasks per ``finished_many`` event (StreamResultsRequest.batch).
+BATCH = 1000
 #: How often a read is tried again when a task changed under it (see ``Core.get``).
 READ_TRIES = 5
 
@@ -536,7 +538,12 @@ class Core:
         return chosen
 
     async def watch(
-        self, ids: Sequence[int], *, output: bool, finished_only: bool = False
+        self,
+        ids: Sequence[int],
+        *,
+        output: bool,
+        finished_only: bool = False,
+        batch: bool = False,
     ) -> tuple[Watcher, builtins.list[pb.TaskEvent]]:
         """Subscribe to tasks and get their past events; NotFound for an unknown id.
 
@@ -545,7 +552,8 @@ class Core:
         from the journal: those that had ended give their ``finished`` event. No event is
         missed or seen twice. An ended task's past ``finished`` event comes without its
         output: the caller fetches that with :meth:`with_output` as it sends the event, one
-        task at a time.
+        task at a time. With ``batch`` (``finished_only`` without output), the ended tasks
+        come ``BATCH`` to a ``finished_many`` event.
         """
         if not ids:
             return self.hub.subscribe(None, output=output, finished_only=finished_only), []
@@ -560,17 +568,25 @@ class Core:
             elif not finished_only:
                 past.extend(backlog(live, output=output))
         try:
-            ended = await self.store.get_many(others) if others else {}
+            light = batch and finished_only and not output  # ``finished_many``: light records
+            ended = await self.store.get_many(others, light=light) if others else {}
         except BaseException:
             watcher.close()
             raise
+        done: builtins.list[pb.Task] = []
         for task_id in others:
             task = ended.get(task_id)
             if task is None:
                 watcher.close()
                 raise NotFound(task_id)
             if task.state in TERMINAL:  # else it went live after subscribing: events follow
-                past.append(event(task_id, 0, finished=pb.TaskEvent.Finished(task=task)))
+                done.append(task)
+        if batch and finished_only and not output:
+            for at in range(0, len(done), BATCH):
+                many = pb.TaskEvent.FinishedMany(tasks=done[at : at + BATCH])
+                past.append(event(done[at].id, 0, finished_many=many))
+        else:
+            past += (event(t.id, 0, finished=pb.TaskEvent.Finished(task=t)) for t in done)
         return watcher, past
 
     async def with_output(self, past: pb.TaskEvent) -> pb.TaskEvent:

@@ -143,7 +143,7 @@ class Service(pb_grpc.TaskerServicer):
             if not ids:  # nothing to wait for
                 return
         watcher, past = await self.core.watch(
-            ids, output=request.output, finished_only=request.finished_only
+            ids, output=request.output, finished_only=request.finished_only, batch=request.batch
         )
         try:
             finished: set[int] = set()
@@ -151,8 +151,11 @@ class Service(pb_grpc.TaskerServicer):
                 if request.output and event.WhichOneof("kind") == "finished":
                     event = await self.core.with_output(event)  # one output in memory at a time
                 yield event
-                if event.WhichOneof("kind") == "finished":
+                kind = event.WhichOneof("kind")
+                if kind == "finished":
                     finished.add(event.task_id)
+                elif kind == "finished_many":
+                    finished.update(t.id for t in event.finished_many.tasks)
             if watcher.remaining is not None:
                 watcher.remaining -= finished
                 if not watcher.remaining:

@@ -914,18 +914,22 @@ class Store:
         return _task(rows[0], full=True, output=output) if rows else None
 
     async def get_many(
-        self, task_ids: Collection[int], *, output: bool = False
+        self, task_ids: Collection[int], *, output: bool = False, light: bool = False
     ) -> dict[int, pb.Task]:
-        """Full records of the tasks that exist among ``task_ids``, in one read."""
-        wanted = [i for i in task_ids if 0 < i <= MAX_ID]
-        sql = _GET_OUTPUT if output else _GET
+        """Full records of the tasks that exist among ``task_ids``, in one read; ``light``:
+        without output, and the spec without env and stdin (as :meth:`list` gives)."""
+        wanted = sorted({i for i in task_ids if 0 < i <= MAX_ID})
+        if light:
+            sql = f"SELECT {_COLS} FROM tasks t WHERE t.id IN ({{}})"
+        else:
+            sql = (_GET_OUTPUT if output else _GET).replace("t.id = ?", "t.id IN ({})")
 
         def read(conn: _Conn) -> dict[int, pb.Task]:
             found: dict[int, pb.Task] = {}
-            for i in wanted:
-                row = conn.execute(sql, (i,)).fetchone()
-                if row is not None:
-                    found[i] = _task(row, full=True, output=output)
+            for at in range(0, len(wanted), 500):
+                part = wanted[at : at + 500]
+                for row in conn.execute(sql.format(",".join("?" * len(part))), part):
+                    found[row[0]] = _task(row, full=not light, output=output and not light)
             return found
 
         return await self._read(read) if wanted else {}

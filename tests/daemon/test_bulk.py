@@ -93,3 +93,20 @@ def test_wait_for_every_live_task_past_the_id_limit(make_daemon: type[Daemon]) -
     assert sorted(seen) == sorted([blocker, *queued])
     idle = d.stub.StreamResults(pb.StreamResultsRequest(all_live=True), timeout=10)
     assert list(idle) == []  # nothing live: the stream ends at once
+
+
+def test_batch_sends_ended_tasks_many_to_a_message(make_daemon: type[Daemon]) -> None:
+    d = make_daemon("--workers", "2")
+    ids: list[int] = []
+    for _ in range(3):
+        req = pb.SubmitRequest(env={"A": "1"}, tasks=[pb.TaskSpec(argv=["true"])] * 1000)
+        ids += d.stub.Submit(req, timeout=30).ids
+    wait(d.stub, *ids[:1], timeout=60)
+    done = pb.StreamResultsRequest(ids=ids, finished_only=True)
+    assert len(list(d.stub.StreamResults(done, timeout=60))) == 3000  # all ended by now
+    batched = pb.StreamResultsRequest(ids=ids, finished_only=True, batch=True)
+    events = list(d.stub.StreamResults(batched, timeout=60))
+    assert [e.WhichOneof("kind") for e in events] == ["finished_many"] * 3
+    tasks = [t for e in events for t in e.finished_many.tasks]
+    assert sorted(t.id for t in tasks) == sorted(ids)
+    assert all(t.state == pb.TASK_STATE_SUCCEEDED and not t.spec.env for t in tasks)
