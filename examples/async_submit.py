@@ -14,7 +14,7 @@ async def main() -> None:
     async with AsyncClient() as client:
         # A handle: submit returns once the task is journaled; awaiting it waits for the result.
         handle = await client.submit(["sh", "-c", "echo hello from task; sleep 0.2"])
-        print("submitted", handle.id, "state", (await handle.state).name)
+        print("submitted", handle.id, "state", (await handle.get_state()).name)
         result = await handle
         print("task", result.id, result.state.name, "in", f"{result.run:.2f}s")
 

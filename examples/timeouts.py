@@ -26,7 +26,7 @@ def main() -> None:
         try:
             handle.wait(timeout=0.2)
         except DeadlineExceeded:
-            print(f"task {handle.id}: still {handle.state.name} after waiting 0.2s")
+            print(f"task {handle.id}: still {handle.get_state().name} after waiting 0.2s")
         handle.cancel()
         print(f"task {handle.id}: {handle.wait(10).state.name}")
 
