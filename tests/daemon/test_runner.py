@@ -124,6 +124,21 @@ async def test_cwd(tmp_path: Path) -> None:
     assert sid == pid  # a new session on the cwd path too
 
 
+async def test_cwd_spawn_leaves_the_daemon_where_it_was(tmp_path: Path) -> None:
+    # The cwd path steps into the directory around posix_spawn: a relative command is found
+    # there (as with Popen's cwd), and the daemon's own working directory is unchanged after,
+    # also when the spawn fails.
+    script = tmp_path / "here.sh"
+    script.write_text("#!/bin/sh\necho from here\n")
+    script.chmod(0o755)
+    before = os.getcwd()
+    cap, _ = await run(["./here.sh"], cwd=str(tmp_path))
+    assert cap.stdout == b"from here\n" and os.getcwd() == before
+    with pytest.raises(SpawnError):
+        await run(["./missing.sh"], cwd=str(tmp_path))
+    assert os.getcwd() == before
+
+
 async def test_new_session_per_run() -> None:
     cap, _ = await run(["sh", "-c", "ps -o sid=,pgid= -p $$; echo $$"])
     sid, pgid, pid = pids_in(cap.stdout)
