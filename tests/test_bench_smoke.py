@@ -20,8 +20,14 @@ def test_daemon_bench_quick_prints_summary() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "SUMMARY" in out
-    for figure in ("accept batch 1k (normal)", "accept batch 1k (full)", "e2e 100 true, 2 workers",
-                   "e2e 100 true, 8 workers", "submit-to-start p50", "Stats p50 at"):  # fmt: skip
+    for figure in (
+        "accept batch 1k (normal)",
+        "accept batch 1k (full)",
+        "e2e 100 true (cwd+env), 2 workers",
+        "e2e 100 true (cwd+env), 8 workers",
+        "submit-to-start p50",
+        "Stats p50 at",
+    ):
         assert figure in out, out
     summary = out.split("SUMMARY", 1)[1]
     assert summary.count("\n") >= 10, summary
