@@ -150,7 +150,7 @@ class Attempt:
     def _spawned(self, spawned: Spawned) -> None:
         live, host = self.live, self.host
         live.pid = spawned.pid
-        live.run = Run(live.id, spawned.pid, spawned.pgid, spawned.start_time, spawned.token)
+        live.run = spawned
         if live.once:
             self._journal_started()
         else:
@@ -173,8 +173,14 @@ class Attempt:
         if live.state == RUNNING and live.started_at is not None:
             self.host.store.mark_started(
                 live.id, attempt=live.attempts, pid=live.pid, worker=live.worker,
-                started_at=live.started_at, run=live.run,
+                started_at=live.started_at, run=_identity(live),
             )  # fmt: skip
+
+
+def _identity(live: Live) -> Run | None:
+    """What the journal keeps to find the current attempt's processes after a crash."""
+    s = live.run
+    return None if s is None else Run(live.id, s.pid, s.pgid, s.start_time, s.token)
 
 
 def _failed(result: Exit) -> bool:

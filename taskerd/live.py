@@ -16,8 +16,8 @@ from typing import Any, TypeAlias
 
 from tasker.v1 import tasker_pb2 as pb
 from taskerd import engine
-from taskerd.runner import Capture, Exit
-from taskerd.store import Run, task_record
+from taskerd.runner import Capture, Exit, Spawned
+from taskerd.store import task_record
 
 State: TypeAlias = pb.TaskState.ValueType
 QUEUED = pb.TASK_STATE_QUEUED
@@ -53,7 +53,7 @@ class Live:
     worker: int = 0
     started_at: float | None = None
     capture: Capture | None = None
-    run: Run | None = None  # what identifies the current attempt's processes
+    run: Spawned | None = None  # the current attempt's main process, its token and cgroup
     started_write: asyncio.TimerHandle | None = None
     # The spec as submitted, kept while the queue is short to spare a journal read at start;
     # ``env`` is the request's shared environment, for a spec without its own.

@@ -125,13 +125,13 @@ def new_token() -> str:
     return f"{token_prefix()}{next(_token_counter)}"
 
 
-def place(pid: int, started: int, token: str) -> cgv2.Placement | None:
-    """Queue the move of a just-spawned ``pid`` (which started at ``started``, see
-    :func:`start_time`) into its run's own cgroup, named after ``token``; None without cgroups.
-    Hand the placement to :func:`release` once the process has exited."""
+def place(pid: int, token: str) -> cgv2.Placement | None:
+    """Queue the move of a just-spawned ``pid`` into its run's own cgroup, named after
+    ``token``; None without cgroups. Hand the placement to :func:`release` once the process has
+    exited, before reaping it: until then the pid is the run's, and the move checks that."""
     if _placer is None or not _tree:
         return None
-    return _placer.place(os.path.join(_tree, token.partition(".")[2]), pid, started)
+    return _placer.place(os.path.join(_tree, token.partition(".")[2]), pid)
 
 
 def release(placement: cgv2.Placement) -> None:
@@ -146,10 +146,10 @@ def start_time(pid: int) -> int:
     return int(fields[_START_TIME]) if fields else 0
 
 
-def running(pid: int, started: int) -> bool:
-    """True while ``pid`` is the process that started at ``started`` and has not exited."""
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and has not exited (is not a zombie)."""
     fields = _stat(pid)
-    return bool(fields) and fields[0] not in _DEAD and int(fields[_START_TIME]) == started
+    return bool(fields) and fields[0] not in _DEAD
 
 
 def pidfd_supported() -> bool:

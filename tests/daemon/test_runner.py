@@ -174,10 +174,16 @@ async def test_stdout_stderr_separated_truncated_and_streamed_live() -> None:
 async def test_on_spawn_gets_pid_before_output() -> None:
     seen: list[object] = []
     cap = Capture(100, lambda s, d: seen.append(d))
-    ended = await run_command(["sh", "-c", "echo $$"], capture=cap, on_spawn=seen.append)
+    started: list[int] = []
+
+    def spawned(s: Spawned) -> None:
+        seen.append(s)
+        started.append(s.start_time)  # read while the process runs (it is read on first use)
+
+    ended = await run_command(["sh", "-c", "echo $$"], capture=cap, on_spawn=spawned)
     assert isinstance(seen[0], Spawned)
     assert seen[0].pid == seen[0].pgid == ended.pid == int(cap.stdout)
-    assert seen[0].start_time > 0 and seen[0].token.startswith(procs.token_prefix())
+    assert started[0] > 0 and seen[0].token.startswith(procs.token_prefix())
     assert cap.exit == ended
 
 
