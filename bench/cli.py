@@ -11,6 +11,8 @@ Starts a private taskerd, then measures (interleaved, so machine noise hits both
 * ``taskerctl wait`` on 10,000 finished ids, beside its baseline in the same run: a minimal
   script that reads one raw StreamResults stream of the same ids (``finished_only``), and, in
   process, ``Client.wait_many`` beside that raw stream;
+* the user path: ``seq 900 | taskerctl submit --batch -`` + ``taskerctl wait`` against one
+  ``tsp -n true`` per job + a wait, both with 2 slots (goal >= 1.5x);
 * ``taskerctl wait --all`` with 100,000 live tasks (a daemon of one worker that a gate task holds,
   the tasks ending TIMED_OUT one after the other as their ``queue_timeout`` passes): its time,
   and whether it reported every task.
@@ -173,6 +175,48 @@ def bench_wait_all(taskerctl: list[str], tmp: Path, n: int, rate: float = 3000.0
         print(f"goal: wait --all correct at {n:,} live tasks: {verdict(ok)}")
 
 
+def bench_user_path(taskerctl: list[str], tmp: Path, n: int = 900, slots: int = 2) -> None:
+    """The path users take, against task-spooler's, both with ``slots`` slots: ``n`` ``true``
+    jobs as ``seq N | taskerctl submit --batch -`` then ``taskerctl wait IDS``, against one
+    ``tsp -n true`` per job then a wait for the last jobs (no output files). Goal: >= 1.5x."""
+    env = dict(os.environ)
+    with BenchDaemon(tmp / "user-path", workers=slots, config=CONFIG) as daemon:
+        daemon.start()
+        env["TASKER_SOCKET"] = str(daemon.socket)
+        t0 = time.perf_counter()
+        out = subprocess.run([*taskerctl, "submit", "--batch", "-"], input=b"true\n" * n,
+                             env=env, capture_output=True, check=True).stdout  # fmt: skip
+        ids = out.decode().split()
+        subprocess.run([*taskerctl, "wait", *ids], env=env, capture_output=True, check=True)
+        ours = n / (time.perf_counter() - t0)
+    tsp = shutil.which("tsp")
+    if tsp is None or len(ids) != n:
+        print(f"user path: {n} true, {slots} slots, batch + wait: {ours:,.0f} jobs/s "
+              f"(task-spooler not installed; {len(ids)} ids)")  # fmt: skip
+        return
+    base = tmp / "user-path-tsp"
+    base.mkdir()
+    ts_env = dict(os.environ, TS_SOCKET=str(base / "sock"), TMPDIR=str(base))
+
+    def ts(*args: str) -> str:
+        done = subprocess.run([tsp, *args], env=ts_env, capture_output=True, check=True)
+        return done.stdout.decode().strip()
+
+    ts("-S", str(slots))
+    try:
+        t0 = time.perf_counter()
+        jobs = [ts("-n", "true") for _ in range(n)]
+        for job in jobs[-slots:]:  # FIFO: once the last `slots` jobs are done, all are
+            subprocess.run([tsp, "-w", job], env=ts_env, capture_output=True, check=False)
+        theirs = n / (time.perf_counter() - t0)
+    finally:
+        subprocess.run([tsp, "-K"], env=ts_env, capture_output=True, check=False)
+    ratio = ours / theirs
+    print(f"user path: {n} true, {slots} slots: submit --batch + wait {ours:,.0f} jobs/s, "
+          f"tsp -n true x{n} + wait {theirs:,.0f} jobs/s = {ratio:.2f}x "
+          f"(goal >= 1.5x: {verdict(ratio >= 1.5)})")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
@@ -189,6 +233,7 @@ def main() -> None:
             os.environ["TASKER_SOCKET"] = str(daemon.socket)  # for every taskerctl run
             bench_submit(taskerctl, daemon.socket, tmp, opts.runs, opts.batch)
             bench_wait(taskerctl, daemon, stub, max(3, opts.runs // 10), opts.wait_ids)
+        bench_user_path(taskerctl, tmp)
         if opts.live:
             bench_wait_all(taskerctl, tmp, opts.live)
 
