@@ -18,7 +18,9 @@ import pytest
 
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
+from taskerd import cgroups
 from taskerd.cgroups import read_file
+from taskerd.procs import state_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,6 +158,18 @@ def make_daemon(tmp_path: Path) -> Iterator[type[Daemon]]:
         except Exception:
             if d.proc is not None:
                 d.proc.kill()
+        remove_cgroups(d.state_dir)
+
+
+def remove_cgroups(state_dir: Path) -> None:
+    """Remove the (empty) cgroup subtree of a daemon that a test killed and never restarted:
+    a daemon removes its own on a clean stop, but a ``kill -9`` leaves it for the next start."""
+    try:
+        tree = os.path.join(cgroups.own_cgroup_dir(), cgroups.SUBTREE_PREFIX + state_key(state_dir))
+    except OSError:  # no cgroup v2 here
+        return
+    if os.path.isdir(tree):
+        cgroups.remove(tree)
 
 
 @pytest.fixture
@@ -175,6 +189,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     except Exception:
         if d.proc is not None:
             d.proc.kill()
+    remove_cgroups(d.state_dir)
 
 
 # ------------------------------------------------------------------ processes left behind
