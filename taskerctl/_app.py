@@ -474,12 +474,15 @@ def submit(command: tuple[str, ...], **opts: Any) -> int:
             else:
                 print(handle.id)
             return 0
-        if not g.json:  # with --follow stdout carries the task's output: the id goes to stderr
-            print(handle.id, file=sys.stderr if follow else sys.stdout, flush=True)
-        if follow:
-            events = handle.events(output=True)
-            return task.watch(c, events, as_json=g.json, cancel_on_interrupt=cancel)
-        return task.wait_one(c, handle.id, as_json=g.json, cancel_on_interrupt=cancel)
+        try:
+            if not g.json:  # with --follow stdout carries the task's output: the id to stderr
+                print(handle.id, file=sys.stderr if follow else sys.stdout, flush=True)
+            if follow:
+                events = handle.events(output=True)
+                return task.watch(c, events, as_json=g.json, cancel_on_interrupt=cancel)
+            return task.wait_one(c, handle.id, as_json=g.json, cancel_on_interrupt=cancel)
+        except KeyboardInterrupt:  # between the answer and the wait: the task is known already
+            return task.interrupted(c, handle.id, cancel=cancel)
 
 
 @cli.command(usage=_COMMAND_LINE, context_settings=_PASS_COMMAND, epilog=_EPILOG)

@@ -193,8 +193,8 @@ def follow(
 
 def interrupted(client: Client, task_id: int | None, *, cancel: bool) -> int:
     """After Ctrl-C: cancel the task (or say it goes on); return the exit status, 130."""
-    if task_id is None:
-        note("interrupted")
+    if task_id is None:  # a Run interrupted before its first event: the daemon cancels it
+        note("interrupted: the task is cancelled" if cancel else "interrupted")
     elif cancel:
         client.cancel(task_id)
         note(f"interrupted: task {task_id} cancelled")
