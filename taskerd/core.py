@@ -222,11 +222,13 @@ class Core:
     # ----------------------------------------------------------------- admission
 
     def _admit(self, count: int) -> None:
-        """The one admission check: shutdown, then room in the queue (reserved for ``count``)."""
+        """The one admission check: shutdown, then room in the queue (reserved for ``count``;
+        0 for a Run, which bypasses the queue)."""
         if self.shutdown_mode is not None:
             raise ShuttingDown()
         try:
-            self.engine.reserve(count)
+            if count:
+                self.engine.reserve(count)
         except engine.QueueFull:
             self.counters.rejected += count
             raise QueueFull(self.counters.queued, self.config.max_queue) from None
@@ -337,10 +339,7 @@ class Core:
     async def run(self, spec: pb.TaskSpec) -> tuple[int, Watcher]:
         """Journal the task and start it at once, bypassing the queue; returns its id and a
         watcher of it. Whoever called it must cancel it (``abandon``) if it stops watching."""
-        if self.shutdown_mode is not None:
-            raise ShuttingDown()
-        self._admitting += 1
-        self._admitted.clear()
+        self._admit(0)
         try:
             now = time.time()
             [task_id] = await self._journal_new([spec], now, None)
@@ -380,21 +379,30 @@ class Core:
     def move(self, live: Live, state: State) -> None:
         """Change a live task's state, keeping the counts right; a terminal state takes it out
         of memory, counted."""
-        old = live.state
-        if old == QUEUED:
-            self.counters.queued -= 1
-        elif old == RUNNING:
-            self.counters.running -= 1
+        if state in TERMINAL:
+            self._leave(live)
+            self.counters.by_state[state] += 1
+            live.state = state
+            return
+        self._uncount(live)
         live.state = state
         if state == QUEUED:
             self.counters.queued += 1
         elif state == RUNNING:
             self.counters.running += 1
-        else:
-            self.counters.by_state[state] += 1
-            self.live.pop(live.id, None)
-            if live.ended is not None and not live.ended.done():
-                live.ended.set_result(None)
+
+    def _uncount(self, live: Live) -> None:
+        if live.state == QUEUED:
+            self.counters.queued -= 1
+        elif live.state == RUNNING:
+            self.counters.running -= 1
+
+    def _leave(self, live: Live) -> None:
+        """Take a task out of memory (and its count), and tell whoever waits for that."""
+        self._uncount(live)
+        self.live.pop(live.id, None)
+        if live.ended is not None and not live.ended.done():
+            live.ended.set_result(None)
 
     def _on_done(self, live: Live, handle: engine.TaskHandle[Exit]) -> None:
         self._engine_ids.pop(handle.id, None)
@@ -423,15 +431,8 @@ class Core:
             self.heap.note(len(live.capture.stdout) + len(live.capture.stderr))
         live.capture = None
         live.handle = None
-        if not ended:
-            # Left in the journal for the next start (a STOP shutdown): out of memory, uncounted.
-            if live.state == QUEUED:
-                self.counters.queued -= 1
-            elif live.state == RUNNING:
-                self.counters.running -= 1
-            self.live.pop(live.id, None)
-            if live.ended is not None and not live.ended.done():
-                live.ended.set_result(None)
+        if not ended:  # left in the journal for the next start (a STOP shutdown): uncounted
+            self._leave(live)
 
     def failed_attempt(self, live: Live, reason: str) -> None:
         """An attempt failed and runs again at once (``TaskSpec.retries``): count, announce."""
