@@ -311,27 +311,25 @@ async def conclude(host: Host, live: Live, outcome: Outcome, *, stopping: bool) 
     # From here on, no await: memory takes in the commit in the step that answered it.
     host.move(live, state)
     live.seq += 1
-    final = task_record(
-        live.id, state=state, queued_at=live.queued_at, started_at=live.started_at,
-        ended_at=now, attempts=live.attempts, pid=live.pid, worker=live.worker,
-        exit_code=result.exit_code if result else None,
-        signal=result.signal if result else None, error=message,
-        spec=spec if spec is not None else pb.TaskSpec(),
-    )  # fmt: skip
     seq = live.seq
 
-    def make(output: bool) -> pb.TaskEvent:
-        task = final
-        if output and capture is not None and keep_output:  # built only for such a watcher
-            task = pb.Task()
-            task.CopyFrom(final)
+    def make(output: bool) -> pb.TaskEvent:  # called only if someone watches
+        task = task_record(
+            live.id, state=state, queued_at=live.queued_at, started_at=live.started_at,
+            ended_at=now, attempts=live.attempts, pid=live.pid, worker=live.worker,
+            exit_code=result.exit_code if result else None,
+            signal=result.signal if result else None, error=message,
+            spec=spec if spec is not None else pb.TaskSpec(),
+        )  # fmt: skip
+        if output and capture is not None and keep_output:
             output_into(task, capture)
         return event(live.id, seq, finished=pb.TaskEvent.Finished(task=task))
 
     host.hub.publish(live.id, make, is_final=True)
-    took = format_duration(now - live.started_at) if live.started_at else "-"
-    log.info("task %d %s in %s%s", live.id, pb.TaskState.Name(state)[11:], took,
-             f": {message}" if message else "")  # fmt: skip
+    if log.isEnabledFor(logging.INFO):
+        took = format_duration(now - live.started_at) if live.started_at else "-"
+        log.info("task %d %s in %s%s", live.id, pb.TaskState.Name(state)[11:], took,
+                 f": {message}" if message else "")  # fmt: skip
     return True
 
 

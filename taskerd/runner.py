@@ -69,6 +69,7 @@ CHUNK = 64 * 1024
 HOOK_KILL_GRACE = 1.0
 HOOK_OUTPUT_LIMIT = 1 << 20
 
+_WATCH_DELAY = 0.005  # how long a run goes before its pipes are watched (read at exit until then)
 _SYNC_DRAIN_MAX = 1 << 20  # bytes read per stream before yielding when draining at exit
 _LEFTOVER_WAIT = 0.25  # after the group SIGKILL, how long its dying members may hold the pipes
 _ESCAPEE_WAIT = 1.0  # after killing escapees, how long before the pipes are abandoned
@@ -303,12 +304,26 @@ class _Run:
         loop.add_reader(self.pidfd, self._on_exit)
         for fd in self.streams:
             os.set_blocking(fd, False)
-            loop.add_reader(fd, self._on_readable, fd)
+        # Most tasks are short: their output is read at their exit, without ever watching the
+        # pipes (two selector registrations and removals less per run). A run still going after
+        # a moment gets its pipes watched, and its output streams live from then on.
+        self.watching: asyncio.TimerHandle | None = loop.call_later(
+            _WATCH_DELAY, self._watch_streams
+        )
         if in_fd >= 0:
             os.set_blocking(in_fd, False)
             self._write_stdin()
 
     # -- callbacks ---------------------------------------------------------------------------
+
+    def _watch_streams(self) -> None:
+        """Read the pipes as data comes (from now on)."""
+        if self.watching is None:
+            return
+        self.watching.cancel()
+        self.watching = None
+        for fd in self.streams:
+            self.loop.add_reader(fd, self._on_readable, fd)
 
     def _notify(self) -> None:
         if self.wake is not None and not self.wake.done():
@@ -350,7 +365,8 @@ class _Run:
             self._close_stream(fd)
 
     def _close_stream(self, fd: int) -> None:
-        self.loop.remove_reader(fd)
+        if self.watching is None:
+            self.loop.remove_reader(fd)
         os.close(fd)
         del self.streams[fd]
         if not self.streams:
@@ -442,6 +458,7 @@ class _Run:
         self._read_available()
         if not self.streams:
             return
+        self._watch_streams()
         # Killed group members may take a moment to die and release the pipes.
         await self._wait(_LEFTOVER_WAIT, lambda: not self.streams)
         if self.streams:
@@ -462,6 +479,7 @@ class _Run:
         """SIGTERM every process of the run once, SIGKILL after ``grace``; reap; swallow
         re-cancels."""
         self.terminating = True
+        self._watch_streams()
         placement = self.placement
         # A cancel right after the spawn: let the placer finish, so the cgroup holds the run.
         with contextlib.suppress(asyncio.CancelledError):
@@ -502,9 +520,10 @@ class _Run:
         if self.placement is not None:
             procs.release(self.placement)
         for fd in list(self.streams):
-            self.loop.remove_reader(fd)
-            os.close(fd)
-        self.streams.clear()
+            self._close_stream(fd)
+        if self.watching is not None:
+            self.watching.cancel()
+            self.watching = None
         self._close_stdin()
 
 

@@ -48,11 +48,11 @@ def wait(stub: pb_grpc.TaskerStub, *ids: int, timeout: float = 30) -> dict[int, 
 def poll_state(
     stub: pb_grpc.TaskerStub, task_id: int, states: set[int], timeout: float = 15
 ) -> pb.Task:
-    """Poll Get until the task is in one of ``states``."""
+    """Poll Get until the task is in one of ``states`` (RUNNING: with its process started)."""
     deadline = time.monotonic() + timeout
     while True:
         task = stub.Get(pb.GetRequest(id=task_id), timeout=5)
-        if task.state in states:
+        if task.state in states and (task.state != pb.TASK_STATE_RUNNING or task.pid):
             return task
         assert time.monotonic() < deadline, f"task {task_id} stuck in {task.state}"
         time.sleep(0.02)
