@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache, partial
+from functools import cache
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
@@ -56,13 +56,14 @@ from taskerd.live import (
     record,
 )
 from taskerd.runner import Exit, run_hook
-from taskerd.store import JournalError, Store
+from taskerd.store import JournalError, Store, Unfinished
 
 log = logging.getLogger("taskerd")
 
 NORMAL = pb.PRIORITY_NORMAL
 #: Up to this many live tasks, specs stay in memory from submission to start.
 KEEP_SPECS = 10_000
+RECOVERY_PAGE = 20_000  # tasks read from the journal per step of recovery
 #: How long Cancel waits for the queued tasks' CANCELLED to be journaled before answering.
 ENDED_WAIT = 5.0
 #: Ended tasks per ``finished_many`` event (StreamResultsRequest.batch).
@@ -122,7 +123,6 @@ class Core:
         self.counters = Counters()
         self.started = time.time()
         self.shutdown_mode: pb.ShutdownMode.ValueType | None = None
-        self._engine_ids: dict[int, int] = {}
         self._admitting = 0  # requests between their admission check and their queueing
         self._admitted = asyncio.Event()
         self._admitted.set()
@@ -140,6 +140,7 @@ class Core:
                 check_health=lambda exc: not isinstance(exc, Unhealthy),
                 logger=logging.getLogger("taskerd.engine"),
                 collector=_RetryListener(self),
+                on_finish=self._on_done,
             )
         )
 
@@ -179,17 +180,32 @@ class Core:
             log.warning("ended %d processes left running by an earlier taskerd", ended)
 
     async def _recover(self) -> None:
-        """Resume the journal: queued tasks in order, interrupted ones re-queued or LOST."""
+        """Resume the journal: queued tasks in order, interrupted ones re-queued or LOST.
+
+        The journal is read page by page, as plain rows; each spec is parsed only as its task
+        is queued. Every task is queued in one step, so the engine starts none of them before
+        it knows them all (their priorities decide).
+        """
+        unfinished: list[Unfinished] = []
+        while True:
+            after = unfinished[-1].id if unfinished else 0
+            page = await self.store.unfinished(after=after, limit=RECOVERY_PAGE)
+            if not page:
+                break
+            unfinished += page
         lost: list[int] = []
         failed: list[int] = []
-        resumed: list[pb.Task] = []
-        for task in await self.store.unfinished():
-            if task.state == RUNNING and task.spec.once:
-                lost.append(task.id)
-            elif task.state == RUNNING and task.attempts > self._max_retries(task.spec):
-                failed.append(task.id)
-            else:
-                resumed.append(task)
+        requeue: list[int] = []
+        parse = pb.TaskSpec.FromString
+        for task in unfinished:
+            if task.state == RUNNING:
+                spec = parse(task.spec)
+                if spec.once:
+                    lost.append(task.id)
+                elif task.attempts > self._max_retries(spec):
+                    failed.append(task.id)
+                else:
+                    requeue.append(task.id)
         now = time.time()
         if lost:
             await self.store.mark_finished_many(
@@ -204,16 +220,18 @@ class Core:
                 error="interrupted during its last allowed attempt, and stopped",
             )  # fmt: skip
             self.counters.by_state[FAILED] += len(failed)
-        requeue = [t.id for t in resumed if t.state == RUNNING]
         if requeue:
             await self.store.requeue(requeue)
-        self.engine.reserve(len(resumed), force=True)  # accepted before: over the bound too
-        for task in resumed:
-            self._enqueue(task.id, task.spec, task.queued_at.ToNanoseconds() / 1e9, task.attempts)
-        if lost or failed or resumed:
+        ended = {*lost, *failed}
+        resumed = len(unfinished) - len(ended)
+        self.engine.reserve(resumed, force=True)  # accepted before: over the bound too
+        for task in unfinished:
+            if task.id not in ended:
+                self._enqueue(task.id, parse(task.spec), task.queued_at, task.attempts)
+        if unfinished:
             log.info(
                 "recovered journal: %d queued, %d re-queued, %d lost, %d failed",
-                len(resumed) - len(requeue), len(requeue), len(lost), len(failed),
+                resumed - len(requeue), len(requeue), len(lost), len(failed),
             )  # fmt: skip
 
     def _max_retries(self, spec: pb.TaskSpec) -> int:
@@ -318,11 +336,10 @@ class Core:
             once=live.once,
             max_retries=max(0, self._max_retries(spec) - attempts),
             reserved=True,
+            task_id=task_id,
         )
         self._adopt(live)
         live.handle = handle
-        self._engine_ids[handle.id] = task_id
-        handle.add_done_callback(partial(self._on_done, live))
 
     def _adopt(self, live: Live) -> None:
         """A journaled task enters memory, QUEUED."""
@@ -366,7 +383,9 @@ class Core:
         result: Exit | None = None
         error: BaseException | None = None
         try:
-            result = await self.engine.run_task(Attempt(self, live), timeout=live.timeout)
+            result = await self.engine.run_task(
+                Attempt(self, live), timeout=live.timeout, task_id=live.id
+            )
         except asyncio.CancelledError:
             error = engine.TaskCancelled("cancelled")
         except BaseException as exc:
@@ -404,8 +423,11 @@ class Core:
         if live.ended is not None and not live.ended.done():
             live.ended.set_result(None)
 
-    def _on_done(self, live: Live, handle: engine.TaskHandle[Exit]) -> None:
-        self._engine_ids.pop(handle.id, None)
+    def _on_done(self, handle: engine.TaskHandle[Exit], attempt: Attempt) -> None:
+        """The engine's hook for every task that ended (its function is the task's Attempt)."""
+        live = attempt.live
+        if live.run_task is not None:  # a Run: its own coroutine takes the outcome
+            return
         error = handle.exception()
         live.outcome = (None if error is not None else handle.result(), error)
         self.settle(live)
@@ -415,6 +437,12 @@ class Core:
         if live.outcome is None or live.in_attempt or live.finishing:
             return
         live.finishing = True
+        if live.state == QUEUED and isinstance(live.outcome[1], engine.ShuttingDown):
+            # A stop took it from the queue: it stays in the journal for the next start, as
+            # ``conclude`` would decide, without a step of its own (a million of them at STOP).
+            live.handle = None
+            self._leave(live)
+            return
         self._background(self._conclude(live))
 
     async def _conclude(self, live: Live) -> None:
@@ -444,10 +472,9 @@ class Core:
         log.warning("task %d failed attempt %d (%s); running it again", live.id, live.attempts,
                     reason)  # fmt: skip
 
-    def on_retry(self, engine_id: int, error: BaseException) -> None:
+    def on_retry(self, task_id: int, error: BaseException) -> None:
         """The engine re-queued a task after an unhealthy worker."""
-        task_id = self._engine_ids.get(engine_id)
-        live = self.live.get(task_id) if task_id is not None else None
+        live = self.live.get(task_id)
         if live is None:
             return
         if live.handle is None or not live.handle.held:

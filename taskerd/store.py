@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, NamedTuple, TypeVar, cast
 
 from tasker.v1 import tasker_pb2 as pb
 
@@ -146,6 +146,16 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE tasks ADD COLUMN run_token TEXT NOT NULL DEFAULT '';
     """,
 }
+
+
+class Unfinished(NamedTuple):
+    """A task recovery resumes (see :meth:`Store.unfinished`)."""
+
+    id: int
+    state: int
+    queued_at: float
+    attempts: int
+    spec: bytes  # a serialized TaskSpec, without env and stdin
 
 
 class JournalError(Exception):
@@ -990,12 +1000,20 @@ class Store:
 
         return await self._read(read)
 
-    async def unfinished(self) -> builtins.list[pb.Task]:
-        """QUEUED and RUNNING tasks ordered by id, light (spec without env/stdin), for recovery."""
-        rows = await self._read(
-            self._rows(f"SELECT {_COLS} FROM tasks t WHERE t.{_LIVE} ORDER BY t.id")
-        )
-        return [_task(r) for r in rows]
+    async def unfinished(self, *, after: int = 0, limit: int = -1) -> builtins.list[Unfinished]:
+        """QUEUED and RUNNING tasks ordered by id, from past ``after`` (up to ``limit``), for
+        recovery: what queueing them needs, and their spec (without env or stdin) unparsed."""
+
+        def read(conn: _Conn) -> builtins.list[Unfinished]:
+            rows = conn.execute(
+                # In rowid order, page by page: an index on state would sort each page anew.
+                "SELECT id, state, queued_at, attempts, spec FROM tasks NOT INDEXED "
+                f"WHERE id > ? AND {_LIVE} ORDER BY id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+            return [Unfinished(*row) for row in rows]
+
+        return await self._read(read)
 
     async def runs(self) -> builtins.list[Run]:
         """What identifies each journaled RUNNING task's last run (for crash recovery)."""

@@ -58,6 +58,9 @@ class Config(Generic[R]):
     coroutine functions. ``check_health(exc)`` returning False marks the worker unhealthy.
     ``aging``: seconds of waiting after which a queued task counts one priority level higher.
     ``resource_pool_size``: how many spare resources retiring burst workers keep for reuse.
+    ``on_finish(handle, fn)``: called on the loop, a step after each task ends, with the
+    function it was submitted with: one hook for every task, where a done callback per task
+    would cost memory per queued task.
     """
 
     on_create: Callable[[], R | Awaitable[R]]
@@ -73,6 +76,7 @@ class Config(Generic[R]):
     collector: MetricsCollector | None = None
     aging: float | None = None
     thread_pool_size: int | None = None
+    on_finish: Callable[[Any, Any], None] | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.on_create):

@@ -110,13 +110,22 @@ class Worker(Generic[R, E]):
         self.borrowed = False
 
 
+_async_call: dict[type, bool] = {}  # classes whose instances are called: is __call__ async
+
+
 def _is_coroutine_function(fn: Any) -> bool:
-    code = getattr(fn, "__code__", None)
-    if code is not None and type(fn) is FunctionType:
-        return bool(code.co_flags & CO_COROUTINE)
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+    kind = type(fn)
+    if kind is FunctionType:
+        return bool(fn.__code__.co_flags & CO_COROUTINE)
+    known = _async_call.get(kind)
+    if known is not None:
+        return known
+    is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ makes an async callable
     )
+    if type(kind.__dict__.get("__call__")) is FunctionType:
+        _async_call[kind] = is_async  # a class of ours with its own __call__: fixed per class
+    return is_async
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -172,6 +181,7 @@ class TaskManager(Generic[R, E]):
         self._deadline: float | None = None  # when a stop stops waiting for running tasks
         self._deadline_changed: asyncio.Future[None] | None = None
         self._last_fn: Any = None
+        self._on_finish = config.on_finish
         # Queue mutations and QUEUED -> other transitions hold this: thread lanes pop too.
         self._qlock = threading.Lock()
         self._lanes = 0  # thread lanes that may still claim tasks; no locking while 0
@@ -335,6 +345,7 @@ class TaskManager(Generic[R, E]):
         queue_timeout: float | None,
         once: bool,
         max_retries: int | None,
+        task_id: int | None = None,
     ) -> TaskHandle[E]:
         if priority.__class__ is not Priority:
             priority = Priority(priority)
@@ -351,8 +362,9 @@ class TaskManager(Generic[R, E]):
         else:
             is_async = _is_coroutine_function(fn)
             self._last_fn, self._last_async = fn, is_async
-        task_id = self._next_id
-        self._next_id = task_id + 1
+        if task_id is None:
+            task_id = self._next_id
+            self._next_id = task_id + 1
         job: TaskHandle[E] = TaskHandle(
             self,
             task_id,
@@ -387,10 +399,12 @@ class TaskManager(Generic[R, E]):
         block: bool = False,
         block_timeout: float | None = None,
         reserved: bool = False,
+        task_id: int | None = None,
     ) -> TaskHandle[E]:
         """Submit ``fn`` and return its handle at once (call on the loop thread).
 
         ``reserved`` uses room held by :meth:`reserve`: the queue bound is not checked again.
+        ``task_id`` names the task (the caller keeps ids unique); by default the engine counts.
 
         A full queue raises QueueFull, unless ``block=True``: then the handle is returned at
         once and the task waits for room (up to ``block_timeout``, then it fails with
@@ -410,7 +424,7 @@ class TaskManager(Generic[R, E]):
             if not block:
                 self._record_rejection()
                 raise QueueFull(f"queue full ({self._queue.size}/{cap})")
-            job = self._new(fn, priority, timeout, queue_timeout, once, max_retries)
+            job = self._new(fn, priority, timeout, queue_timeout, once, max_retries, task_id)
             job._loc = IN_WAITLIST
             self._waitlist.append(job)
             self._waitlisted += 1
@@ -419,7 +433,7 @@ class TaskManager(Generic[R, E]):
                     self._loop.time() + block_timeout, self._on_block_timeout, job
                 )
             return job
-        job = self._new(fn, priority, timeout, queue_timeout, once, max_retries)
+        job = self._new(fn, priority, timeout, queue_timeout, once, max_retries, task_id)
         job._enqueued = job._submitted
         self._push(job)
         if self._idle:
@@ -514,15 +528,17 @@ class TaskManager(Generic[R, E]):
         self._add_done_callback(job, deliver)
         return job
 
-    async def run_task(self, fn: TaskFn[R, E], *, timeout: float | None = None) -> E:
+    async def run_task(
+        self, fn: TaskFn[R, E], *, timeout: float | None = None, task_id: int | None = None
+    ) -> E:
         """Run ``fn`` now, bypassing the queue, and return its result.
 
         Uses an idle worker's resource, else a spare one, else a temporary resource made with
         ``on_create`` and destroyed afterwards. Never retried. Cancelling the awaiting
-        coroutine cancels the task.
+        coroutine cancels the task. ``task_id`` as for :meth:`queue_task_async`.
         """
         self._check_open()
-        job = self._new(fn, Priority.CRITICAL, timeout, None, True, 0)
+        job = self._new(fn, Priority.CRITICAL, timeout, None, True, 0, task_id)
         worker: Worker[R, E] | None = None
         temporary = False
         if self._idle:
@@ -691,7 +707,9 @@ class TaskManager(Generic[R, E]):
         if job._btimer is not None:
             job._btimer.cancel()
             job._btimer = None
-        job._fn = None  # type: ignore[assignment]  # free references early
+        hook = self._on_finish
+        if hook is None:
+            job._fn = None  # type: ignore[assignment]  # free references early
         if error is None:
             self._metrics.record_completion(job.id, duration)
             if self._extra is not None:
@@ -709,14 +727,22 @@ class TaskManager(Generic[R, E]):
         if event is not None:
             event.set()
         callbacks = job._callbacks
-        if callbacks is not None:
-            job._callbacks = None
+        if callbacks is not None or hook is not None:
             pending = self._pending
             if not pending:  # one loop callback runs every callback queued until then
                 self._loop.call_soon(self._run_pending)
-            for callback in callbacks:
-                pending.append((callback, job))
+            if hook is not None:
+                pending.append((self._run_finish_hook, job))
+            if callbacks is not None:
+                job._callbacks = None
+                for callback in callbacks:
+                    pending.append((callback, job))
         return True
+
+    def _run_finish_hook(self, job: TaskHandle[E]) -> None:
+        fn, job._fn = job._fn, None  # type: ignore[assignment]  # now free its references
+        assert self._on_finish is not None
+        self._on_finish(job, fn)
 
     def _run_pending(self) -> None:
         pending, self._pending = self._pending, []

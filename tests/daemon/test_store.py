@@ -241,7 +241,8 @@ async def test_unfinished_in_id_order(store: Store) -> None:
     live = await store.unfinished()
     assert [t.id for t in live] == [ids[0], ids[1], ids[3], ids[4]]
     assert [t.state for t in live] == [Q, R, Q, R]
-    assert all(not t.spec.env for t in live)
+    assert all(not pb.TaskSpec.FromString(t.spec).env for t in live)
+    assert [t.id for t in await store.unfinished(after=ids[1], limit=1)] == [ids[3]]
 
 
 async def test_clean_by_age_removes_everything_attached(store: Store, db: Path) -> None:
