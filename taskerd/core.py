@@ -129,6 +129,7 @@ class Core:
         self._finishing: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
         self._stopping_runs: asyncio.Task[None] | None = None
+        self._attempt_fn = self._attempt  # one bound method, so the engine sees the same fn
         self.engine: engine.TaskManager[str, Exit] = engine.TaskManager(
             engine.Config(
                 on_create=self._create_resource,
@@ -329,7 +330,7 @@ class Core:
         if keep:
             live.spec, live.env = spec, env
         handle = self.engine.queue_task_async(
-            Attempt(self, live),
+            self._attempt_fn,
             priority=_PRIORITY[spec.priority],
             timeout=timeout,
             queue_timeout=remaining,
@@ -423,10 +424,15 @@ class Core:
         if live.ended is not None and not live.ended.done():
             live.ended.set_result(None)
 
-    def _on_done(self, handle: engine.TaskHandle[Exit], attempt: Attempt) -> None:
-        """The engine's hook for every task that ended (its function is the task's Attempt)."""
-        live = attempt.live
-        if live.run_task is not None:  # a Run: its own coroutine takes the outcome
+    async def _attempt(self, ctx: engine.TaskContext, resource: str) -> Exit:
+        """The engine's function for every queued task: one attempt of the task ``ctx`` names
+        (one function for all, rather than an object per queued task)."""
+        return await Attempt(self, self.live[ctx.task_id])(ctx, resource)
+
+    def _on_done(self, handle: engine.TaskHandle[Exit], _fn: object) -> None:
+        """The engine's hook for every task that ended."""
+        live = self.live.get(handle.id)
+        if live is None or live.run_task is not None:  # a Run: its coroutine takes the outcome
             return
         error = handle.exception()
         live.outcome = (None if error is not None else handle.result(), error)
