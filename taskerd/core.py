@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -181,23 +182,40 @@ class Core:
             log.warning("ended %d processes left running by an earlier taskerd", ended)
 
     async def _recover(self) -> None:
+        # Every object made here lives on: the cycle collector would walk them all again and
+        # again (a quarter of the time at a million).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            await self._recover_journal()
+        finally:
+            if collecting:
+                gc.enable()
+
+    async def _recover_journal(self) -> None:
         """Resume the journal: queued tasks in order, interrupted ones re-queued or LOST.
 
         The journal is read page by page, as plain rows; each spec is parsed only as its task
         is queued. Every task is queued in one step, so the engine starts none of them before
         it knows them all (their priorities decide).
         """
+        t0 = time.perf_counter()
         unfinished: list[Unfinished] = []
-        while True:
-            after = unfinished[-1].id if unfinished else 0
-            page = await self.store.unfinished(after=after, limit=RECOVERY_PAGE)
-            if not page:
-                break
-            unfinished += page
+        # Plain rows, page by page; the next page is read while this one is taken in.
+        reading = asyncio.ensure_future(self.store.unfinished(limit=RECOVERY_PAGE))
+        try:
+            while page := await reading:
+                reading = asyncio.ensure_future(
+                    self.store.unfinished(after=page[-1].id, limit=RECOVERY_PAGE)
+                )
+                unfinished += page
+        finally:
+            reading.cancel()
+        read = time.perf_counter() - t0
+        parse = pb.TaskSpec.FromString
         lost: list[int] = []
         failed: list[int] = []
         requeue: list[int] = []
-        parse = pb.TaskSpec.FromString
         for task in unfinished:
             if task.state == RUNNING:
                 spec = parse(task.spec)
@@ -231,8 +249,9 @@ class Core:
                 self._enqueue(task.id, parse(task.spec), task.queued_at, task.attempts)
         if unfinished:
             log.info(
-                "recovered journal: %d queued, %d re-queued, %d lost, %d failed",
-                resumed - len(requeue), len(requeue), len(lost), len(failed),
+                "recovered journal: %d queued, %d re-queued, %d lost, %d failed, in %.2f s "
+                "(%.2f s reading)", resumed - len(requeue), len(requeue), len(lost),
+                len(failed), time.perf_counter() - t0, read,
             )  # fmt: skip
 
     def _max_retries(self, spec: pb.TaskSpec) -> int:
