@@ -284,7 +284,7 @@ class Core:
         self, specs: Sequence[pb.TaskSpec], now: float, env: Mapping[str, str] | None
     ) -> list[int]:
         """Journal new tasks; if the caller gives up meanwhile, nothing of them is kept."""
-        add = asyncio.ensure_future(self.store.add(specs, now=now, env=env))
+        add = self.store.queue_add(specs, now=now, env=env)
         try:
             return await asyncio.shield(add)
         except asyncio.CancelledError:

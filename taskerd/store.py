@@ -603,14 +603,19 @@ class Store:
         if self._closed:
             raise RuntimeError("journal is closed")
 
-    async def _write(
+    def _queue_write(
         self, fn: Callable[[_Conn], T], rows: builtins.list[_NewTask] | None = None
-    ) -> T:
+    ) -> asyncio.Future[T]:
         self._check_open()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Op(fn, fut, loop, rows))
-        return await fut
+        return fut
+
+    async def _write(
+        self, fn: Callable[[_Conn], T], rows: builtins.list[_NewTask] | None = None
+    ) -> T:
+        return await self._queue_write(fn, rows)
 
     async def _read(self, fn: Callable[[_Conn], T]) -> T:
         """Run ``fn`` on the journal thread once every write queued before it has committed."""
@@ -632,11 +637,19 @@ class Store:
 
         ``env`` is the environment of the specs whose own env is empty (stored once).
         """
+        return await self.queue_add(specs, now=now, env=env)
+
+    def queue_add(
+        self, specs: Sequence[pb.TaskSpec], *, now: float, env: Mapping[str, str] | None = None
+    ) -> asyncio.Future[builtins.list[int]]:
+        """:meth:`add`, queued at once: the future of its ids."""
         if not specs:
-            return []
+            done: asyncio.Future[builtins.list[int]] = asyncio.get_running_loop().create_future()
+            done.set_result([])
+            return done
         shared = pb.TaskSpec(env=env).SerializeToString(deterministic=True) if env else b""
         rows = [_prepare(spec, now, shared) for spec in specs]
-        return await self._write(lambda conn: self._insert(conn, rows), rows)
+        return self._queue_write(lambda conn: self._insert(conn, rows), rows)
 
     def _env_id(self, conn: _Conn, env: bytes) -> int:
         # Keyed by content: a dict lookup of bytes keeps the GIL, where sha256 of 3 KB drops it
