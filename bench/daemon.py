@@ -82,28 +82,39 @@ def aio_stub(d: BenchDaemon) -> tuple[grpc.aio.Channel, pb_grpc.TaskerStub]:
     return channel, pb_grpc.TaskerStub(channel)
 
 
+def ended(event: pb.TaskEvent) -> list[int]:
+    """The ids of the tasks a ``finished`` or ``finished_many`` event reports."""
+    kind = event.WhichOneof("kind")
+    if kind == "finished":
+        return [event.task_id]
+    if kind == "finished_many":
+        return [t.id for t in event.finished_many.tasks]
+    return []
+
+
 class Firehose:
-    """Every live event of a daemon; call ``ready`` before relying on it."""
+    """Every task's end, as the clients wait (``finished_only`` and ``batch``, as
+    ``Client.wait_many`` and ``taskerctl wait`` ask); call ``ready`` before relying on it."""
 
     def __init__(self, stub: pb_grpc.TaskerStub) -> None:
-        self.call = stub.StreamResults(pb.StreamResultsRequest(finished_only=True))
+        request = pb.StreamResultsRequest(finished_only=True, batch=True)
+        self.call = stub.StreamResults(request)
         self.events: AsyncIterator[pb.TaskEvent] = self.call.__aiter__()
 
     async def ready(self, stub: pb_grpc.TaskerStub) -> None:
         """Submit a probe task and read until it finished: the firehose is then subscribed."""
         [probe] = (await stub.Submit(pb.SubmitRequest(tasks=[spec("true")]))).ids
         async for event in self.events:
-            if event.task_id == probe and event.WhichOneof("kind") == "finished":
+            if probe in ended(event):
                 return
 
     async def finish_count(self, ids: set[int]) -> float:
         """Read until every task in ``ids`` finished; return the perf_counter time then."""
         left = set(ids)
         async for event in self.events:
-            if event.WhichOneof("kind") == "finished":
-                left.discard(event.task_id)
-                if not left:
-                    break
+            left.difference_update(ended(event))
+            if not left:
+                break
         return time.perf_counter()
 
     def close(self) -> None:
@@ -229,10 +240,9 @@ async def _finish_after(
 
     sender = asyncio.ensure_future(submit())
     async for event in hose.events:
-        if event.WhichOneof("kind") == "finished":
-            finished.add(event.task_id)
-            if submitted.is_set() and ids <= finished:
-                break
+        finished.update(ended(event))
+        if submitted.is_set() and ids <= finished:
+            break
     await sender
     return time.perf_counter()
 

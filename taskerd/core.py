@@ -39,7 +39,7 @@ from taskerd.errors import (
     RequestError,
     ShuttingDown,
 )
-from taskerd.events import EventHub, Watcher
+from taskerd.events import MANY_MAX, EventHub, Watcher
 from taskerd.heap import Heap
 from taskerd.live import (
     CANCELLED,
@@ -68,7 +68,7 @@ RECOVERY_PAGE = 20_000  # tasks read from the journal per step of recovery
 #: How long Cancel waits for the queued tasks' CANCELLED to be journaled before answering.
 ENDED_WAIT = 5.0
 #: Ended tasks per ``finished_many`` event (StreamResultsRequest.batch).
-BATCH = 1000
+BATCH = MANY_MAX
 #: How often a read is tried again when a task changed under it (see ``Core.get``).
 READ_TRIES = 5
 
@@ -244,9 +244,12 @@ class Core:
         ended = {*lost, *failed}
         resumed = len(unfinished) - len(ended)
         self.engine.reserve(resumed, force=True)  # accepted before: over the bound too
+        mono = time.monotonic()
         for task in unfinished:
             if task.id not in ended:
-                self._enqueue(task.id, parse(task.spec), task.queued_at, task.attempts)
+                self._enqueue(
+                    task.id, parse(task.spec), task.queued_at, task.attempts, submitted=mono
+                )
         if unfinished:
             log.info(
                 "recovered journal: %d queued, %d re-queued, %d lost, %d failed, in %.2f s "
@@ -315,8 +318,9 @@ class Core:
                 self.engine.release(len(specs))
                 raise
             keep = len(self.live) < KEEP_SPECS
+            mono = time.monotonic()
             for task_id, spec in zip(ids, specs, strict=True):
-                self._enqueue(task_id, spec, now, 0, keep=keep, env=env)
+                self._enqueue(task_id, spec, now, 0, keep=keep, env=env, submitted=mono)
         finally:
             self._admission_over()
         if len(ids) == 1:
@@ -334,9 +338,10 @@ class Core:
         *,
         keep: bool = False,
         env: Mapping[str, str] | None = None,
+        submitted: float | None = None,
     ) -> None:
         """Queue a journaled task in room reserved for it; ``keep`` holds its full spec (and
-        shared ``env``) in memory."""
+        shared ``env``) in memory; ``submitted`` as for the engine (one per request)."""
         timeout = seconds(spec.timeout) if spec.HasField("timeout") else None
         queue_timeout = remaining = None
         if spec.HasField("queue_timeout"):
@@ -357,6 +362,7 @@ class Core:
             max_retries=max(0, self._max_retries(spec) - attempts),
             reserved=True,
             task_id=task_id,
+            submitted=submitted,
         )
         self._adopt(live)
         live.handle = handle
@@ -609,9 +615,14 @@ class Core:
         come ``BATCH`` to a ``finished_many`` event.
         """
         if not ids:
-            return self.hub.subscribe(None, output=output, finished_only=finished_only), []
+            every = self.hub.subscribe(
+                None, output=output, finished_only=finished_only, batch=batch
+            )
+            return every, []
         unique = list(dict.fromkeys(ids))
-        watcher = self.hub.subscribe(unique, output=output, finished_only=finished_only)
+        watcher = self.hub.subscribe(
+            unique, output=output, finished_only=finished_only, batch=batch
+        )
         past: builtins.list[pb.TaskEvent] = []
         others: builtins.list[int] = []
         for task_id in unique:

@@ -30,6 +30,8 @@ EVENT_OVERHEAD = 64
 """What an event costs beside its output bytes (ids, seq, time, framing), roughly."""
 MERGE_MAX = 1 << 20
 """Largest merged output chunk; gRPC clients take messages up to 4 MiB by default."""
+MANY_MAX = 1000
+"""Most tasks in one ``finished_many`` event."""
 _MERGE_SCAN = 64  # backlog entries looked at for chunks to merge
 
 
@@ -57,14 +59,21 @@ class Watcher:
     """One subscription: events for some task ids (or all), with or without output."""
 
     __slots__ = (
-        "_backlog", "_byte_cap", "_bytes", "_ended", "_hub", "_ready", "finished_only", "ids",
-        "output", "overflowed", "remaining",
+        "_backlog", "_byte_cap", "_bytes", "_ended", "_hub", "_ready", "batch", "finished_only",
+        "ids", "output", "overflowed", "remaining",
     )  # fmt: skip
 
     def __init__(
-        self, hub: EventHub, ids: Collection[int] | None, output: bool, finished_only: bool
+        self,
+        hub: EventHub,
+        ids: Collection[int] | None,
+        output: bool,
+        finished_only: bool,
+        batch: bool = False,
     ) -> None:
         self._hub = hub
+        #: Finished events that wait together leave as one ``finished_many`` (light records).
+        self.batch = batch and finished_only and not output
         self.ids = frozenset(ids) if ids is not None else None
         self.remaining = set(ids) if ids is not None else None
         self.output = output
@@ -150,6 +159,27 @@ class Watcher:
         merged.output.data = b"".join(chunks)
         return merged
 
+    def _many(self, first: pb.TaskEvent) -> pb.TaskEvent:
+        """``first`` and the finished events right behind it, as one ``finished_many`` of light
+        records (the spec without env and stdin), up to :data:`MANY_MAX` tasks."""
+        backlog = self._backlog
+        tasks = [first.finished.task]
+        while backlog and len(tasks) < MANY_MAX and backlog[0][0].WhichOneof("kind") == "finished":
+            event, size = backlog.popleft()
+            self._bytes -= size
+            tasks.append(event.finished.task)
+        if len(tasks) == 1:
+            return first
+        many = pb.TaskEvent(
+            task_id=first.task_id, finished_many=pb.TaskEvent.FinishedMany(tasks=tasks)
+        )
+        many.time.CopyFrom(first.time)
+        for task in many.finished_many.tasks:
+            if task.spec.env or task.spec.stdin:
+                task.spec.ClearField("env")
+                task.spec.ClearField("stdin")
+        return many
+
     async def events(self) -> AsyncIterator[pb.TaskEvent]:
         """Yield events until every watched task has finished (or the hub closes).
 
@@ -165,9 +195,16 @@ class Watcher:
                     self._ready.clear()
                     await self._ready.wait()
                 event = self._next()
+                kind = event.WhichOneof("kind")
+                if kind == "finished" and self.batch and self._backlog:
+                    event = self._many(event)
+                    kind = event.WhichOneof("kind")
                 yield event
-                if self.remaining is not None and event.WhichOneof("kind") == "finished":
-                    self.remaining.discard(event.task_id)
+                if self.remaining is not None and kind in ("finished", "finished_many"):
+                    if kind == "finished":
+                        self.remaining.discard(event.task_id)
+                    else:
+                        self.remaining.difference_update(t.id for t in event.finished_many.tasks)
                     if not self.remaining:
                         return
         finally:
@@ -190,10 +227,15 @@ class EventHub:
         self._closed = False
 
     def subscribe(
-        self, ids: Collection[int] | None, *, output: bool, finished_only: bool = False
+        self,
+        ids: Collection[int] | None,
+        *,
+        output: bool,
+        finished_only: bool = False,
+        batch: bool = False,
     ) -> Watcher:
         """Watch ``ids`` (None: every task). Subscribe before reading any past state."""
-        watcher = Watcher(self, ids, output, finished_only)
+        watcher = Watcher(self, ids, output, finished_only, batch)
         if self._closed:
             watcher.push(None)
         elif ids is None:

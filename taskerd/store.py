@@ -24,6 +24,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ _LIVE = f"state IN ({_QUEUED}, {_RUNNING})"
 
 MAX_BATCH_OPS = 4096  # operations per group-committed transaction
 DELETE_CHUNK = 5000  # tasks deleted per operation by clean/prune, so other writes interleave
+COMMIT_GAP = 0.002  # seconds after a commit during which starts and ends wait for company
 IDLE_CHECKPOINT = 2.0  # seconds of journal idleness before the WAL is truncated
 _ENV_CACHE_MAX = 256  # distinct environments remembered by the writer (keyed by content)
 MAX_ID = 2**63 - 1
@@ -209,6 +211,7 @@ class _Op:
     loop: asyncio.AbstractEventLoop | None
     rows: builtins.list[_NewTask] | None = None  # set for an add, which the writer may merge
     read: bool = False
+    lazy: bool = False  # may wait for company: a start or an end, which nobody blocks on
 
 
 @dataclass(slots=True)
@@ -355,6 +358,7 @@ class Store:
         self.sync = sync
         #: Transactions committed so far (group commit: fewer than the writes).
         self.commits = 0
+        self._last_commit = 0.0  # time.monotonic() of the last commit
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -470,21 +474,31 @@ class Store:
                 self._checkpoint(conn)
                 continue
             batch: builtins.list[_Op] = []
+            lazy = True  # the batch holds only lazy writes
             while item is not None:
                 if item.read:
                     if batch:
                         self._run_batch(conn, batch)
-                        batch = []
+                        batch, lazy = [], True
                     self._run_read(conn, item)
                 else:
                     batch.append(item)
+                    lazy = lazy and item.lazy
                     if len(batch) >= MAX_BATCH_OPS:
                         self._run_batch(conn, batch)
-                        batch = []
+                        batch, lazy = [], True
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    # Only starts and ends, right after a commit: let more come for COMMIT_GAP
+                    # (under load, tasks end a few per commit rather than one).
+                    wait = self._last_commit + COMMIT_GAP - time.monotonic()
+                    if not (batch and lazy and wait > 0):
+                        break
+                    try:
+                        item = self._queue.get(timeout=wait)
+                    except queue.Empty:
+                        break
             if batch:
                 self._run_batch(conn, batch)
             if item is None:
@@ -569,6 +583,7 @@ class Store:
             conn.execute("RELEASE op")
             done.append((op, True, result))
         conn.execute("COMMIT")
+        self._last_commit = time.monotonic()
         self.commits += 1
         self._dirty = True
         return done
@@ -604,18 +619,26 @@ class Store:
             raise RuntimeError("journal is closed")
 
     def _queue_write(
-        self, fn: Callable[[_Conn], T], rows: builtins.list[_NewTask] | None = None
+        self,
+        fn: Callable[[_Conn], T],
+        rows: builtins.list[_NewTask] | None = None,
+        *,
+        lazy: bool = False,
     ) -> asyncio.Future[T]:
         self._check_open()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Op(fn, fut, loop, rows))
+        self._queue.put(_Op(fn, fut, loop, rows, lazy=lazy))
         return fut
 
     async def _write(
-        self, fn: Callable[[_Conn], T], rows: builtins.list[_NewTask] | None = None
+        self,
+        fn: Callable[[_Conn], T],
+        rows: builtins.list[_NewTask] | None = None,
+        *,
+        lazy: bool = False,
     ) -> T:
-        return await self._queue_write(fn, rows)
+        return await self._queue_write(fn, rows, lazy=lazy)
 
     async def _read(self, fn: Callable[[_Conn], T]) -> T:
         """Run ``fn`` on the journal thread once every write queued before it has committed."""
@@ -725,7 +748,7 @@ class Store:
                 (attempt, pid, worker, started_at, pgid, start, token, task_id),
             )
 
-        self._queue.put(_Op(write, None, None))
+        self._queue.put(_Op(write, None, None, lazy=True))
 
     async def mark_finished(
         self,
@@ -773,7 +796,7 @@ class Store:
                     (task_id, stdout, stderr, stdout_truncated, stderr_truncated),
                 )
 
-        await self._write(write)
+        await self._write(write, lazy=True)
 
     async def mark_finished_many(
         self, task_ids: Sequence[int], *, state: int, ended_at: float, error: str

@@ -63,7 +63,6 @@ class TaskHandle(Generic[E]):
         "_max_retries",
         "_once",
         "_priority",
-        "_qtimeout",
         "_qtimer",
         "_result",
         "_started",
@@ -84,7 +83,6 @@ class TaskHandle(Generic[E]):
         is_async: bool,
         priority: Priority,
         timeout: float | None,
-        queue_timeout: float | None,
         once: bool,
         max_retries: int,
         now: float,
@@ -95,7 +93,6 @@ class TaskHandle(Generic[E]):
         self._is_async = is_async
         self._priority = priority
         self._timeout = timeout
-        self._qtimeout = queue_timeout
         self._once = once
         self._max_retries = max_retries
         self._attempt = 0

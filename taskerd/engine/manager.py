@@ -346,6 +346,7 @@ class TaskManager(Generic[R, E]):
         once: bool,
         max_retries: int | None,
         task_id: int | None = None,
+        submitted: float | None = None,
     ) -> TaskHandle[E]:
         if priority.__class__ is not Priority:
             priority = Priority(priority)
@@ -372,10 +373,9 @@ class TaskManager(Generic[R, E]):
             is_async,
             priority,
             timeout,
-            queue_timeout,
             once,
             max_retries,
-            _monotonic(),
+            submitted if submitted is not None else _monotonic(),
         )
         self._arrived += 1
         self._metrics.arrived += 1
@@ -400,11 +400,14 @@ class TaskManager(Generic[R, E]):
         block_timeout: float | None = None,
         reserved: bool = False,
         task_id: int | None = None,
+        submitted: float | None = None,
     ) -> TaskHandle[E]:
         """Submit ``fn`` and return its handle at once (call on the loop thread).
 
         ``reserved`` uses room held by :meth:`reserve`: the queue bound is not checked again.
         ``task_id`` names the task (the caller keeps ids unique); by default the engine counts.
+        ``submitted`` is when it was submitted (``time.monotonic()``; by default now): one
+        value for a whole batch is one float object in memory, not one per task.
 
         A full queue raises QueueFull, unless ``block=True``: then the handle is returned at
         once and the task waits for room (up to ``block_timeout``, then it fails with
@@ -424,7 +427,9 @@ class TaskManager(Generic[R, E]):
             if not block:
                 self._record_rejection()
                 raise QueueFull(f"queue full ({self._queue.size}/{cap})")
-            job = self._new(fn, priority, timeout, queue_timeout, once, max_retries, task_id)
+            job = self._new(
+                fn, priority, timeout, queue_timeout, once, max_retries, task_id, submitted
+            )
             job._loc = IN_WAITLIST
             self._waitlist.append(job)
             self._waitlisted += 1
@@ -433,7 +438,7 @@ class TaskManager(Generic[R, E]):
                     self._loop.time() + block_timeout, self._on_block_timeout, job
                 )
             return job
-        job = self._new(fn, priority, timeout, queue_timeout, once, max_retries, task_id)
+        job = self._new(fn, priority, timeout, queue_timeout, once, max_retries, task_id, submitted)
         job._enqueued = job._submitted
         self._push(job)
         if self._idle:

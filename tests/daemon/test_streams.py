@@ -120,3 +120,26 @@ def test_large_output_streams_whole_while_the_journal_keeps_the_cap(
     assert len(streamed) > 3 << 20, "every byte reached the watcher"
     assert streamed.startswith(task.stdout)
     assert len(task.stdout) == 1 << 20 and task.stdout_truncated
+
+
+def test_batch_watcher_gets_ends_that_wait_together_as_one_message(
+    make_daemon: type[Daemon], tmp_path: Path
+) -> None:
+    """Live ends queued for a ``batch`` watcher leave as one ``finished_many`` of light records."""
+    d = make_daemon("--workers", "1")
+    [done] = submit(d.stub, spec("true"))
+    wait(d.stub, done)
+    [blocker] = submit(d.stub, spec("sleep", "30"))
+    queued = submit(d.stub, *[spec("true", env={"SECRET": "x"}) for _ in range(50)])
+    request = pb.StreamResultsRequest(ids=[done, *queued], finished_only=True, batch=True)
+    events = d.stub.StreamResults(request, timeout=30)
+    first = next(events)  # the task that had ended: the watcher is subscribed now
+    assert [t.id for t in first.finished_many.tasks] == [done]
+    cancelled = d.stub.Cancel(pb.CancelRequest(ids=queued))  # all end in one step
+    assert all(r.cancelled for r in cancelled.results)
+    rest = list(events)
+    assert len(rest) == 1 and rest[0].WhichOneof("kind") == "finished_many"
+    tasks = rest[0].finished_many.tasks
+    assert [t.id for t in tasks] == queued
+    assert all(t.state == pb.TASK_STATE_CANCELLED and not t.spec.env for t in tasks)
+    d.stub.Cancel(pb.CancelRequest(ids=[blocker]))

@@ -698,8 +698,9 @@ class StreamResultsRequest(_message.Message):
     """With `finished_only` and without `output`: the tasks that had already
     ended come several to a message (`finished_many`, up to 1,000 each, light
     records as List gives: the spec without env and stdin) rather than one
-    message each. The cheap way to wait for thousands of tasks, most of them
-    done: a message costs about 100 us on each side.
+    message each; so do tasks that end while the stream is behind (their
+    `finished` events waiting to be sent leave together). The cheap way to
+    wait for thousands of tasks: a message costs about 100 us on each side.
     """
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
