@@ -23,6 +23,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/engine.py
 	$(PY) bench/daemon.py
+	$(PY) bench/latency.py
+	$(PY) bench/scale.py
 	$(PY) bench/cli.py
 
 lint: $(STAMP)

@@ -491,12 +491,14 @@ class Store:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     # Only starts and ends, right after a commit: let more come for COMMIT_GAP
-                    # (under load, tasks end a few per commit rather than one).
+                    # (under load, tasks end a few per commit rather than one). A sleep, not a
+                    # wait on the queue: what comes meanwhile wakes no thread.
                     wait = self._last_commit + COMMIT_GAP - time.monotonic()
                     if not (batch and lazy and wait > 0):
                         break
+                    time.sleep(wait)
                     try:
-                        item = self._queue.get(timeout=wait)
+                        item = self._queue.get_nowait()
                     except queue.Empty:
                         break
             if batch:
