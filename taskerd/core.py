@@ -141,8 +141,8 @@ class Core:
                 max_retries=config.max_retries,
                 check_health=lambda exc: not isinstance(exc, Unhealthy),
                 logger=logging.getLogger("taskerd.engine"),
-                collector=_RetryListener(self),
                 on_finish=self._on_done,
+                on_retry=self.on_retry,
             )
         )
 
@@ -342,24 +342,27 @@ class Core:
     ) -> None:
         """Queue a journaled task in room reserved for it; ``keep`` holds its full spec (and
         shared ``env``) in memory; ``submitted`` as for the engine (one per request)."""
-        timeout = seconds(spec.timeout) if spec.HasField("timeout") else None
+        has = spec.HasField
+        timeout = seconds(spec.timeout) if has("timeout") else None
         queue_timeout = remaining = None
-        if spec.HasField("queue_timeout"):
+        if has("queue_timeout"):
             queue_timeout = seconds(spec.queue_timeout)
             remaining = max(1e-3, queue_timeout - (time.time() - queued_at))
-        live = Live(task_id, spec.priority or NORMAL, queued_at, timeout, queue_timeout, attempts)
-        live.once = spec.once
+        priority = spec.priority
+        live = Live(task_id, priority or NORMAL, queued_at, timeout, queue_timeout, attempts)
+        once = live.once = spec.once
         if spec.labels:
             live.labels = dict(spec.labels)
         if keep:
             live.spec, live.env = spec, env
+        retries = spec.max_retries if has("max_retries") else self.config.max_retries
         handle = self.engine.queue_task_async(
             self._attempt_fn,
-            priority=_PRIORITY[spec.priority],
+            priority=_PRIORITY[priority],
             timeout=timeout,
             queue_timeout=remaining,
-            once=live.once,
-            max_retries=max(0, self._max_retries(spec) - attempts),
+            once=once,
+            max_retries=max(0, retries - attempts),
             reserved=True,
             task_id=task_id,
             submitted=submitted,
@@ -871,31 +874,6 @@ _RANK = {
     pb.SHUTDOWN_MODE_STOP: 1,
     pb.SHUTDOWN_MODE_KILL: 2,
 }
-
-
-class _RetryListener:
-    """Hears the engine's retries, so the daemon can journal and announce them."""
-
-    def __init__(self, core: Core) -> None:
-        self._core = core
-
-    def record_arrival(self, task_id: int) -> None:
-        pass
-
-    def record_start(self, task_id: int, wait: float) -> None:
-        pass
-
-    def record_completion(self, task_id: int, duration: float) -> None:
-        pass
-
-    def record_failure(self, task_id: int, error: BaseException, duration: float) -> None:
-        pass
-
-    def record_retry(self, task_id: int, error: BaseException) -> None:
-        self._core.on_retry(task_id, error)
-
-    def record_rejection(self) -> None:
-        pass
 
 
 def _duration(value: float) -> Duration:

@@ -105,11 +105,12 @@ def labels(field: str, values: Mapping[str, str]) -> None:
     _joined(field, values.values())
 
 
-def spec(s: pb.TaskSpec, where: str, shared_env: int = 0) -> None:
+def spec(s: pb.TaskSpec, where: str, shared_env: int = 0, good_cwd: str = "") -> None:
     """Validate one task spec; ``where`` prefixes field names (``tasks[3]``).
 
     ``shared_env`` is the size of the environment the task gets when its own is empty (the
-    Submit request's ``env``): it counts toward the 1 MiB of argv and env.
+    Submit request's ``env``): it counts toward the 1 MiB of argv and env. ``good_cwd`` is a
+    cwd already found good (the previous task's, in a batch).
     """
     argv = s.argv
     if not argv or not argv[0] or len(argv) > MAX_ARGV_ITEMS:
@@ -122,7 +123,7 @@ def spec(s: pb.TaskSpec, where: str, shared_env: int = 0) -> None:
     size += env(f"{where}.env", s.env) if s.env else shared_env
     if size > MAX_ARG_ENV_BYTES:
         raise InvalidArgument(f"{where}.argv", "argv and env together exceed 1 MiB")
-    if s.cwd:
+    if s.cwd and s.cwd != good_cwd:
         cwd = _joined(f"{where}.cwd", [s.cwd])
         if not os.path.isabs(cwd):
             raise InvalidArgument(f"{where}.cwd", f"must be an absolute path, got {quote(cwd)}")
@@ -156,8 +157,10 @@ def submit(request: pb.SubmitRequest) -> None:
     if len(request.tasks) > MAX_BATCH:
         raise InvalidArgument("tasks", f"at most {MAX_BATCH} per request")
     shared_env = env("env", request.env)
+    good_cwd = ""
     for i, task in enumerate(request.tasks):
-        spec(task, f"tasks[{i}]", shared_env)
+        spec(task, f"tasks[{i}]", shared_env, good_cwd)
+        good_cwd = task.cwd
 
 
 def ids(field: str, values: Sequence[int]) -> None:

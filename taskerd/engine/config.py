@@ -60,7 +60,8 @@ class Config(Generic[R]):
     ``resource_pool_size``: how many spare resources retiring burst workers keep for reuse.
     ``on_finish(handle, fn)``: called on the loop, a step after each task ends, with the
     function it was submitted with: one hook for every task, where a done callback per task
-    would cost memory per queued task.
+    would cost memory per queued task. ``on_retry(task_id, error)``: called on the loop when a
+    task is queued again after an unhealthy worker.
     """
 
     on_create: Callable[[], R | Awaitable[R]]
@@ -77,6 +78,7 @@ class Config(Generic[R]):
     aging: float | None = None
     thread_pool_size: int | None = None
     on_finish: Callable[[Any, Any], None] | None = None
+    on_retry: Callable[[int, BaseException], None] | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.on_create):

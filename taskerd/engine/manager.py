@@ -182,6 +182,7 @@ class TaskManager(Generic[R, E]):
         self._deadline_changed: asyncio.Future[None] | None = None
         self._last_fn: Any = None
         self._on_finish = config.on_finish
+        self._on_retry = config.on_retry
         # Queue mutations and QUEUED -> other transitions hold this: thread lanes pop too.
         self._qlock = threading.Lock()
         self._lanes = 0  # thread lanes that may still claim tasks; no locking while 0
@@ -1160,6 +1161,8 @@ class TaskManager(Generic[R, E]):
             self._metrics.record_retry(job.id, error)
             if self._extra is not None:
                 self._extra.record_retry(job.id, error)
+            if self._on_retry is not None:
+                self._on_retry(job.id, error)
             return healthy
         final = error.cause if isinstance(error, Retry) and error.cause is not None else error
         self._finish(job, FAILED, None, final)
