@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar, cast
 
@@ -148,6 +149,19 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE tasks ADD COLUMN run_token TEXT NOT NULL DEFAULT '';
     """,
 }
+
+
+_ROWS_PER_INSERT = 4096  # 6 parameters a row: within SQLite's 32,766 parameters a statement
+
+
+@lru_cache(maxsize=8)
+def _insert_sql(rows: int) -> str:
+    """An INSERT of ``rows`` queued tasks (in order: their ids come out consecutive)."""
+    row = f"({_QUEUED}, ?, ?, ?, ?, ?, ?)"
+    return (
+        "INSERT INTO tasks (state, priority, queued_at, once, max_retries, spec, env_id) VALUES "
+        + ", ".join([row] * rows)
+    )
 
 
 class Unfinished(NamedTuple):
@@ -699,21 +713,19 @@ class Store:
         for r in rows:
             if r.env and r.env not in env_ids:
                 env_ids[r.env] = self._env_id(conn, r.env)
-        conn.executemany(
-            "INSERT INTO tasks (state, priority, queued_at, once, max_retries, spec, env_id) "
-            f"VALUES ({_QUEUED}, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    r.priority,
-                    r.queued_at,
-                    r.once,
-                    r.max_retries,
-                    r.spec,
+        # Many rows to a statement: sqlite3 lets go of the GIL for each step, and a step per
+        # row would hand it back and forth with the event loop thousands of times a batch.
+        for at in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[at : at + _ROWS_PER_INSERT]
+            values = [
+                x
+                for r in chunk
+                for x in (
+                    r.priority, r.queued_at, r.once, r.max_retries, r.spec,
                     env_ids[r.env] if r.env else None,
                 )
-                for r in rows
-            ],
-        )
+            ]  # fmt: skip
+            conn.execute(_insert_sql(len(chunk)), values)
         # One writer connection and AUTOINCREMENT: the rows just inserted have consecutive ids.
         last = cast(int, conn.execute("SELECT last_insert_rowid()").fetchone()[0])
         ids = list(range(last - len(rows) + 1, last + 1))
