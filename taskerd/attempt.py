@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
@@ -246,79 +247,108 @@ def classify(
     return FAILED, f"internal error: {error!r}"
 
 
-async def conclude(host: Host, live: Live, outcome: Outcome, *, stopping: bool) -> bool:
-    """Journal the task's terminal state, then take it out of memory and announce it.
+@dataclass(slots=True)
+class Ending:
+    """How a task ends, decided: what :func:`write` journals and :func:`announce` tells."""
 
-    Returns False when the task is left in the journal for the next start. A write the
-    journal refuses is retried with backoff (after the first failure, without the output,
-    which is what fills a disk) until it is written or this coroutine is cancelled.
-    """
+    state: State
+    message: str
+    result: Exit | None
+    spec: pb.TaskSpec | None
+    now: float
+    keep_output: bool = True
+
+
+def decide(live: Live, outcome: Outcome, *, stopping: bool) -> Ending | None:
+    """The task's end from the engine's outcome; None to leave it in the journal for the next
+    start (a STOP shutdown stopped it)."""
     result, error = outcome
     if isinstance(error, Unhealthy):
         result = error.result
     verdict = classify(live, result, error, stopping=stopping)
-    capture = live.capture
-    if result is None and capture is not None:
-        result = capture.exit  # how a timed-out or cancelled command died
+    if result is None and live.capture is not None:
+        result = live.capture.exit  # how a timed-out or cancelled command died
     if verdict is None:
-        return False
-    state, message = verdict
+        return None
     if live.started_write is not None:  # the finish records the start
         live.started_write.cancel()
         live.started_write = None
-    spec = live.spec
-    if spec is None and host.hub.watched(live.id):  # it never started: the journal has it
+    return Ending(verdict[0], verdict[1], result, live.spec, time.time())
+
+
+def write(host: Host, live: Live, ending: Ending) -> asyncio.Future[None]:
+    """Queue the terminal state (and the output, unless ``keep_output`` was dropped)."""
+    capture, result = live.capture, ending.result
+    # The capture's own buffers: the command has ended, nothing feeds them any more.
+    out, err = (capture.stdout, capture.stderr) if capture else (b"", b"")
+    dropped = not ending.keep_output
+    if dropped:
+        out = err = b""
+    return host.store.mark_finished(
+        live.id,
+        state=ending.state,
+        ended_at=ending.now,
+        error=ending.message,
+        exit_code=result.exit_code if result else None,
+        signal=result.signal if result else None,
+        attempts=live.attempts,
+        started_at=live.started_at,
+        pid=live.pid or None,
+        worker=live.worker if live.pid else None,
+        stdout=out,
+        stderr=err,
+        stdout_truncated=bool(capture and (capture.stdout_truncated or dropped)),
+        stderr_truncated=bool(capture and (capture.stderr_truncated or dropped)),
+    )
+
+
+async def conclude(host: Host, live: Live, ending: Ending, failed: JournalError | None) -> None:
+    """Journal the end with retries, then announce it: the path of a task whose end needs the
+    journal first (its spec, for a watcher) or whose first write failed (``failed``).
+
+    A write the journal refuses is retried with backoff (after the first failure, without the
+    output, which is what fills a disk) until it is written or this coroutine is cancelled.
+    """
+    if ending.spec is None and host.hub.watched(live.id):  # it never started: the journal has it
         with contextlib.suppress(JournalError):
             row = await host.store.get(live.id)
-            spec = row.spec if row is not None else None
-    now = time.time()
-    keep_output = True
+            ending.spec = row.spec if row is not None else None
     delay = FINISH_RETRY[0]
     while True:
-        # The capture's own buffers: the command has ended, nothing feeds them any more.
-        out, err = (capture.stdout, capture.stderr) if capture else (b"", b"")
-        if not keep_output:
-            out = err = b""
-        try:
-            await host.store.mark_finished(
-                live.id,
-                state=state,
-                ended_at=now,
-                error=message,
-                exit_code=result.exit_code if result else None,
-                signal=result.signal if result else None,
-                attempts=live.attempts,
-                started_at=live.started_at,
-                pid=live.pid or None,
-                worker=live.worker if live.pid else None,
-                stdout=out,
-                stderr=err,
-                stdout_truncated=bool(capture and (capture.stdout_truncated or not keep_output)),
-                stderr_truncated=bool(capture and (capture.stderr_truncated or not keep_output)),
-            )
-            break
-        except JournalError as exc:
-            log.error(
-                "task %d: cannot journal its end (%s); trying again in %s",
-                live.id, exc, format_duration(delay),
-            )  # fmt: skip
-            if keep_output and (out or err):
-                keep_output = False
-                note = f"output not kept: {exc}"
-                message = f"{message}; {note}" if message else note
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, FINISH_RETRY[1])
-    # From here on, no await: memory takes in the commit in the step that answered it.
-    host.move(live, state)
+        if failed is None:
+            try:
+                await write(host, live, ending)
+                break
+            except JournalError as exc:
+                failed = exc
+        log.error(
+            "task %d: cannot journal its end (%s); trying again in %s",
+            live.id, failed, format_duration(delay),
+        )  # fmt: skip
+        capture = live.capture
+        if ending.keep_output and capture is not None and (capture.stdout or capture.stderr):
+            ending.keep_output = False
+            note = f"output not kept: {failed}"
+            ending.message = f"{ending.message}; {note}" if ending.message else note
+        failed = None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, FINISH_RETRY[1])
+    announce(host, live, ending)
+
+
+def announce(host: Host, live: Live, ending: Ending) -> None:
+    """The end is committed: out of memory, counted and announced, in this one step."""
+    host.move(live, ending.state)
     live.seq += 1
-    seq = live.seq
+    seq, capture, result, state = live.seq, live.capture, ending.result, ending.state
+    spec, keep_output = ending.spec, ending.keep_output
 
     def make(output: bool) -> pb.TaskEvent:  # called only if someone watches
         task = task_record(
             live.id, state=state, queued_at=live.queued_at, started_at=live.started_at,
-            ended_at=now, attempts=live.attempts, pid=live.pid, worker=live.worker,
+            ended_at=ending.now, attempts=live.attempts, pid=live.pid, worker=live.worker,
             exit_code=result.exit_code if result else None,
-            signal=result.signal if result else None, error=message,
+            signal=result.signal if result else None, error=ending.message,
             spec=spec if spec is not None else pb.TaskSpec(),
         )  # fmt: skip
         if output and capture is not None and keep_output:
@@ -327,10 +357,9 @@ async def conclude(host: Host, live: Live, outcome: Outcome, *, stopping: bool) 
 
     host.hub.publish(live.id, make, is_final=True)
     if log.isEnabledFor(logging.INFO):
-        took = format_duration(now - live.started_at) if live.started_at else "-"
+        took = format_duration(ending.now - live.started_at) if live.started_at else "-"
         log.info("task %d %s in %s%s", live.id, pb.TaskState.Name(state)[11:], took,
-                 f": {message}" if message else "")  # fmt: skip
-    return True
+                 f": {ending.message}" if ending.message else "")  # fmt: skip
 
 
 def _signame(number: int | None) -> str:

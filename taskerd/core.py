@@ -22,14 +22,14 @@ import os
 import time
 from collections.abc import Collection, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
 from tasker.v1 import tasker_pb2 as pb
 from taskerd import engine, procs
-from taskerd.attempt import Attempt, Unhealthy, conclude
+from taskerd.attempt import Attempt, Ending, Unhealthy, announce, conclude, decide, write
 from taskerd.config import DaemonConfig
 from taskerd.errors import (
     JournalFull,
@@ -127,7 +127,7 @@ class Core:
         self._admitting = 0  # requests between their admission check and their queueing
         self._admitted = asyncio.Event()
         self._admitted.set()
-        self._finishing: set[asyncio.Task[Any]] = set()
+        self._finishing: set[asyncio.Future[Any]] = set()  # ends being journaled
         self._closed = asyncio.Event()
         self._stopping_runs: asyncio.Task[None] | None = None
         self._attempt_fn = self._attempt  # one bound method, so the engine sees the same fn
@@ -480,27 +480,59 @@ class Core:
         live.finishing = True
         if live.state == QUEUED and isinstance(live.outcome[1], engine.ShuttingDown):
             # A stop took it from the queue: it stays in the journal for the next start, as
-            # ``conclude`` would decide, without a step of its own (a million of them at STOP).
-            live.handle = None
-            self._leave(live)
+            # ``decide`` would say, without a step of its own (a million of them at STOP).
+            self._let_go(live, ended=False)
             return
-        self._background(self._conclude(live))
-
-    async def _conclude(self, live: Live) -> None:
-        assert live.outcome is not None
         stopping = self.shutdown_mode == pb.SHUTDOWN_MODE_STOP
         try:
-            ended = await conclude(self, live, live.outcome, stopping=stopping)
+            ending = decide(live, live.outcome, stopping=stopping)
+            if ending is None:  # left in the journal for the next start (a STOP shutdown)
+                self._let_go(live, ended=False)
+            elif ending.spec is None and self.hub.watched(live.id):
+                self._background(self._conclude(live, ending, None))
+            else:
+                # Most ends: the write is queued now and the end announced in the step that
+                # takes in its commit, with no task of its own.
+                written = write(self, live, ending)
+                self._finishing.add(written)
+                written.add_done_callback(partial(self._written, live, ending))
         except Exception:  # a bug: the task stays unfinished in the journal, for the next start
             log.exception("task %d: its end could not be recorded", live.id)
-            ended = False
+            self._let_go(live, ended=False)
+
+    def _written(self, live: Live, ending: Ending, written: asyncio.Future[None]) -> None:
+        self._finishing.discard(written)
+        if written.cancelled():  # a stop gave up on it: unfinished in the journal
+            return
+        error = written.exception()
+        if isinstance(error, JournalError):
+            self._background(self._conclude(live, ending, error))  # retried with backoff
+            return
+        if error is not None:
+            log.error("task %d: its end could not be recorded: %r", live.id, error)
+            self._let_go(live, ended=False)
+            return
+        announce(self, live, ending)
+        self._let_go(live, ended=True)
+
+    async def _conclude(self, live: Live, ending: Ending, failed: JournalError | None) -> None:
+        try:
+            await conclude(self, live, ending, failed)
+        except Exception:  # a bug: the task stays unfinished in the journal, for the next start
+            log.exception("task %d: its end could not be recorded", live.id)
+            self._let_go(live, ended=False)
+            return
+        self._let_go(live, ended=True)
+
+    def _let_go(self, live: Live, *, ended: bool) -> None:
+        """After the end (or a stop that leaves the task to the next start, uncounted)."""
         # Let go of the output now: the handle and its callbacks make a cycle with ``live``,
         # which only a full garbage collection would break.
         if live.capture is not None:
             self.heap.note(len(live.capture.stdout) + len(live.capture.stderr))
         live.capture = None
         live.handle = None
-        if not ended:  # left in the journal for the next start (a STOP shutdown): uncounted
+        if not ended:
             self._leave(live)
 
     def failed_attempt(self, live: Live, reason: str) -> None:

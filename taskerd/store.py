@@ -764,7 +764,7 @@ class Store:
 
         self._queue.put(_Op(write, None, None, lazy=True))
 
-    async def mark_finished(
+    def mark_finished(
         self,
         task_id: int,
         *,
@@ -781,8 +781,8 @@ class Store:
         stderr: bytes | bytearray = b"",
         stdout_truncated: bool = False,
         stderr_truncated: bool = False,
-    ) -> None:
-        """Terminal state and result, awaited until committed."""
+    ) -> asyncio.Future[None]:
+        """Terminal state and result, queued at once: the future of its commit."""
         if state not in TERMINAL_STATES:
             raise ValueError(f"state: {state} is not a terminal state")
 
@@ -810,7 +810,7 @@ class Store:
                     (task_id, stdout, stderr, stdout_truncated, stderr_truncated),
                 )
 
-        await self._write(write, lazy=True)
+        return self._queue_write(write, lazy=True)
 
     async def mark_finished_many(
         self, task_ids: Sequence[int], *, state: int, ended_at: float, error: str
