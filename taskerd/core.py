@@ -128,6 +128,8 @@ class Core:
         self._admitted = asyncio.Event()
         self._admitted.set()
         self._finishing: set[asyncio.Future[Any]] = set()  # ends being journaled
+        # Ends of tasks that never ran, gathered in this step: (state, error) -> the tasks.
+        self._unrun: dict[tuple[State, str], list[tuple[Live, Ending]]] = {}
         self._closed = asyncio.Event()
         self._stopping_runs: asyncio.Task[None] | None = None
         self._attempt_fn = self._attempt  # one bound method, so the engine sees the same fn
@@ -490,6 +492,10 @@ class Core:
                 self._let_go(live, ended=False)
             elif ending.spec is None and self.hub.watched(live.id):
                 self._background(self._conclude(live, ending, None))
+            elif live.state == QUEUED and live.capture is None:
+                # It never ran (a cancel, a kill, a queue timeout): such ends of this step go
+                # to the journal together, one statement for thousands.
+                self._never_ran(live, ending)
             else:
                 # Most ends: the write is queued now and the end announced in the step that
                 # takes in its commit, with no task of its own.
@@ -499,6 +505,42 @@ class Core:
         except Exception:  # a bug: the task stays unfinished in the journal, for the next start
             log.exception("task %d: its end could not be recorded", live.id)
             self._let_go(live, ended=False)
+
+    def _never_ran(self, live: Live, ending: Ending) -> None:
+        if not self._unrun:
+            loop = asyncio.get_running_loop()
+            gathering = loop.create_future()  # a stop waits for these ends too
+            self._finishing.add(gathering)
+            loop.call_soon(self._write_unrun, gathering)
+        self._unrun.setdefault((ending.state, ending.message), []).append((live, ending))
+
+    def _write_unrun(self, gathering: asyncio.Future[None]) -> None:
+        groups, self._unrun = self._unrun, {}
+        try:
+            for (state, message), ends in groups.items():
+                ids = [live.id for live, _ in ends]
+                try:
+                    written = self.store.mark_finished_many(
+                        ids, state=state, ended_at=ends[0][1].now, error=message
+                    )
+                except Exception:  # the journal is closed: unfinished, for the next start
+                    log.exception("%d task ends could not be recorded", len(ends))
+                    for live, _ in ends:
+                        self._let_go(live, ended=False)
+                    continue
+                self._finishing.add(written)
+                written.add_done_callback(partial(self._unrun_written, ends))
+        finally:
+            self._finishing.discard(gathering)
+            if not gathering.done():
+                gathering.set_result(None)
+
+    def _unrun_written(
+        self, ends: list[tuple[Live, Ending]], written: asyncio.Future[None]
+    ) -> None:
+        for live, ending in ends:
+            ending.now = ends[0][1].now  # as journaled
+            self._written(live, ending, written)
 
     def _written(self, live: Live, ending: Ending, written: asyncio.Future[None]) -> None:
         self._finishing.discard(written)

@@ -151,6 +151,7 @@ _MIGRATIONS: dict[int, str] = {
 }
 
 
+_IDS_PER_UPDATE = 10_000  # within SQLite's 32,766 parameters a statement
 _ROWS_PER_INSERT = 4096  # 6 parameters a row: within SQLite's 32,766 parameters a statement
 
 
@@ -812,22 +813,30 @@ class Store:
 
         return self._queue_write(write, lazy=True)
 
-    async def mark_finished_many(
+    def mark_finished_many(
         self, task_ids: Sequence[int], *, state: int, ended_at: float, error: str
-    ) -> None:
-        """Many tasks to one terminal state in one transaction (e.g. recovery: all LOST).
-        Tasks that are already terminal are left as they are."""
+    ) -> asyncio.Future[None]:
+        """Many tasks to one terminal state in one transaction (recovery: all LOST; a cancel
+        or a kill of queued tasks), queued at once: the future of its commit. Tasks that are
+        already terminal are left as they are."""
         if state not in TERMINAL_STATES:
             raise ValueError(f"state: {state} is not a terminal state")
-        if not task_ids:
-            return
-        params = [(state, ended_at, error, i) for i in task_ids]
-        await self._write(
-            lambda conn: conn.executemany(
-                f"UPDATE tasks SET state = ?, ended_at = ?, error = ? WHERE id = ? AND {_LIVE}",
-                params,
-            )
-        )
+        ids = list(task_ids)
+        if not ids:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+        def write(conn: _Conn) -> None:
+            for at in range(0, len(ids), _IDS_PER_UPDATE):  # a statement per row: GIL hand-offs
+                chunk = ids[at : at + _IDS_PER_UPDATE]
+                conn.execute(
+                    f"UPDATE tasks SET state = ?, ended_at = ?, error = ? WHERE {_LIVE} "
+                    f"AND id IN ({', '.join('?' * len(chunk))})",
+                    (state, ended_at, error, *chunk),
+                )
+
+        return self._queue_write(write, lazy=True)
 
     async def requeue(
         self, task_ids: Sequence[int], *, attempts: Sequence[int] | None = None
