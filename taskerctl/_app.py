@@ -479,7 +479,9 @@ def submit(command: tuple[str, ...], **opts: Any) -> int:
                 print(handle.id, file=sys.stderr if follow else sys.stdout, flush=True)
             if follow:
                 events = handle.events(output=True)
-                return task.watch(c, events, as_json=g.json, cancel_on_interrupt=cancel)
+                return task.watch(
+                    c, events, as_json=g.json, cancel_on_interrupt=cancel, task_id=handle.id
+                )
             return task.wait_one(c, handle.id, as_json=g.json, cancel_on_interrupt=cancel)
         except KeyboardInterrupt:  # between the answer and the wait: the task is known already
             return task.interrupted(c, handle.id, cancel=cancel)
@@ -683,7 +685,7 @@ def logs(task_id: int, follow: bool, stdout_only: bool, stderr_only: bool) -> in
             events = c.stream_results([task_id], output=True)
             return task.watch(
                 c, events, as_json=as_json, cancel_on_interrupt=False,
-                stdout=want_out, stderr=want_err,
+                stdout=want_out, stderr=want_err, task_id=task_id,
             )  # fmt: skip
         t = c.get(task_id, output=True)
     if as_json:

@@ -211,12 +211,14 @@ def watch(
     cancel_on_interrupt: bool,
     stdout: bool = True,
     stderr: bool = True,
+    task_id: int | None = None,
 ) -> int:
     """Follow one task to its end: its output to our stdout and stderr (into the JSON document
-    with ``--json``), Ctrl-C, and how it ended. Returns taskerctl's exit status."""
+    with ``--json``), Ctrl-C, and how it ended. Returns taskerctl's exit status. ``task_id`` is
+    the task's id when known before its first event (a submitted task, not a Run)."""
     out: IO[bytes] = io.BytesIO() if as_json else sys.stdout.buffer
     err: IO[bytes] = io.BytesIO() if as_json else sys.stderr.buffer
-    ids: list[int] = []
+    ids: list[int] = [] if task_id is None else [task_id]
 
     def seen(ev: TaskEvent) -> None:
         if not ids:
