@@ -15,7 +15,9 @@ tasks queued:
    queued; goal < 5 s. The stop time is reported too;
 4. latency with N in the journal: ``Stats``, the first page of ``List`` as ``taskerctl list``
    asks for it (51 tasks) and ``Get`` of a random id as ``taskerctl show`` asks for it: p50
-   and p99 over sequential calls; goal p50 < 5 ms and <= 1.5x the handful daemon.
+   and p99 over sequential calls; goal p50 < 5 ms and <= 1.5x the handful daemon. Measured
+   once the daemon is at rest after the fill (its journal truncates the WAL two seconds after
+   the last write, a checkpoint of hundreds of MiB that would otherwise share the two cores).
 
 Run: ``.venv/bin/python bench/scale.py [--quick | --tasks N] [--profile DIR]`` (a few minutes
 at 1M on 2 cores; ``--quick`` is 20,000 tasks). ``--profile DIR`` runs the daemon under cProfile:
@@ -26,6 +28,7 @@ queued). Prints figures and a summary; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import signal
 import statistics
@@ -213,6 +216,26 @@ def latencies(stub: Stub, ids: list[int], calls: int) -> dict[str, list[float]]:
 # ---------------------------------------------------------------------------------- run
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(pid: int, timeout: float = 60.0, step: float = 0.5) -> float:
+    """Wait until the daemon uses under a tenth of a core over ``step`` seconds (at most
+    ``timeout``, after a first 2.5 s for the journal's idle checkpoint to begin); the seconds
+    waited."""
+    t0 = time.monotonic()
+    time.sleep(2.5)
+    while time.monotonic() - t0 < timeout:
+        used = cpu_seconds(pid)
+        time.sleep(step)
+        if cpu_seconds(pid) - used < 0.1 * step:
+            break
+    return time.monotonic() - t0
+
+
 def peak_kib(d: BenchDaemon) -> int:
     """The daemon's peak resident set size (VmHWM) in KiB."""
     for line in Path(f"/proc/{d.pid}/status").read_text().splitlines():
@@ -289,7 +312,10 @@ def run(
                         f"<= {RSS_GOAL_MIB:.0f} MiB", rss_full / 1024 <= RSS_GOAL_MIB))  # fmt: skip
         rows.append(Row("  RSS per queued task", f"{per_task:,.0f} B", "", None))
 
-        # -- 4. latency with N in the journal
+        # -- 4. latency with N in the journal, once the daemon is at rest again (the journal
+        # thread truncates the WAL two seconds after the last write: a long checkpoint)
+        rested = settle(d.pid)
+        print(f"the daemon was at rest {rested:.1f} s after the fill")
         full = latencies(stub, sample, calls)
         for name, samples in full.items():
             p50, p99 = statistics.median(samples), percentile(samples, 0.99)
