@@ -364,7 +364,7 @@ class Core:
             live.labels = dict(spec.labels)
         if keep:
             live.spec, live.env = spec, env
-        retries = spec.max_retries if has("max_retries") else self.config.max_retries
+        retries = self._max_retries(spec)
         handle = self.engine.queue_task_async(
             self._attempt_fn,
             priority=_PRIORITY[priority],
@@ -480,11 +480,6 @@ class Core:
         if live.outcome is None or live.in_attempt or live.finishing:
             return
         live.finishing = True
-        if live.state == QUEUED and isinstance(live.outcome[1], engine.ShuttingDown):
-            # A stop took it from the queue: it stays in the journal for the next start, as
-            # ``decide`` would say, without a step of its own (a million of them at STOP).
-            self._let_go(live, ended=False)
-            return
         stopping = self.shutdown_mode == pb.SHUTDOWN_MODE_STOP
         try:
             ending = decide(live, live.outcome, stopping=stopping)
@@ -518,10 +513,13 @@ class Core:
         groups, self._unrun = self._unrun, {}
         try:
             for (state, message), ends in groups.items():
+                now = ends[0][1].now
+                for _, ending in ends:
+                    ending.now = now  # one end time for the group, as journaled
                 ids = [live.id for live, _ in ends]
                 try:
                     written = self.store.mark_finished_many(
-                        ids, state=state, ended_at=ends[0][1].now, error=message
+                        ids, state=state, ended_at=now, error=message
                     )
                 except Exception:  # the journal is closed: unfinished, for the next start
                     log.exception("%d task ends could not be recorded", len(ends))
@@ -539,7 +537,6 @@ class Core:
         self, ends: list[tuple[Live, Ending]], written: asyncio.Future[None]
     ) -> None:
         for live, ending in ends:
-            ending.now = ends[0][1].now  # as journaled
             self._written(live, ending, written)
 
     def _written(self, live: Live, ending: Ending, written: asyncio.Future[None]) -> None:
