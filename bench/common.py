@@ -1,4 +1,5 @@
-"""Helpers shared by the bench scripts: a private taskerd, percentiles, ratio and goal lines."""
+"""Helpers shared by the bench scripts: a private taskerd, percentiles, CPU time, ratio and goal
+lines, and the summary table."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -138,3 +140,35 @@ def verdict(ok: bool) -> str:
 def rate(n: float) -> str:
     """A rate with thousands separators."""
     return f"{n:,.0f}/s"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Row:
+    """One line of the summary table."""
+
+    figure: str
+    value: str
+    baseline: str
+    ratio: float | None
+    goal: str = ""
+    ok: bool | None = None
+
+
+def summary(rows: list[Row]) -> None:
+    """The compact table: figure, value, baseline, ratio, goal, ok/MISSED."""
+    cells = [
+        (r.figure, r.value, r.baseline, "-" if r.ratio is None else f"{r.ratio:.2f}", r.goal,
+         "" if r.ok is None else verdict(r.ok))
+        for r in rows
+    ]  # fmt: skip
+    head = ("figure", "value", "baseline", "ratio", "goal", "result")
+    w = [max(len(c[i]) for c in [head, *cells]) for i in range(5)]
+    print("\nSUMMARY")
+    for f, v, b, r, g, ok in [head, *cells]:
+        print(f"{f:<{w[0]}}  {v:>{w[1]}}  {b:<{w[2]}}  {r:>{w[3]}}  {g:<{w[4]}}  {ok}".rstrip())

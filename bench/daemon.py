@@ -28,10 +28,11 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BenchDaemon, percentile, rate, verdict
+from common import BenchDaemon, Row, cpu_seconds, percentile, rate, summary, verdict
 from spawn_floor import spawn_floor
 from store_floor import SYNCS, raw_insert_rate
 
+from tasker.events import ended_ids
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
 from taskerctl._core import submit_requests
@@ -57,18 +58,6 @@ FULL = Sizes(1.0, 2.0, 20, 2000, 200, 100_000, 200, 900)
 QUICK = Sizes(0.2, 0.5, 2, 100, 20, 3000, 30, 60)
 
 
-@dataclass
-class Row:
-    """One line of the summary table."""
-
-    figure: str
-    value: str
-    baseline: str
-    ratio: float | None
-    goal: str = ""
-    ok: bool | None = None
-
-
 def spec(*argv: str, shell: bool = False) -> pb.TaskSpec:
     """A task with the client's whole environment, as the CLI sends it."""
     return pb.TaskSpec(argv=list(argv), shell=shell, env=dict(os.environ))
@@ -80,16 +69,6 @@ def aio_stub(d: BenchDaemon) -> tuple[grpc.aio.Channel, pb_grpc.TaskerStub]:
                ("grpc.max_receive_message_length", 64 << 20)]  # fmt: skip
     channel = grpc.aio.insecure_channel(d.target, options=options)
     return channel, pb_grpc.TaskerStub(channel)
-
-
-def ended(event: pb.TaskEvent) -> list[int]:
-    """The ids of the tasks a ``finished`` or ``finished_many`` event reports."""
-    kind = event.WhichOneof("kind")
-    if kind == "finished":
-        return [event.task_id]
-    if kind == "finished_many":
-        return [t.id for t in event.finished_many.tasks]
-    return []
 
 
 class Firehose:
@@ -105,14 +84,14 @@ class Firehose:
         """Submit a probe task and read until it finished: the firehose is then subscribed."""
         [probe] = (await stub.Submit(pb.SubmitRequest(tasks=[spec("true")]))).ids
         async for event in self.events:
-            if probe in ended(event):
+            if probe in ended_ids(event):
                 return
 
     async def finish_count(self, ids: set[int]) -> float:
         """Read until every task in ``ids`` finished; return the perf_counter time then."""
         left = set(ids)
         async for event in self.events:
-            left.difference_update(ended(event))
+            left.difference_update(ended_ids(event))
             if not left:
                 break
         return time.perf_counter()
@@ -192,12 +171,6 @@ async def accept(tmp: Path, sizes: Sizes) -> list[Row]:
 # ---------------------------------------------------------------------------------- 2. e2e
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads, not its children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def taskerd_e2e(
     tmp: Path, workers: int, n: int, drain_jobs: int
 ) -> tuple[float, float, float]:
@@ -251,7 +224,7 @@ async def _finish_after(
 
     sender = asyncio.ensure_future(submit())
     async for event in hose.events:
-        finished.update(ended(event))
+        finished.update(ended_ids(event))
         if submitted.is_set() and ids <= finished:
             break
     await sender
@@ -436,16 +409,6 @@ async def memory(tmp: Path, sizes: Sizes) -> list[Row]:
 
 
 # ---------------------------------------------------------------------------------- main
-
-
-def summary(rows: list[Row]) -> None:
-    """The compact table."""
-    print("\nSUMMARY")
-    print(f"{'figure':<38}{'value':>13}  {'baseline':<26}{'ratio':>7}  {'goal':<15}result")
-    for r in rows:
-        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
-        result = "" if r.ok is None else verdict(r.ok)
-        print(f"{r.figure:<38}{r.value:>13}  {r.baseline:<26}{ratio:>7}  {r.goal:<15}{result}")
 
 
 async def run(sizes: Sizes) -> None:

@@ -47,7 +47,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BenchDaemon, percentile, verdict
+from common import BenchDaemon, Row, percentile, summary
 
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
@@ -72,18 +72,6 @@ class Sizes:
 
 FULL = Sizes(300, 20)
 QUICK = Sizes(30, 5)
-
-
-@dataclass
-class Row:
-    """One line of the summary table."""
-
-    figure: str
-    value: str
-    baseline: str
-    ratio: float | None
-    goal: str = ""
-    ok: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -349,16 +337,6 @@ def rows(at_once: Series, later: Series, floor: Series, stats: Series) -> list[R
 def load() -> str:
     """The 1-minute load average beside the core count: a busy machine spoils the figures."""
     return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
-
-
-def summary(rows: list[Row]) -> None:
-    """The compact table."""
-    print("\nSUMMARY")
-    print(f"{'figure':<38}{'value':>13}  {'baseline':<30}{'ratio':>7}  {'goal':<10}result")
-    for r in rows:
-        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
-        result = "" if r.ok is None else verdict(r.ok)
-        print(f"{r.figure:<38}{r.value:>13}  {r.baseline:<30}{ratio:>7}  {r.goal:<10}{result}")
 
 
 def run(sizes: Sizes, workers: int, pause: float, breakdown: bool, config: str) -> None:

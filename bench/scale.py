@@ -28,7 +28,6 @@ queued). Prints figures and a summary; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import statistics
@@ -44,7 +43,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BenchDaemon, percentile, rate, verdict
+from common import BenchDaemon, Row, cpu_seconds, percentile, rate, summary, verdict
 from store_floor import raw_insert_rate
 
 from tasker.v1 import tasker_pb2 as pb
@@ -59,18 +58,6 @@ RSS_GOAL_MIB = 600.0
 RESTART_GOAL = 5.0
 LATENCY_GOAL = 0.005
 LATENCY_RATIO = 1.5
-
-
-@dataclass
-class Row:
-    """One line of the summary table."""
-
-    figure: str
-    value: str
-    baseline: str
-    ratio: float | None
-    goal: str = ""
-    ok: bool | None = None
 
 
 @dataclass
@@ -216,12 +203,6 @@ def latencies(stub: Stub, ids: list[int], calls: int) -> dict[str, list[float]]:
 # ---------------------------------------------------------------------------------- run
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def settle(pid: int, timeout: float = 60.0, step: float = 0.5) -> float:
     """Wait until the daemon uses under a tenth of a core over ``step`` seconds (at most
     ``timeout``, after a first 2.5 s for the journal's idle checkpoint to begin); the seconds
@@ -356,16 +337,6 @@ def run(
         for chan in CHANNELS:
             chan.close()
     return rows
-
-
-def summary(rows: list[Row]) -> None:
-    """The compact table."""
-    print("\nSUMMARY")
-    print(f"{'figure':<36}{'value':>13}  {'baseline':<32}{'ratio':>7}  {'goal':<18}result")
-    for r in rows:
-        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
-        result = "" if r.ok is None else verdict(r.ok)
-        print(f"{r.figure:<36}{r.value:>13}  {r.baseline:<32}{ratio:>7}  {r.goal:<18}{result}")
 
 
 def main() -> None:

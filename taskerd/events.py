@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Collection
 
 import grpc
 
+from tasker.events import ended_ids
 from tasker.v1 import tasker_pb2 as pb
 from taskerd.errors import RequestError
 
@@ -195,16 +196,11 @@ class Watcher:
                     self._ready.clear()
                     await self._ready.wait()
                 event = self._next()
-                kind = event.WhichOneof("kind")
-                if kind == "finished" and self.batch and self._backlog:
+                if self.batch and self._backlog and event.WhichOneof("kind") == "finished":
                     event = self._many(event)
-                    kind = event.WhichOneof("kind")
                 yield event
-                if self.remaining is not None and kind in ("finished", "finished_many"):
-                    if kind == "finished":
-                        self.remaining.discard(event.task_id)
-                    else:
-                        self.remaining.difference_update(t.id for t in event.finished_many.tasks)
+                if self.remaining is not None and (done := ended_ids(event)):
+                    self.remaining.difference_update(done)
                     if not self.remaining:
                         return
         finally:

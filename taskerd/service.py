@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
+from tasker.events import ended_ids
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
 from taskerd import validate
@@ -154,11 +155,7 @@ class Service(pb_grpc.TaskerServicer):
                 if request.output and event.WhichOneof("kind") == "finished":
                     event = await self.core.with_output(event)  # one output in memory at a time
                 yield event
-                kind = event.WhichOneof("kind")
-                if kind == "finished":
-                    finished.add(event.task_id)
-                elif kind == "finished_many":
-                    finished.update(t.id for t in event.finished_many.tasks)
+                finished.update(ended_ids(event))
             if watcher.remaining is not None:
                 watcher.remaining -= finished
                 if not watcher.remaining:
