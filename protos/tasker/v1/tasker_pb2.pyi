@@ -13,7 +13,9 @@ Errors use the standard gRPC status codes:
   NOT_FOUND           no task has that id.
   RESOURCE_EXHAUSTED  the queue is full: "queue full (n/max)".
   ABORTED             a stream read too slowly was dropped: "stream fell behind".
-  FAILED_PRECONDITION the daemon is shutting down.
+  FAILED_PRECONDITION the daemon is shutting down, or the task or group is
+                      not in a state the verb applies to ("task 7 is
+                      RUNNING: only queued or stashed tasks ...").
 """
 
 from collections import abc as _abc
@@ -85,10 +87,17 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     """An at-most-once task that was running when the daemon died: it may or
     may not have done its work, and it is not run again.
     """
+    TASK_STATE_PAUSED: _TaskState.ValueType  # 8
+    """It was running and is stopped (SIGSTOP) by Pause, until Resume. Its
+    timeout clock stops meanwhile.
+    """
+    TASK_STATE_STASHED: _TaskState.ValueType  # 9
+    """Accepted and journaled, but not queued until Enqueue (SubmitRequest.stashed)."""
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
-    """Where a task is in its life. QUEUED and RUNNING are live; every other
-    state is terminal, and a task reaches exactly one of them.
+    """Where a task is in its life. QUEUED, RUNNING, PAUSED and STASHED are live;
+    every other state is terminal, and a task reaches exactly one of them.
+    Clients older than PAUSED and STASHED see those as unknown numbers (8, 9).
     """
 
 TASK_STATE_UNSPECIFIED: TaskState.ValueType  # 0
@@ -110,6 +119,12 @@ TASK_STATE_LOST: TaskState.ValueType  # 7
 """An at-most-once task that was running when the daemon died: it may or
 may not have done its work, and it is not run again.
 """
+TASK_STATE_PAUSED: TaskState.ValueType  # 8
+"""It was running and is stopped (SIGSTOP) by Pause, until Resume. Its
+timeout clock stops meanwhile.
+"""
+TASK_STATE_STASHED: TaskState.ValueType  # 9
+"""Accepted and journaled, but not queued until Enqueue (SubmitRequest.stashed)."""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 class _OutputStream:
@@ -222,6 +237,7 @@ class TaskSpec(_message.Message):
     MAX_RETRIES_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
     shell: _builtins.bool
     cwd: _builtins.str
     """Absolute path of the working directory; it must exist. Empty: the
@@ -246,6 +262,10 @@ class TaskSpec(_message.Message):
     did not send) is run again, at once, before the task ends FAILED. A
     timeout, a cancel or a command that cannot start is not retried. 0: never.
     At most 100. Not with `once`. Independent of `max_retries`.
+    """
+    group: _builtins.str
+    """The group whose queue and slots run it. Empty: "default". An unknown
+    group is INVALID_ARGUMENT "tasks[i].group: no group named ...".
     """
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -295,10 +315,11 @@ class TaskSpec(_message.Message):
         max_retries: _builtins.int | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         retries: _builtins.int = ...,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "max_retries", b"max_retries", "queue_timeout", b"queue_timeout", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "argv", b"argv", "cwd", b"cwd", "env", b"env", "labels", b"labels", "max_retries", b"max_retries", "once", b"once", "priority", b"priority", "queue_timeout", b"queue_timeout", "retries", b"retries", "shell", b"shell", "stdin", b"stdin", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "argv", b"argv", "cwd", b"cwd", "env", b"env", "group", b"group", "labels", b"labels", "max_retries", b"max_retries", "once", b"once", "priority", b"priority", "queue_timeout", b"queue_timeout", "retries", b"retries", "shell", b"shell", "stdin", b"stdin", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
     _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
@@ -330,6 +351,8 @@ class Task(_message.Message):
     STDERR_FIELD_NUMBER: _builtins.int
     STDOUT_TRUNCATED_FIELD_NUMBER: _builtins.int
     STDERR_TRUNCATED_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    ENQUEUE_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Increasing, never reused."""
     state: Global___TaskState.ValueType
@@ -355,6 +378,8 @@ class Task(_message.Message):
     stderr: _builtins.bytes
     stdout_truncated: _builtins.bool
     stderr_truncated: _builtins.bool
+    group: _builtins.str
+    """The group that runs it ("default" when spec.group is empty)."""
     @_builtins.property
     def spec(self) -> Global___TaskSpec: ...
     @_builtins.property
@@ -374,6 +399,10 @@ class Task(_message.Message):
     @_builtins.property
     def run(self) -> _duration_pb2.Duration:
         """From the last start to the end."""
+
+    @_builtins.property
+    def enqueue_at(self) -> _timestamp_pb2.Timestamp:
+        """A stashed task's planned Enqueue (EnqueueRequest.delay); unset otherwise."""
 
     def __init__(
         self,
@@ -396,10 +425,12 @@ class Task(_message.Message):
         stderr: _builtins.bytes = ...,
         stdout_truncated: _builtins.bool = ...,
         stderr_truncated: _builtins.bool = ...,
+        group: _builtins.str = ...,
+        enqueue_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "ended_at", b"ended_at", "exit_code", b"exit_code", "queued_at", b"queued_at", "run", b"run", "signal", b"signal", "spec", b"spec", "started_at", b"started_at", "wait", b"wait"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "ended_at", b"ended_at", "enqueue_at", b"enqueue_at", "exit_code", b"exit_code", "queued_at", b"queued_at", "run", b"run", "signal", b"signal", "spec", b"spec", "started_at", b"started_at", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "attempts", b"attempts", "ended_at", b"ended_at", "error", b"error", "exit_code", b"exit_code", "id", b"id", "pid", b"pid", "queued_at", b"queued_at", "run", b"run", "signal", b"signal", "spec", b"spec", "started_at", b"started_at", "state", b"state", "stderr", b"stderr", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_truncated", b"stdout_truncated", "wait", b"wait", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "attempts", b"attempts", "ended_at", b"ended_at", "enqueue_at", b"enqueue_at", "error", b"error", "exit_code", b"exit_code", "group", b"group", "id", b"id", "pid", b"pid", "queued_at", b"queued_at", "run", b"run", "signal", b"signal", "spec", b"spec", "started_at", b"started_at", "state", b"state", "stderr", b"stderr", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_truncated", b"stdout_truncated", "wait", b"wait", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -420,7 +451,9 @@ class TaskEvent(_message.Message):
 
     @_typing.final
     class Queued(_message.Message):
-        """The task was accepted (or re-queued after a daemon restart)."""
+        """The task was accepted (or re-queued after a daemon restart, queued from
+        the stash, or given a new priority).
+        """
 
         DESCRIPTOR: _descriptor.Descriptor
 
@@ -548,6 +581,28 @@ class TaskEvent(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class StateChanged(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        STATE_FIELD_NUMBER: _builtins.int
+        REASON_FIELD_NUMBER: _builtins.int
+        state: Global___TaskState.ValueType
+        """The new state: PAUSED, RUNNING (resumed) or STASHED."""
+        reason: _builtins.str
+        """Why, e.g. "paused with its group gpu"."""
+        def __init__(
+            self,
+            *,
+            state: Global___TaskState.ValueType = ...,
+            reason: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "state", b"state"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TASK_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
@@ -557,6 +612,7 @@ class TaskEvent(_message.Message):
     RETRYING_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
     FINISHED_MANY_FIELD_NUMBER: _builtins.int
+    STATE_CHANGED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     seq: _builtins.int
     """Per task, increasing from 1, so a watcher can order and de-duplicate.
@@ -580,6 +636,13 @@ class TaskEvent(_message.Message):
         StreamResultsRequest.batch); `task_id` is the first one's.
         """
 
+    @_builtins.property
+    def state_changed(self) -> Global___TaskEvent.StateChanged:
+        """A live task changed state other than by starting or finishing: it was
+        paused or resumed, or submitted stashed. (Enqueue and SetPriority send
+        `queued` again.)
+        """
+
     def __init__(
         self,
         *,
@@ -592,12 +655,13 @@ class TaskEvent(_message.Message):
         retrying: Global___TaskEvent.Retrying | None = ...,
         finished: Global___TaskEvent.Finished | None = ...,
         finished_many: Global___TaskEvent.FinishedMany | None = ...,
+        state_changed: Global___TaskEvent.StateChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "finished_many", b"finished_many", "kind", b"kind", "output", b"output", "queued", b"queued", "retrying", b"retrying", "started", b"started", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "finished_many", b"finished_many", "kind", b"kind", "output", b"output", "queued", b"queued", "retrying", b"retrying", "started", b"started", "state_changed", b"state_changed", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "finished_many", b"finished_many", "kind", b"kind", "output", b"output", "queued", b"queued", "retrying", b"retrying", "seq", b"seq", "started", b"started", "task_id", b"task_id", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "finished_many", b"finished_many", "kind", b"kind", "output", b"output", "queued", b"queued", "retrying", b"retrying", "seq", b"seq", "started", b"started", "state_changed", b"state_changed", "task_id", b"task_id", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["queued", "started", "output", "retrying", "finished", "finished_many"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["queued", "started", "output", "retrying", "finished", "finished_many", "state_changed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -685,6 +749,7 @@ class StreamResultsRequest(_message.Message):
     FINISHED_ONLY_FIELD_NUMBER: _builtins.int
     ALL_LIVE_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
     output: _builtins.bool
     """Also stream output chunks, and include output in `finished`."""
     finished_only: _builtins.bool
@@ -702,6 +767,8 @@ class StreamResultsRequest(_message.Message):
     `finished` events waiting to be sent leave together). The cheap way to
     wait for thousands of tasks: a message costs about 100 us on each side.
     """
+    group: _builtins.str
+    """With `all_live`: only the live tasks of this group."""
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The tasks to watch (at most 10,000). Empty: every task, live."""
@@ -714,10 +781,11 @@ class StreamResultsRequest(_message.Message):
         finished_only: _builtins.bool = ...,
         all_live: _builtins.bool = ...,
         batch: _builtins.bool = ...,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_live", b"all_live", "batch", b"batch", "finished_only", b"finished_only", "ids", b"ids", "output", b"output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_live", b"all_live", "batch", b"batch", "finished_only", b"finished_only", "group", b"group", "ids", b"ids", "output", b"output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -752,14 +820,17 @@ class CancelRequest(_message.Message):
     ALL_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """A task to cancel (0: none)."""
     all: _builtins.bool
     """Also cancel, in the same step, every task that is queued or running and
-    matches all of `labels` and one of `states` (QUEUED or RUNNING; empty:
-    both). Set `all` to select with no label (`cancel --all`); without `all`,
+    matches all of `labels` and one of `states` (QUEUED, RUNNING, PAUSED or
+    STASHED; empty: all four). Set `all` to select with no label (`cancel --all`); without `all`,
     labels or states, nothing is selected this way.
     """
+    group: _builtins.str
+    """Select the live tasks of this group (with `labels` and `states` as above)."""
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """More tasks to cancel in the same step (at most 10,000 with `id`)."""
@@ -776,10 +847,11 @@ class CancelRequest(_message.Message):
         all: _builtins.bool = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         states: _abc.Iterable[Global___TaskState.ValueType] | None = ...,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "id", b"id", "ids", b"ids", "labels", b"labels", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "group", b"group", "id", b"id", "ids", b"ids", "labels", b"labels", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -893,10 +965,13 @@ class ListRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many tasks (default 100, at most 1,000)."""
     page_token: _builtins.str
     """From a previous ListResponse, to get the next page."""
+    group: _builtins.str
+    """Only tasks of this group."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___TaskState.ValueType]:
         """Only tasks in one of these states. Empty: all states."""
@@ -912,10 +987,11 @@ class ListRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "labels", b"labels", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -971,12 +1047,19 @@ Global___RunRequest: _TypeAlias = RunRequest  # noqa: Y015
 class StatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    GROUP_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """Only this group: the workers, queue and counts below are that group's.
+    Empty: the whole daemon.
+    """
     def __init__(
         self,
+        *,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1008,6 +1091,9 @@ class StatsResponse(_message.Message):
     UPTIME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     SHUTTING_DOWN_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    STASHED_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
     base_workers: _builtins.int
     """Workers: the base count, those alive now, and those of them that are
     burst workers.
@@ -1040,8 +1126,15 @@ class StatsResponse(_message.Message):
     version: _builtins.str
     shutting_down: _builtins.bool
     """True once a shutdown has begun."""
+    paused: _builtins.int
+    """Tasks paused and stashed now."""
+    stashed: _builtins.int
     @_builtins.property
     def uptime(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___Group]:
+        """Each group (only the one asked for, with StatsRequest.group)."""
+
     def __init__(
         self,
         *,
@@ -1067,10 +1160,13 @@ class StatsResponse(_message.Message):
         uptime: _duration_pb2.Duration | None = ...,
         version: _builtins.str = ...,
         shutting_down: _builtins.bool = ...,
+        paused: _builtins.int = ...,
+        stashed: _builtins.int = ...,
+        groups: _abc.Iterable[Global___Group] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_workers", b"active_workers", "available_resources", b"available_resources", "base_workers", b"base_workers", "burst_workers", b"burst_workers", "cancelled", b"cancelled", "failed", b"failed", "lost", b"lost", "max_workers", b"max_workers", "queue_capacity", b"queue_capacity", "queue_usage", b"queue_usage", "queued", b"queued", "queued_critical", b"queued_critical", "queued_high", b"queued_high", "queued_low", b"queued_low", "queued_normal", b"queued_normal", "rejected", b"rejected", "running", b"running", "shutting_down", b"shutting_down", "succeeded", b"succeeded", "timed_out", b"timed_out", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_workers", b"active_workers", "available_resources", b"available_resources", "base_workers", b"base_workers", "burst_workers", b"burst_workers", "cancelled", b"cancelled", "failed", b"failed", "groups", b"groups", "lost", b"lost", "max_workers", b"max_workers", "paused", b"paused", "queue_capacity", b"queue_capacity", "queue_usage", b"queue_usage", "queued", b"queued", "queued_critical", b"queued_critical", "queued_high", b"queued_high", "queued_low", b"queued_low", "queued_normal", b"queued_normal", "rejected", b"rejected", "running", b"running", "shutting_down", b"shutting_down", "stashed", b"stashed", "succeeded", b"succeeded", "timed_out", b"timed_out", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1080,12 +1176,17 @@ Global___StatsResponse: _TypeAlias = StatsResponse  # noqa: Y015
 class MetricsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    GROUP_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """Only this group's rates, timings and totals. Empty: the whole daemon."""
     def __init__(
         self,
+        *,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1253,3 +1354,489 @@ class ShutdownResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShutdownResponse: _TypeAlias = ShutdownResponse  # noqa: Y015
+
+@_typing.final
+class Group(_message.Message):
+    """A named queue with its own slots (worker count). Every task belongs to one;
+    "default" always exists and takes the daemon's `workers` and `max_workers`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PARALLEL_FIELD_NUMBER: _builtins.int
+    MAX_PARALLEL_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    PAUSED_TASKS_FIELD_NUMBER: _builtins.int
+    STASHED_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    BURST_WORKERS_FIELD_NUMBER: _builtins.int
+    ARRIVAL_RATE_FIELD_NUMBER: _builtins.int
+    DRAIN_RATE_FIELD_NUMBER: _builtins.int
+    MAX_QUEUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """1 to 64 characters: letters, digits, '-', '_' and '.'."""
+    parallel: _builtins.int
+    """Base slots: tasks of this group that run at once without bursting."""
+    max_parallel: _builtins.int
+    """The burst ceiling: the group adds burst slots up to this many when tasks
+    arrive faster than it drains them (see README, "Bursting").
+    """
+    paused: _builtins.bool
+    """Starts no task while paused."""
+    running: _builtins.int
+    """Tasks of the group now."""
+    queued: _builtins.int
+    paused_tasks: _builtins.int
+    stashed: _builtins.int
+    workers: _builtins.int
+    """Slots alive now, and how many of them are burst slots."""
+    burst_workers: _builtins.int
+    arrival_rate: _builtins.float
+    """Tasks per second over the last burst interval: submitted to the group,
+    and started by it (its drain rate).
+    """
+    drain_rate: _builtins.float
+    max_queue: _builtins.int
+    """The group's queue bound (the daemon's max_queue unless configured)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        parallel: _builtins.int = ...,
+        max_parallel: _builtins.int = ...,
+        paused: _builtins.bool = ...,
+        running: _builtins.int = ...,
+        queued: _builtins.int = ...,
+        paused_tasks: _builtins.int = ...,
+        stashed: _builtins.int = ...,
+        workers: _builtins.int = ...,
+        burst_workers: _builtins.int = ...,
+        arrival_rate: _builtins.float = ...,
+        drain_rate: _builtins.float = ...,
+        max_queue: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrival_rate", b"arrival_rate", "burst_workers", b"burst_workers", "drain_rate", b"drain_rate", "max_parallel", b"max_parallel", "max_queue", b"max_queue", "name", b"name", "parallel", b"parallel", "paused", b"paused", "paused_tasks", b"paused_tasks", "queued", b"queued", "running", b"running", "stashed", b"stashed", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Group: _TypeAlias = Group  # noqa: Y015
+
+@_typing.final
+class AddGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PARALLEL_FIELD_NUMBER: _builtins.int
+    MAX_PARALLEL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    parallel: _builtins.int
+    """At least 1, at most 1,024. Unset (0): 1."""
+    max_parallel: _builtins.int
+    """At least `parallel`, at most 1,024. Unset (0): `parallel` (no bursting)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        parallel: _builtins.int = ...,
+        max_parallel: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_parallel", b"max_parallel", "name", b"name", "parallel", b"parallel"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddGroupRequest: _TypeAlias = AddGroupRequest  # noqa: Y015
+
+@_typing.final
+class RemoveGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    force: _builtins.bool
+    """Cancel the group's unfinished tasks first."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveGroupRequest: _TypeAlias = RemoveGroupRequest  # noqa: Y015
+
+@_typing.final
+class RemoveGroupResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    cancelled: _builtins.int
+    """Tasks cancelled by `force`."""
+    def __init__(
+        self,
+        *,
+        cancelled: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveGroupResponse: _TypeAlias = RemoveGroupResponse  # noqa: Y015
+
+@_typing.final
+class ListGroupsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGroupsRequest: _TypeAlias = ListGroupsRequest  # noqa: Y015
+
+@_typing.final
+class ListGroupsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___Group]: ...
+    def __init__(
+        self,
+        *,
+        groups: _abc.Iterable[Global___Group] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGroupsResponse: _TypeAlias = ListGroupsResponse  # noqa: Y015
+
+@_typing.final
+class SetParallelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    PARALLEL_FIELD_NUMBER: _builtins.int
+    MAX_PARALLEL_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """Empty: "default"."""
+    parallel: _builtins.int
+    """The new base slots, 1 to 1,024 (0 is INVALID_ARGUMENT "parallel: ...")."""
+    max_parallel: _builtins.int
+    """The new burst ceiling; unset: unchanged, but raised to `parallel` if
+    below it.
+    """
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        parallel: _builtins.int = ...,
+        max_parallel: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_parallel", b"_max_parallel", "max_parallel", b"max_parallel"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_parallel", b"_max_parallel", "group", b"group", "max_parallel", b"max_parallel", "parallel", b"parallel"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_parallel: _TypeAlias = _typing.Literal["max_parallel"]  # noqa: Y015
+    _WhichOneofArgType__max_parallel: _TypeAlias = _typing.Literal["_max_parallel", b"_max_parallel"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_parallel) -> _WhichOneofReturnType__max_parallel | None: ...
+
+Global___SetParallelRequest: _TypeAlias = SetParallelRequest  # noqa: Y015
+
+@_typing.final
+class PauseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    """Every group."""
+    wait: _builtins.bool
+    """A paused group's running tasks go on and finish (they are not stopped)."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Running tasks to pause."""
+
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Groups to pause."""
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+        all: _builtins.bool = ...,
+        wait: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "groups", b"groups", "ids", b"ids", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseRequest: _TypeAlias = PauseRequest  # noqa: Y015
+
+@_typing.final
+class PauseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAUSED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def paused(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The tasks paused by this request (those asked, and those of the groups)."""
+
+    def __init__(
+        self,
+        *,
+        paused: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["paused", b"paused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseResponse: _TypeAlias = PauseResponse  # noqa: Y015
+
+@_typing.final
+class ResumeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    """Every group, and every paused task."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Paused tasks to resume."""
+
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Groups to resume, with their paused tasks."""
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "groups", b"groups", "ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeRequest: _TypeAlias = ResumeRequest  # noqa: Y015
+
+@_typing.final
+class ResumeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESUMED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def resumed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The tasks resumed by this request."""
+
+    def __init__(
+        self,
+        *,
+        resumed: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resumed", b"resumed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeResponse: _TypeAlias = ResumeResponse  # noqa: Y015
+
+@_typing.final
+class SetPriorityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    priority: Global___Priority.ValueType
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Queued or stashed tasks (at most 10,000)."""
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+        priority: Global___Priority.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "priority", b"priority"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPriorityRequest: _TypeAlias = SetPriorityRequest  # noqa: Y015
+
+@_typing.final
+class SetPriorityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPriorityResponse: _TypeAlias = SetPriorityResponse  # noqa: Y015
+
+@_typing.final
+class EnqueueRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    DELAY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Stashed tasks (at most 10,000)."""
+
+    @_builtins.property
+    def delay(self) -> _duration_pb2.Duration:
+        """Queue them this long from now (they stay STASHED, with Task.enqueue_at,
+        until then; the time holds across a restart). Unset: at once.
+        """
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+        delay: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnqueueRequest: _TypeAlias = EnqueueRequest  # noqa: Y015
+
+@_typing.final
+class EnqueueResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnqueueResponse: _TypeAlias = EnqueueResponse  # noqa: Y015
+
+@_typing.final
+class RemoveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Finished tasks (at most 10,000)."""
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveRequest: _TypeAlias = RemoveRequest  # noqa: Y015
+
+@_typing.final
+class RemoveResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    removed: _builtins.int
+    def __init__(
+        self,
+        *,
+        removed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveResponse: _TypeAlias = RemoveResponse  # noqa: Y015
+
+@_typing.final
+class SignalRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    signal: _builtins.str
+    """A signal name, with or without "SIG" ("TERM", "SIGUSR1", "hup"), or its
+    number ("9").
+    """
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        signal: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "signal", b"signal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalRequest: _TypeAlias = SignalRequest  # noqa: Y015
+
+@_typing.final
+class SignalResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalResponse: _TypeAlias = SignalResponse  # noqa: Y015

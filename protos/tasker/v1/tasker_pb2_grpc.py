@@ -85,6 +85,56 @@ class TaskerStub:
                 request_serializer=tasker_dot_v1_dot_tasker__pb2.ShutdownRequest.SerializeToString,
                 response_deserializer=tasker_dot_v1_dot_tasker__pb2.ShutdownResponse.FromString,
                 _registered_method=True)
+        self.AddGroup = channel.unary_unary(
+                '/tasker.v1.Tasker/AddGroup',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.AddGroupRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.Group.FromString,
+                _registered_method=True)
+        self.RemoveGroup = channel.unary_unary(
+                '/tasker.v1.Tasker/RemoveGroup',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.RemoveGroupRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.RemoveGroupResponse.FromString,
+                _registered_method=True)
+        self.ListGroups = channel.unary_unary(
+                '/tasker.v1.Tasker/ListGroups',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.ListGroupsRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.ListGroupsResponse.FromString,
+                _registered_method=True)
+        self.SetParallel = channel.unary_unary(
+                '/tasker.v1.Tasker/SetParallel',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.SetParallelRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.Group.FromString,
+                _registered_method=True)
+        self.Pause = channel.unary_unary(
+                '/tasker.v1.Tasker/Pause',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.PauseRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.PauseResponse.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/tasker.v1.Tasker/Resume',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.ResumeResponse.FromString,
+                _registered_method=True)
+        self.SetPriority = channel.unary_unary(
+                '/tasker.v1.Tasker/SetPriority',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.SetPriorityRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.SetPriorityResponse.FromString,
+                _registered_method=True)
+        self.Enqueue = channel.unary_unary(
+                '/tasker.v1.Tasker/Enqueue',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.EnqueueRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.EnqueueResponse.FromString,
+                _registered_method=True)
+        self.Remove = channel.unary_unary(
+                '/tasker.v1.Tasker/Remove',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.RemoveRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.RemoveResponse.FromString,
+                _registered_method=True)
+        self.Signal = channel.unary_unary(
+                '/tasker.v1.Tasker/Signal',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.SignalRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.SignalResponse.FromString,
+                _registered_method=True)
 
 
 class TaskerServicer:
@@ -192,6 +242,96 @@ class TaskerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddGroup(self, request, context):
+        """Creates a group: a named queue with its own slots. INVALID_ARGUMENT
+        "name: ..." for a bad name, FAILED_PRECONDITION if it exists. Durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveGroup(self, request, context):
+        """Removes a group. FAILED_PRECONDITION while it holds unfinished tasks
+        (queued, running, paused or stashed), unless `force`, which cancels them
+        first. The group `default` cannot be removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroups(self, request, context):
+        """Every group, by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetParallel(self, request, context):
+        """Changes a group's slots now, durably. Lowering them never stops a running
+        task: the extra workers retire as their tasks finish.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pause(self, request, context):
+        """Pauses groups (they start no task until resumed) and their running
+        tasks (SIGSTOP to each task's process group; state PAUSED), or single
+        running tasks. With `wait`, a paused group's running tasks go on and
+        finish. A paused task's timeout clock stops until it is resumed. Pausing
+        a task that is not running (or paused already) is FAILED_PRECONDITION;
+        stash a queued task instead. Durable: a group stays paused across a
+        restart (its tasks that were running are treated as after a crash).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Resumes what Pause paused: groups start tasks again, paused tasks get
+        SIGCONT and are RUNNING again. Resuming a task in a paused group
+        resumes that task only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPriority(self, request, context):
+        """Changes the priority of queued or stashed tasks. A task keeps its place
+        by submission time: it is ordered as if it had been submitted at the new
+        level at its original time (so the order is the same after a restart).
+        FAILED_PRECONDITION (and nothing changed) if any is running or finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Enqueue(self, request, context):
+        """Queues stashed tasks (see SubmitRequest.stashed), at once or after
+        `delay`. FAILED_PRECONDITION (and nothing changed) if any is not
+        stashed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Remove(self, request, context):
+        """Deletes finished tasks from the journal. FAILED_PRECONDITION (and
+        nothing removed) if any is unfinished; NOT_FOUND if any is unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Signal(self, request, context):
+        """Sends a signal to every process of a running (or paused) task: its
+        process group. INVALID_ARGUMENT "signal: ..." for an unknown signal,
+        FAILED_PRECONDITION if the task is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -244,6 +384,56 @@ def add_TaskerServicer_to_server(servicer, server):
                     servicer.Shutdown,
                     request_deserializer=tasker_dot_v1_dot_tasker__pb2.ShutdownRequest.FromString,
                     response_serializer=tasker_dot_v1_dot_tasker__pb2.ShutdownResponse.SerializeToString,
+            ),
+            'AddGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddGroup,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.AddGroupRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.Group.SerializeToString,
+            ),
+            'RemoveGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveGroup,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.RemoveGroupRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.RemoveGroupResponse.SerializeToString,
+            ),
+            'ListGroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroups,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.ListGroupsRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.ListGroupsResponse.SerializeToString,
+            ),
+            'SetParallel': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetParallel,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.SetParallelRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.Group.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.PauseRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.PauseResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.ResumeRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.ResumeResponse.SerializeToString,
+            ),
+            'SetPriority': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPriority,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.SetPriorityRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.SetPriorityResponse.SerializeToString,
+            ),
+            'Enqueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enqueue,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.EnqueueRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.EnqueueResponse.SerializeToString,
+            ),
+            'Remove': grpc.unary_unary_rpc_method_handler(
+                    servicer.Remove,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.RemoveRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.RemoveResponse.SerializeToString,
+            ),
+            'Signal': grpc.unary_unary_rpc_method_handler(
+                    servicer.Signal,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.SignalRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.SignalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -517,6 +707,276 @@ class Tasker:
             '/tasker.v1.Tasker/Shutdown',
             tasker_dot_v1_dot_tasker__pb2.ShutdownRequest.SerializeToString,
             tasker_dot_v1_dot_tasker__pb2.ShutdownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/AddGroup',
+            tasker_dot_v1_dot_tasker__pb2.AddGroupRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.Group.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/RemoveGroup',
+            tasker_dot_v1_dot_tasker__pb2.RemoveGroupRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.RemoveGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/ListGroups',
+            tasker_dot_v1_dot_tasker__pb2.ListGroupsRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.ListGroupsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetParallel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/SetParallel',
+            tasker_dot_v1_dot_tasker__pb2.SetParallelRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.Group.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/Pause',
+            tasker_dot_v1_dot_tasker__pb2.PauseRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.PauseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/Resume',
+            tasker_dot_v1_dot_tasker__pb2.ResumeRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.ResumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPriority(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/SetPriority',
+            tasker_dot_v1_dot_tasker__pb2.SetPriorityRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.SetPriorityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enqueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/Enqueue',
+            tasker_dot_v1_dot_tasker__pb2.EnqueueRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.EnqueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Remove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/Remove',
+            tasker_dot_v1_dot_tasker__pb2.RemoveRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.RemoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Signal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/Signal',
+            tasker_dot_v1_dot_tasker__pb2.SignalRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.SignalResponse.FromString,
             options,
             channel_credentials,
             insecure,

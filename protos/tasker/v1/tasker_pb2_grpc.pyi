@@ -13,7 +13,9 @@ Errors use the standard gRPC status codes:
   NOT_FOUND           no task has that id.
   RESOURCE_EXHAUSTED  the queue is full: "queue full (n/max)".
   ABORTED             a stream read too slowly was dropped: "stream fell behind".
-  FAILED_PRECONDITION the daemon is shutting down.
+  FAILED_PRECONDITION the daemon is shutting down, or the task or group is
+                      not in a state the verb applies to ("task 7 is
+                      RUNNING: only queued or stashed tasks ...").
 """
 
 from collections import abc as _abc
@@ -101,6 +103,55 @@ class TaskerStub:
     """Removes finished tasks from the journal."""
     Shutdown: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.ShutdownRequest, _tasker_pb2.ShutdownResponse]
     """Stops the daemon; see ShutdownMode. Answers once the shutdown has begun."""
+    AddGroup: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.AddGroupRequest, _tasker_pb2.Group]
+    """Creates a group: a named queue with its own slots. INVALID_ARGUMENT
+    "name: ..." for a bad name, FAILED_PRECONDITION if it exists. Durable.
+    """
+    RemoveGroup: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.RemoveGroupRequest, _tasker_pb2.RemoveGroupResponse]
+    """Removes a group. FAILED_PRECONDITION while it holds unfinished tasks
+    (queued, running, paused or stashed), unless `force`, which cancels them
+    first. The group `default` cannot be removed.
+    """
+    ListGroups: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.ListGroupsRequest, _tasker_pb2.ListGroupsResponse]
+    """Every group, by name."""
+    SetParallel: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.SetParallelRequest, _tasker_pb2.Group]
+    """Changes a group's slots now, durably. Lowering them never stops a running
+    task: the extra workers retire as their tasks finish.
+    """
+    Pause: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.PauseRequest, _tasker_pb2.PauseResponse]
+    """Pauses groups (they start no task until resumed) and their running
+    tasks (SIGSTOP to each task's process group; state PAUSED), or single
+    running tasks. With `wait`, a paused group's running tasks go on and
+    finish. A paused task's timeout clock stops until it is resumed. Pausing
+    a task that is not running (or paused already) is FAILED_PRECONDITION;
+    stash a queued task instead. Durable: a group stays paused across a
+    restart (its tasks that were running are treated as after a crash).
+    """
+    Resume: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.ResumeRequest, _tasker_pb2.ResumeResponse]
+    """Resumes what Pause paused: groups start tasks again, paused tasks get
+    SIGCONT and are RUNNING again. Resuming a task in a paused group
+    resumes that task only.
+    """
+    SetPriority: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.SetPriorityRequest, _tasker_pb2.SetPriorityResponse]
+    """Changes the priority of queued or stashed tasks. A task keeps its place
+    by submission time: it is ordered as if it had been submitted at the new
+    level at its original time (so the order is the same after a restart).
+    FAILED_PRECONDITION (and nothing changed) if any is running or finished.
+    """
+    Enqueue: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.EnqueueRequest, _tasker_pb2.EnqueueResponse]
+    """Queues stashed tasks (see SubmitRequest.stashed), at once or after
+    `delay`. FAILED_PRECONDITION (and nothing changed) if any is not
+    stashed.
+    """
+    Remove: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.RemoveRequest, _tasker_pb2.RemoveResponse]
+    """Deletes finished tasks from the journal. FAILED_PRECONDITION (and
+    nothing removed) if any is unfinished; NOT_FOUND if any is unknown.
+    """
+    Signal: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.SignalRequest, _tasker_pb2.SignalResponse]
+    """Sends a signal to every process of a running (or paused) task: its
+    process group. INVALID_ARGUMENT "signal: ..." for an unknown signal,
+    FAILED_PRECONDITION if the task is not running.
+    """
 
 @_typing.type_check_only
 class TaskerAsyncStub(TaskerStub):
@@ -162,6 +213,55 @@ class TaskerAsyncStub(TaskerStub):
     """Removes finished tasks from the journal."""
     Shutdown: _aio.UnaryUnaryMultiCallable[_tasker_pb2.ShutdownRequest, _tasker_pb2.ShutdownResponse]  # type: ignore[assignment]
     """Stops the daemon; see ShutdownMode. Answers once the shutdown has begun."""
+    AddGroup: _aio.UnaryUnaryMultiCallable[_tasker_pb2.AddGroupRequest, _tasker_pb2.Group]  # type: ignore[assignment]
+    """Creates a group: a named queue with its own slots. INVALID_ARGUMENT
+    "name: ..." for a bad name, FAILED_PRECONDITION if it exists. Durable.
+    """
+    RemoveGroup: _aio.UnaryUnaryMultiCallable[_tasker_pb2.RemoveGroupRequest, _tasker_pb2.RemoveGroupResponse]  # type: ignore[assignment]
+    """Removes a group. FAILED_PRECONDITION while it holds unfinished tasks
+    (queued, running, paused or stashed), unless `force`, which cancels them
+    first. The group `default` cannot be removed.
+    """
+    ListGroups: _aio.UnaryUnaryMultiCallable[_tasker_pb2.ListGroupsRequest, _tasker_pb2.ListGroupsResponse]  # type: ignore[assignment]
+    """Every group, by name."""
+    SetParallel: _aio.UnaryUnaryMultiCallable[_tasker_pb2.SetParallelRequest, _tasker_pb2.Group]  # type: ignore[assignment]
+    """Changes a group's slots now, durably. Lowering them never stops a running
+    task: the extra workers retire as their tasks finish.
+    """
+    Pause: _aio.UnaryUnaryMultiCallable[_tasker_pb2.PauseRequest, _tasker_pb2.PauseResponse]  # type: ignore[assignment]
+    """Pauses groups (they start no task until resumed) and their running
+    tasks (SIGSTOP to each task's process group; state PAUSED), or single
+    running tasks. With `wait`, a paused group's running tasks go on and
+    finish. A paused task's timeout clock stops until it is resumed. Pausing
+    a task that is not running (or paused already) is FAILED_PRECONDITION;
+    stash a queued task instead. Durable: a group stays paused across a
+    restart (its tasks that were running are treated as after a crash).
+    """
+    Resume: _aio.UnaryUnaryMultiCallable[_tasker_pb2.ResumeRequest, _tasker_pb2.ResumeResponse]  # type: ignore[assignment]
+    """Resumes what Pause paused: groups start tasks again, paused tasks get
+    SIGCONT and are RUNNING again. Resuming a task in a paused group
+    resumes that task only.
+    """
+    SetPriority: _aio.UnaryUnaryMultiCallable[_tasker_pb2.SetPriorityRequest, _tasker_pb2.SetPriorityResponse]  # type: ignore[assignment]
+    """Changes the priority of queued or stashed tasks. A task keeps its place
+    by submission time: it is ordered as if it had been submitted at the new
+    level at its original time (so the order is the same after a restart).
+    FAILED_PRECONDITION (and nothing changed) if any is running or finished.
+    """
+    Enqueue: _aio.UnaryUnaryMultiCallable[_tasker_pb2.EnqueueRequest, _tasker_pb2.EnqueueResponse]  # type: ignore[assignment]
+    """Queues stashed tasks (see SubmitRequest.stashed), at once or after
+    `delay`. FAILED_PRECONDITION (and nothing changed) if any is not
+    stashed.
+    """
+    Remove: _aio.UnaryUnaryMultiCallable[_tasker_pb2.RemoveRequest, _tasker_pb2.RemoveResponse]  # type: ignore[assignment]
+    """Deletes finished tasks from the journal. FAILED_PRECONDITION (and
+    nothing removed) if any is unfinished; NOT_FOUND if any is unknown.
+    """
+    Signal: _aio.UnaryUnaryMultiCallable[_tasker_pb2.SignalRequest, _tasker_pb2.SignalResponse]  # type: ignore[assignment]
+    """Sends a signal to every process of a running (or paused) task: its
+    process group. INVALID_ARGUMENT "signal: ..." for an unknown signal,
+    FAILED_PRECONDITION if the task is not running.
+    """
 
 class TaskerServicer(metaclass=_abc_1.ABCMeta):
     """The Tasker daemon: submit, watch, cancel and inspect tasks."""
@@ -280,5 +380,114 @@ class TaskerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tasker_pb2.ShutdownResponse, _abc.Awaitable[_tasker_pb2.ShutdownResponse]]:
         """Stops the daemon; see ShutdownMode. Answers once the shutdown has begun."""
+
+    @_abc_1.abstractmethod
+    def AddGroup(
+        self,
+        request: _tasker_pb2.AddGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.Group, _abc.Awaitable[_tasker_pb2.Group]]:
+        """Creates a group: a named queue with its own slots. INVALID_ARGUMENT
+        "name: ..." for a bad name, FAILED_PRECONDITION if it exists. Durable.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveGroup(
+        self,
+        request: _tasker_pb2.RemoveGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.RemoveGroupResponse, _abc.Awaitable[_tasker_pb2.RemoveGroupResponse]]:
+        """Removes a group. FAILED_PRECONDITION while it holds unfinished tasks
+        (queued, running, paused or stashed), unless `force`, which cancels them
+        first. The group `default` cannot be removed.
+        """
+
+    @_abc_1.abstractmethod
+    def ListGroups(
+        self,
+        request: _tasker_pb2.ListGroupsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.ListGroupsResponse, _abc.Awaitable[_tasker_pb2.ListGroupsResponse]]:
+        """Every group, by name."""
+
+    @_abc_1.abstractmethod
+    def SetParallel(
+        self,
+        request: _tasker_pb2.SetParallelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.Group, _abc.Awaitable[_tasker_pb2.Group]]:
+        """Changes a group's slots now, durably. Lowering them never stops a running
+        task: the extra workers retire as their tasks finish.
+        """
+
+    @_abc_1.abstractmethod
+    def Pause(
+        self,
+        request: _tasker_pb2.PauseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.PauseResponse, _abc.Awaitable[_tasker_pb2.PauseResponse]]:
+        """Pauses groups (they start no task until resumed) and their running
+        tasks (SIGSTOP to each task's process group; state PAUSED), or single
+        running tasks. With `wait`, a paused group's running tasks go on and
+        finish. A paused task's timeout clock stops until it is resumed. Pausing
+        a task that is not running (or paused already) is FAILED_PRECONDITION;
+        stash a queued task instead. Durable: a group stays paused across a
+        restart (its tasks that were running are treated as after a crash).
+        """
+
+    @_abc_1.abstractmethod
+    def Resume(
+        self,
+        request: _tasker_pb2.ResumeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.ResumeResponse, _abc.Awaitable[_tasker_pb2.ResumeResponse]]:
+        """Resumes what Pause paused: groups start tasks again, paused tasks get
+        SIGCONT and are RUNNING again. Resuming a task in a paused group
+        resumes that task only.
+        """
+
+    @_abc_1.abstractmethod
+    def SetPriority(
+        self,
+        request: _tasker_pb2.SetPriorityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.SetPriorityResponse, _abc.Awaitable[_tasker_pb2.SetPriorityResponse]]:
+        """Changes the priority of queued or stashed tasks. A task keeps its place
+        by submission time: it is ordered as if it had been submitted at the new
+        level at its original time (so the order is the same after a restart).
+        FAILED_PRECONDITION (and nothing changed) if any is running or finished.
+        """
+
+    @_abc_1.abstractmethod
+    def Enqueue(
+        self,
+        request: _tasker_pb2.EnqueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.EnqueueResponse, _abc.Awaitable[_tasker_pb2.EnqueueResponse]]:
+        """Queues stashed tasks (see SubmitRequest.stashed), at once or after
+        `delay`. FAILED_PRECONDITION (and nothing changed) if any is not
+        stashed.
+        """
+
+    @_abc_1.abstractmethod
+    def Remove(
+        self,
+        request: _tasker_pb2.RemoveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.RemoveResponse, _abc.Awaitable[_tasker_pb2.RemoveResponse]]:
+        """Deletes finished tasks from the journal. FAILED_PRECONDITION (and
+        nothing removed) if any is unfinished; NOT_FOUND if any is unknown.
+        """
+
+    @_abc_1.abstractmethod
+    def Signal(
+        self,
+        request: _tasker_pb2.SignalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.SignalResponse, _abc.Awaitable[_tasker_pb2.SignalResponse]]:
+        """Sends a signal to every process of a running (or paused) task: its
+        process group. INVALID_ARGUMENT "signal: ..." for an unknown signal,
+        FAILED_PRECONDITION if the task is not running.
+        """
 
 def add_TaskerServicer_to_server(servicer: TaskerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
