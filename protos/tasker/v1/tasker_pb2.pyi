@@ -693,6 +693,11 @@ class SubmitRequest(_message.Message):
 
     TASKS_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
+    STASHED_FIELD_NUMBER: _builtins.int
+    stashed: _builtins.bool
+    """Create the tasks STASHED: journaled but not queued, until Enqueue. They
+    count towards their group's max_queue.
+    """
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskSpec]:
         """One or more tasks (at most 10,000), accepted together or not at all."""
@@ -709,10 +714,11 @@ class SubmitRequest(_message.Message):
         *,
         tasks: _abc.Iterable[Global___TaskSpec] | None = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        stashed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "stashed", b"stashed", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
