@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "Priority": "taskerctl.models",
     "Stats": "taskerctl.models",
     "Metrics": "taskerctl.models",
+    "Group": "taskerctl.models",
     "TaskerError": "taskerctl.errors",
     "DaemonUnavailable": "taskerctl.errors",
     "QueueFull": "taskerctl.errors",
@@ -34,6 +35,8 @@ _EXPORTS: dict[str, str] = {
     "TaskFailed": "taskerctl.errors",
     "TaskTimedOut": "taskerctl.errors",
     "TaskCancelled": "taskerctl.errors",
+    "WrongState": "taskerctl.errors",
+    "Unsupported": "taskerctl.errors",
 }
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "Client",
     "DaemonUnavailable",
     "DeadlineExceeded",
+    "Group",
     "InvalidTask",
     "JournalFailed",
     "Metrics",
@@ -59,6 +63,8 @@ __all__ = [
     "TaskState",
     "TaskTimedOut",
     "TaskerError",
+    "Unsupported",
+    "WrongState",
 ]
 
 if TYPE_CHECKING:
@@ -77,8 +83,10 @@ if TYPE_CHECKING:
         TaskFailed,
         TaskNotFound,
         TaskTimedOut,
+        Unsupported,
+        WrongState,
     )
-    from taskerctl.models import Metrics, Priority, Stats, TaskEvent, TaskResult, TaskState
+    from taskerctl.models import Group, Metrics, Priority, Stats, TaskEvent, TaskResult, TaskState
 
 
 def __getattr__(name: str) -> Any:

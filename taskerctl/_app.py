@@ -26,7 +26,8 @@ from taskerctl.errors import EXIT_OTHER, EXIT_USAGE, DaemonUnavailable, TaskerEr
 
 if TYPE_CHECKING:
     from taskerctl._sync import Client
-    from taskerctl.models import Stats, TaskOptions, TaskResult, TaskState
+    from taskerctl.models import Group as TaskGroup
+    from taskerctl.models import Stats, TaskOptions, TaskResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,7 +35,9 @@ EXIT_CODES_HELP = """\
 Exit status: the task's own code when it ran (--wait, --follow, run, logs -f); 124 timed out;
 128+N killed by signal N; 125 cancelled; 123 lost; 127 could not be started; 122 failed without
 an exit status of its own; 130 interrupted (Ctrl-C); 2 usage error; 69 daemon unreachable;
-75 queue full; 74 stream fell behind (read too slowly); 1 other errors."""
+75 queue full; 74 stream fell behind (read too slowly); 1 other errors, such as a task or group
+not in a state the command applies to. A paused or stashed task has not ended: wait and -f name
+it on stderr and wait on, until it is resumed or enqueued and ends."""
 
 _EPILOG = EXIT_CODES_HELP.replace("\n", " ")
 
@@ -214,15 +217,28 @@ class Whole(click.ParamType[int]):
 
 
 def _parse_live_state(text: str) -> Any:
+    from taskerctl.models import LIVE_STATES
+
     state = _parse_state(text)
-    if state.name not in ("QUEUED", "RUNNING"):
-        raise ValueError(f"invalid state {text!r}: only queued or running tasks can be cancelled")
+    if state not in LIVE_STATES:
+        raise ValueError(
+            f"invalid state {text!r}: only queued or running (or paused, or stashed) tasks can "
+            "be cancelled"
+        )
     return state
 
 
 PRIORITY = Named("priority", _parse_priority)
 STATE = Named("state", _parse_state, many=True)
 LIVE_STATE = Named("state", _parse_live_state, many=True)
+
+
+def group_option(help: str, *, many: bool = False) -> Callable[[F], F]:
+    """``-g/--group NAME``: the group a command is about (``many``: repeatable, as ``groups``)."""
+    if many:
+        return click.option("-g", "--group", "groups", multiple=True, metavar="NAME", help=help)
+    return click.option("-g", "--group", metavar="NAME", help=help)
+
 
 # -- global options ----------------------------------------------------------------------------
 
@@ -339,6 +355,11 @@ def _task_options(*, submit: bool) -> Callable[[F], F]:
                 "-p", "--priority", type=PRIORITY, metavar="PRIO",
                 help="low, normal (default), high or critical.",
             ),
+            group_option("Queue it in this group (default: default)."),
+            click.option(
+                "--stashed", is_flag=True,
+                help="Keep it stashed, not queued, until `taskerctl enqueue ID`.",
+            ),
         ]  # fmt: skip
     opts += [
         click.option(
@@ -426,6 +447,7 @@ def _spec_options(opts: dict[str, Any], *, stdin: bool) -> TaskOptions:
         max_requeues=opts["max_requeues"],
         cwd=opts["cwd"],
         stdin=task.read_stdin() if stdin and not opts["no_stdin"] else b"",
+        group=opts.get("group"),
     )
 
 
@@ -451,23 +473,25 @@ def submit(command: tuple[str, ...], **opts: Any) -> int:
     """Queue a task; print its id.
 
     The id is printed alone, so that id=$(taskerctl submit -- make) works. With --batch FILE:
-    one shell command per line (blank lines and # comments skipped), the options applying to
-    each; their ids are printed as they are accepted.
+    one shell command per line (blank lines and # comments skipped), the options (the group,
+    --stashed) applying to each; their ids are printed as they are accepted.
     """
     g = settings()
     batch: str | None = opts["batch"]
-    follow, wait = opts["follow"], opts["wait"]
+    follow, wait, stashed = opts["follow"], opts["wait"], opts["stashed"]
+    if stashed and (wait or follow):
+        raise click.UsageError("--stashed takes no --wait or --follow: it runs once enqueued")
     if batch is not None:
         if command or wait or follow:
             raise click.UsageError("--batch takes no command, --wait or --follow")
         options = _spec_options({**opts, "shell": True}, stdin=False)
         with client() as c, _open(batch) as source:
-            return task.submit_batch(c, source, batch, options, as_json=g.json)
+            return task.submit_batch(c, source, batch, options, as_json=g.json, stashed=stashed)
     _need_command(command, "submit")
     options = _spec_options(opts, stdin=follow or wait)
     cancel = not opts["detach_on_interrupt"]
     with client() as c:
-        handle = c.submit(task.argv(command, shell=opts["shell"]), **options)
+        handle = c.submit(task.argv(command, shell=opts["shell"]), stashed=stashed, **options)
         if not (wait or follow):
             if g.json:
                 task.dump({"id": handle.id})
@@ -514,12 +538,15 @@ _STATE_STYLE = {
     "TIMED_OUT": "magenta",
     "CANCELLED": "yellow",
     "LOST": "red",
+    "PAUSED": "bright_blue",
+    "STASHED": "bright_black",
 }
 
 
-def _state(state: TaskState) -> str:
-    style = _STATE_STYLE.get(state.name, "white")
-    return f"[{style}]{state.name.lower()}[/{style}]"
+def _state(t: TaskResult) -> str:
+    style = _STATE_STYLE.get(t.state.name, "white")
+    until = f" until {_when(t.enqueue_at)}" if t.enqueue_at is not None else ""
+    return f"[{style}]{t.state.name.lower()}{until}[/{style}]"
 
 
 def _when(t: datetime | None) -> str:
@@ -559,8 +586,8 @@ def _states(values: Sequence[str]) -> list[str]:
 @cli.command("list", usage="[OPTIONS]")
 @click.option(
     "-s", "--state", "states", type=STATE, multiple=True, metavar="STATE",
-    help="Only tasks in this state (repeatable): queued, running, succeeded, failed, "
-    "timed_out, cancelled, lost.",
+    help="Only tasks in this state (repeatable): queued, running, paused, stashed, succeeded, "
+    "failed, timed_out, cancelled, lost.",
 )  # fmt: skip
 @click.option(
     "-l", "--label", "labels", type=Pair(), multiple=True, metavar="K=V",
@@ -570,11 +597,14 @@ def _states(values: Sequence[str]) -> list[str]:
     "-n", "--limit", type=Whole(1), default=50, metavar="N",
     help="At most N tasks, the newest (default 50).",
 )  # fmt: skip
+@group_option("Only tasks of this group.")
 @global_options
-def list_(states: tuple[str, ...], labels: tuple[tuple[str, str], ...], limit: int) -> None:
+def list_(
+    states: tuple[str, ...], labels: tuple[tuple[str, str], ...], limit: int, group: str | None
+) -> None:
     """List tasks, newest first."""
     with client() as c:
-        tasks = c.list(states=_states(states), labels=dict(labels), limit=limit + 1)
+        tasks = c.list(states=_states(states), labels=dict(labels), limit=limit + 1, group=group)
     if len(tasks) > limit:
         tasks = tasks[:limit]
         task.note(f"showing the newest {limit} tasks; there are more (--limit N)")
@@ -586,9 +616,9 @@ def list_(states: tuple[str, ...], labels: tuple[tuple[str, str], ...], limit: i
     console = _console()
     wide = console.width >= 120  # on a narrow terminal, keep the columns that matter most
     table = Table(box=None, header_style="bold")
-    columns = ["ID", "STATE", "PRIO", "COMMAND", "LABELS", "QUEUED", "STARTED", "ENDED"]
+    columns = ["ID", "STATE", "GROUP", "PRIO", "COMMAND", "LABELS", "QUEUED", "STARTED", "ENDED"]
     if not wide:
-        columns = ["ID", "STATE", "PRIO", "COMMAND", "STARTED"]
+        columns = ["ID", "STATE", "GROUP", "PRIO", "COMMAND", "STARTED"]
     for col in columns:
         elastic = col in ("COMMAND", "LABELS")
         table.add_column(col, no_wrap=True, overflow="ellipsis" if elastic else "fold")
@@ -600,7 +630,8 @@ def list_(states: tuple[str, ...], labels: tuple[tuple[str, str], ...], limit: i
         )
         cells = {
             "ID": str(t.id),
-            "STATE": _state(t.state),
+            "STATE": _state(t),
+            "GROUP": t.group,
             "PRIO": t.priority.name.lower(),
             "COMMAND": _elide(t.command, 40 if wide else max(10, console.width - 60)),
             "LABELS": ",".join(f"{k}={v}" for k, v in t.labels.items()),
@@ -614,7 +645,7 @@ def list_(states: tuple[str, ...], labels: tuple[tuple[str, str], ...], limit: i
 
 cli.add_command(list_, "ls")
 
-_TIMES = ("queued_at", "started_at", "ended_at")
+_TIMES = ("queued_at", "started_at", "ended_at", "enqueue_at")
 _DURATIONS = ("wait", "run", "timeout")
 
 
@@ -655,6 +686,8 @@ def show(task_id: int, output: bool) -> None:
         task.dump(data)
         return
     data["state"] = t.state.name.lower()
+    if t.enqueue_at is None:
+        del data["enqueue_at"]  # only a stashed task with a planned enqueue has one
     for key, value in data.items():
         print(f"{key:<17} {_show_value(key, value)}")
 
@@ -663,24 +696,35 @@ def _streams(stdout_only: bool, stderr_only: bool) -> tuple[bool, bool]:
     return not stderr_only or stdout_only, not stdout_only or stderr_only
 
 
-@cli.command(usage="[OPTIONS] ID", epilog=_EPILOG)
-@click.argument("task_id", type=TaskId(), metavar="ID")
+@cli.command(usage="[OPTIONS] ID | -f [ID]", epilog=_EPILOG)
+@click.argument("task_id", type=TaskId(), metavar="ID", required=False)
 @click.option(
-    "-f", "--follow", is_flag=True, help="Follow live until it ends; exit with its status."
-)
+    "-f", "--follow", is_flag=True,
+    help="Follow live until it ends (without ID: the newest running task); exit with its status.",
+)  # fmt: skip
 @click.option("--stdout", "stdout_only", is_flag=True, help="Only its stdout.")
 @click.option("--stderr", "stderr_only", is_flag=True, help="Only its stderr.")
 @global_options
-def logs(task_id: int, follow: bool, stdout_only: bool, stderr_only: bool) -> int:
+def logs(task_id: int | None, follow: bool, stdout_only: bool, stderr_only: bool) -> int:
     """Print a task's output.
 
     Its stdout goes to stdout, its stderr to stderr (with --json, both in one document). The
     daemon keeps the first output_limit bytes of each (1 MiB by default): when it dropped the
-    rest, a line on stderr says so.
+    rest, a line on stderr says so. logs -f without an id follows the newest running task (its
+    id goes to stderr), as pueue follow does; with none running, it fails.
     """
+    if task_id is None and not follow:
+        raise click.UsageError("give a task id, or -f to follow the newest running task")
     want_out, want_err = _streams(stdout_only, stderr_only)
     as_json = settings().json
     with client() as c:
+        if task_id is None:
+            running = c.list(states=["running"], limit=1)  # newest first: one page of one
+            if not running:
+                raise TaskerError("no task is running")
+            task_id = running[0].id
+            if not as_json:
+                task.note(f"following task {task_id}: {running[0].command}")
         if follow:
             events = c.stream_results([task_id], output=True)
             return task.watch(
@@ -706,19 +750,26 @@ def logs(task_id: int, follow: bool, stdout_only: bool, stderr_only: bool) -> in
     return 0
 
 
-@cli.command(usage="[OPTIONS] [ID]... [--all]", epilog=_EPILOG)
+@cli.command(usage="[OPTIONS] [ID]... [--all] [-g NAME]", epilog=_EPILOG)
 @click.argument("task_ids", nargs=-1, type=TaskId(), metavar="ID")
-@click.option("--all", "all_", is_flag=True, help="Wait for every task queued or running now.")
+@click.option(
+    "--all", "all_", is_flag=True,
+    help="Wait for every task live now: queued, running or paused (not stashed ones).",
+)  # fmt: skip
+@group_option("Wait for every task of this group live now (--all for one group).")
 @global_options
-def wait(task_ids: tuple[int, ...], all_: bool) -> int:
+def wait(task_ids: tuple[int, ...], all_: bool, group: str | None) -> int:
     """Wait for tasks to end; exit non-zero if any did not succeed.
 
     A progress bar shows on a terminal. The exit status is the task's for one task, else 1 if
     any did not succeed; each that did not gets a line on stderr. Ctrl-C stops waiting (130),
-    and leaves the tasks running.
+    and leaves the tasks running. A paused task waited on (or a stashed one named by its id) is
+    named on stderr: the wait goes on until it is resumed or enqueued (or cancelled) and ends.
+    --all and -g do not wait for stashed tasks.
     """
+    all_ = all_ or group is not None
     if not task_ids and not all_:
-        raise click.UsageError("give task ids, or --all")
+        raise click.UsageError("give task ids, --all or -g NAME")
     as_json = settings().json
     progress: Any = None
     done: list[TaskResult] = []
@@ -741,9 +792,10 @@ def wait(task_ids: tuple[int, ...], all_: bool) -> int:
 
     try:
         with client() as c:
+            _note_held(c, task_ids, every=all_, group=group)
             if progress is not None:
                 progress.start()
-            results = c.wait_all(on_result=finished) if all_ else []
+            results = c.wait_all(on_result=finished, group=group) if all_ else []
             known = {r.id for r in results}
             rest = [i for i in task_ids if i not in known]  # with --all: those already ended
             results += c.wait_many(rest, on_result=finished) if rest else []
@@ -762,37 +814,62 @@ def wait(task_ids: tuple[int, ...], all_: bool) -> int:
     return 0
 
 
+def _note_held(c: Client, task_ids: Sequence[int], *, every: bool, group: str | None) -> None:
+    """Before a wait: name on stderr the tasks waited on that are paused (or stashed, if named
+    by id), which end only once resumed or enqueued. One Stats (cheap), and a List only when
+    some are held."""
+    s = c.stats(group=group)
+    if not (s.paused or (s.stashed and task_ids)):
+        return
+    wanted = set(task_ids)
+    listed = c.list(states=["paused", "stashed"], limit=1000, group=group)
+    held = [t for t in listed if t.id in wanted or (every and t.state.name == "PAUSED")]
+    if len(held) > 3:
+        task.note(
+            f"{len(held):,} of the tasks waited on are paused or stashed: the wait ends once they "
+            "are resumed or enqueued, and end"
+        )
+        return
+    for t in held:
+        task.note_state(t.id, t.state)
+
+
 # -- changing tasks ------------------------------------------------------------------------------
 
 
-@cli.command(usage="[OPTIONS] [ID]... [--all | --label K=V | --state STATE]")
+@cli.command(usage="[OPTIONS] [ID]... [--all | -g NAME | --label K=V | --state STATE]")
 @click.argument("task_ids", nargs=-1, type=TaskId(), metavar="ID")
-@click.option("--all", "all_", is_flag=True, help="Also cancel every queued or running task.")
+@click.option("--all", "all_", is_flag=True, help="Also cancel every live task.")
+@group_option("Also cancel the live tasks of this group (with --label, --state: those of them).")
 @click.option(
     "-l", "--label", "labels", type=Pair(), multiple=True, metavar="K=V",
-    help="Also cancel the queued or running tasks labelled K=V (repeatable: all of them).",
+    help="Also cancel the live tasks labelled K=V (repeatable: all of them).",
 )  # fmt: skip
 @click.option(
     "-s", "--state", "states", type=LIVE_STATE, multiple=True, metavar="STATE",
-    help="Also cancel the tasks in this state: queued or running (repeatable).",
+    help="Also cancel the tasks in this state: queued, running, paused or stashed (repeatable).",
 )  # fmt: skip
 @global_options
 def cancel(
     task_ids: tuple[int, ...],
     all_: bool,
+    group: str | None,
     labels: tuple[tuple[str, str], ...],
     states: tuple[str, ...],
 ) -> None:
     """Cancel tasks, all in one request.
 
-    The queued ones leave the queue before any running one gets SIGTERM (then SIGKILL), so that
-    none of them starts meanwhile. An unknown id cancels nothing.
+    Live tasks are queued, running, paused or stashed. The queued (and stashed) ones leave the
+    queue before any running one gets SIGTERM (then SIGKILL), so that none of them starts
+    meanwhile. An unknown id cancels nothing.
     """
-    selecting = all_ or bool(labels) or bool(states)
+    selecting = all_ or bool(labels) or bool(states) or group is not None
     if not task_ids and not selecting:
-        raise click.UsageError("give task ids, or select with --all, --label or --state")
+        raise click.UsageError("give task ids, or select with --all, -g, --label or --state")
     with client() as c:
-        cancelled = c.cancel_many(task_ids, all=all_, labels=dict(labels), states=_states(states))
+        cancelled = c.cancel_many(
+            task_ids, all=all_, labels=dict(labels), states=_states(states), group=group
+        )
     results = list(cancelled.items())
     if settings().json:
         task.dump([{"id": i, "cancelled": done} for i, done in results])
@@ -801,6 +878,132 @@ def cancel(
         print(f"{i} cancelled" if done else f"{i} already finished")
     if not results:
         task.note("no queued or running task matched")
+
+
+def _say(doc: object, *lines: str) -> None:
+    """A command's outcome: ``doc`` as its JSON document with --json, else ``lines``."""
+    if settings().json:
+        task.dump(doc)
+    else:
+        for line in lines:
+            print(line)
+
+
+def _ids_and_groups(task_ids: Sequence[int], groups: Sequence[str], all_: bool, verb: str) -> None:
+    if not (task_ids or groups or all_):
+        raise click.UsageError(f"give task ids, -g NAME or --all to {verb}")
+
+
+def _said(verb: str, task_ids: Sequence[int], groups: Sequence[str], all_: bool) -> None:
+    """What pause or resume did: the groups, then each task."""
+    lines = [f"every group {verb}"] if all_ else []
+    lines += [f"group {name} {verb}" for name in groups] + [f"{i} {verb}" for i in task_ids]
+    _say({verb: list(task_ids)}, *lines)
+
+
+@cli.command(usage="[OPTIONS] [ID]... [-g NAME]... [--all] [--wait]")
+@click.argument("task_ids", nargs=-1, type=TaskId(), metavar="ID")
+@group_option("Pause this group (repeatable): it starts no task until resumed.", many=True)
+@click.option("--all", "all_", is_flag=True, help="Pause every group.")
+@click.option(
+    "--wait", is_flag=True,
+    help="Let the paused groups' running tasks finish, rather than pause them too.",
+)  # fmt: skip
+@global_options
+def pause(task_ids: tuple[int, ...], groups: tuple[str, ...], all_: bool, wait: bool) -> None:
+    """Pause running tasks, and groups.
+
+    A paused task is stopped (SIGSTOP to its processes) and PAUSED, its timeout clock stopped,
+    until resumed. A paused group starts no task, and its running tasks are paused too unless
+    --wait; its queued tasks stay queued. Pausing a task that is not running fails (to hold back
+    queued tasks, pause their group; or submit them --stashed). Prints what was paused.
+    """
+    _ids_and_groups(task_ids, groups, all_, "pause")
+    if wait and not (groups or all_):
+        raise click.UsageError("--wait goes with -g NAME or --all")
+    with client() as c:
+        paused = c.pause(task_ids, groups=groups, all=all_, wait=wait)
+    _said("paused", paused, groups, all_)
+
+
+@cli.command(usage="[OPTIONS] [ID]... [-g NAME]... [--all]")
+@click.argument("task_ids", nargs=-1, type=TaskId(), metavar="ID")
+@group_option("Resume this group (repeatable), and its paused tasks.", many=True)
+@click.option("--all", "all_", is_flag=True, help="Resume every group and every paused task.")
+@global_options
+def resume(task_ids: tuple[int, ...], groups: tuple[str, ...], all_: bool) -> None:
+    """Resume paused tasks, and groups.
+
+    A resumed task gets SIGCONT and is running again; a resumed group starts tasks again.
+    Resuming a task of a paused group resumes that task only. Prints what was resumed.
+    """
+    _ids_and_groups(task_ids, groups, all_, "resume")
+    with client() as c:
+        resumed = c.resume(task_ids, groups=groups, all=all_)
+    _said("resumed", resumed, groups, all_)
+
+
+@cli.command(usage="[OPTIONS] ID... LEVEL")
+@click.argument("task_ids", nargs=-1, required=True, type=TaskId(), metavar="ID")
+@click.argument("level", type=PRIORITY, metavar="LEVEL")
+@global_options
+def priority(task_ids: tuple[int, ...], level: str) -> None:
+    """Give queued or stashed tasks a new priority: low, normal, high or critical.
+
+    Each keeps its place by submission time: it is ordered as if it had been submitted at the
+    new level at its original time. Nothing changes if any task is running or finished.
+    """
+    with client() as c:
+        c.set_priority(task_ids, level)
+    ids = list(dict.fromkeys(task_ids))
+    _say({"ids": ids, "priority": level}, *(f"{i} priority {level}" for i in ids))
+
+
+@cli.command(usage="[OPTIONS] ID... [--delay DUR]")
+@click.argument("task_ids", nargs=-1, required=True, type=TaskId(), metavar="ID")
+@click.option(
+    "--delay", type=Duration(), metavar="DUR",
+    help="Queue them this long from now (they stay stashed until then, across restarts).",
+)  # fmt: skip
+@global_options
+def enqueue(task_ids: tuple[int, ...], delay: float | None) -> None:
+    """Queue stashed tasks (submit --stashed), at once or after --delay.
+
+    Nothing changes if any task is not stashed.
+    """
+    with client() as c:
+        c.enqueue(task_ids, delay=delay)
+    ids = list(dict.fromkeys(task_ids))
+    after = f" in {_fmt_seconds(delay)}" if delay else ""
+    _say({"enqueued": ids, "delay": delay}, *(f"{i} enqueued{after}" for i in ids))
+
+
+@cli.command(usage="[OPTIONS] ID...")
+@click.argument("task_ids", nargs=-1, required=True, type=TaskId(), metavar="ID")
+@global_options
+def remove(task_ids: tuple[int, ...]) -> None:
+    """Delete finished tasks from the journal.
+
+    Nothing is removed if any task has not ended (cancel it first). clean removes every
+    finished task.
+    """
+    with client() as c:
+        removed = c.remove(task_ids)
+    _say({"removed": removed}, f"removed {removed}")
+
+
+@cli.command(usage="[OPTIONS] ID SIGNAL")
+@click.argument("task_id", type=TaskId(), metavar="ID")
+@click.argument("signal_name", metavar="SIGNAL")
+@global_options
+def signal(task_id: int, signal_name: str) -> None:
+    """Send a signal to every process of a running (or paused) task.
+
+    SIGNAL is a name, with or without SIG (TERM, SIGUSR1, hup), or a number (9).
+    """
+    with client() as c:
+        c.signal(task_id, signal_name)
+    _say({"id": task_id, "signal": signal_name}, f"{task_id} sent {signal_name}")
 
 
 @cli.command(usage="[OPTIONS]")
@@ -813,10 +1016,104 @@ def clean(older_than: float | None) -> None:
     """Remove finished tasks from the journal."""
     with client() as c:
         removed = c.clean(older_than)
+    _say({"removed": removed}, f"removed {removed}")
+
+
+# -- groups --------------------------------------------------------------------------------------
+
+
+@cli.group("group", cls=Group, usage="[OPTIONS] COMMAND")
+@click.pass_context
+def group_(ctx: click.Context) -> None:
+    """Groups: named queues, each with its own slots (default always exists)."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(EXIT_USAGE)
+
+
+def _slots(g: TaskGroup) -> str:
+    return f"parallel {g.parallel}, max {g.max_parallel}"
+
+
+@group_.command("add", usage="[OPTIONS] NAME")
+@click.argument("name")
+@click.option("--parallel", type=Whole(1), metavar="N", help="Its slots (default 1).")
+@click.option(
+    "--max-parallel", type=Whole(1), metavar="M",
+    help="Burst up to M slots when tasks arrive faster than it drains them (default: N).",
+)  # fmt: skip
+@global_options
+def group_add(name: str, parallel: int | None, max_parallel: int | None) -> None:
+    """Create a group; submit -g NAME queues tasks in it.
+
+    NAME is 1 to 64 letters, digits, '-', '_' and '.'.
+    """
+    with client() as c:
+        g = c.add_group(name, parallel=parallel, max_parallel=max_parallel)
+    _say(g.to_json(), f"group {g.name} added: {_slots(g)}")
+
+
+@group_.command("rm", usage="[OPTIONS] NAME")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Cancel its unfinished tasks first.")
+@global_options
+def group_rm(name: str, force: bool) -> None:
+    """Remove a group; refused while it holds unfinished tasks, unless --force.
+
+    The group default cannot be removed.
+    """
+    with client() as c:
+        cancelled = c.remove_group(name, force=force)
+    also = f", {cancelled} tasks cancelled" if cancelled else ""
+    _say({"removed": name, "cancelled": cancelled}, f"group {name} removed{also}")
+
+
+group_.add_command(group_rm, "remove")
+
+
+@group_.command("list", usage="[OPTIONS]")
+@global_options
+def group_list() -> None:
+    """List the groups: their slots, their tasks now, and whether they are paused."""
+    with client() as c:
+        groups = c.groups()
     if settings().json:
-        task.dump({"removed": removed})
-    else:
-        print(f"removed {removed}")
+        task.dump([g.to_json() for g in groups])
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    table.add_column("NAME", no_wrap=True)
+    for col in ("PARALLEL", "MAX", "RUNNING", "QUEUED", "PAUSED", "STASHED"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for g in groups:
+        paused = "[bright_blue]yes[/]" if g.paused else "no"
+        if g.paused_tasks:
+            paused += f" ({g.paused_tasks} tasks)"
+        row = (g.parallel, g.max_parallel, g.running, g.queued, paused, g.stashed)
+        table.add_row(g.name, *(str(v) for v in row))
+    _console().print(table)
+
+
+group_.add_command(group_list, "ls")
+
+
+@cli.command(usage="[OPTIONS] N [-g NAME] [--max-parallel M]")
+@click.argument("parallel", type=Whole(1), metavar="N")
+@group_option("The group (default: default).")
+@click.option(
+    "--max-parallel", type=Whole(1), metavar="M",
+    help="Its new burst ceiling (default: unchanged, raised to N if below it).",
+)  # fmt: skip
+@global_options
+def parallel(parallel: int, group: str | None, max_parallel: int | None) -> None:
+    """Change a group's slots now.
+
+    Lowering them never stops a running task: the extra slots retire as their tasks finish.
+    """
+    with client() as c:
+        g = c.set_parallel(parallel, group=group, max_parallel=max_parallel)
+    _say(g.to_json(), f"group {g.name}: {_slots(g)}")
 
 
 # -- the daemon ----------------------------------------------------------------------------------
@@ -839,23 +1136,34 @@ def _stats_table(s: Stats) -> Any:
     )
     rows = [
         ("workers", f"{workers}, base {s.base_workers}, max {s.max_workers}"),
-        ("running", str(s.running)),
+        ("running", f"{s.running}, paused {s.paused}"),
         ("queued", queued),
+        ("stashed", str(s.stashed)),
         ("finished", finished),
         ("rejected", str(s.rejected)),
         ("uptime", _fmt_seconds(s.uptime)),
         ("version", s.version + (" (shutting down)" if s.shutting_down else "")),
     ]
+    rows += [(f"group {g.name}", _group_stats(g)) for g in s.groups]
     for row in rows:
         t.add_row(*row)
     return t
 
 
+def _group_stats(g: TaskGroup) -> str:
+    return (
+        f"{_slots(g)}, workers {g.workers} ({g.burst_workers} burst), running {g.running}, "
+        f"queued {g.queued}/{g.max_queue}, paused {g.paused_tasks}, stashed {g.stashed}, "
+        f"in {g.arrival_rate:.1f}/s, out {g.drain_rate:.1f}/s"
+        + (" [bright_blue](paused)[/]" if g.paused else "")
+    )
+
+
 def _stats_line(s: Stats) -> str:
     """``stats --watch`` without a terminal: one line per interval."""
     return (
-        f"{datetime.now().strftime('%H:%M:%S')} running {s.running}, "
-        f"queued {s.queued}/{s.queue_capacity}, workers {s.active_workers} "
+        f"{datetime.now().strftime('%H:%M:%S')} running {s.running}, paused {s.paused}, "
+        f"queued {s.queued}/{s.queue_capacity}, stashed {s.stashed}, workers {s.active_workers} "
         f"({s.burst_workers} burst), succeeded {s.succeeded}, failed {s.failed}, "
         f"timed out {s.timed_out}, cancelled {s.cancelled}, lost {s.lost}, "
         f"rejected {s.rejected}" + (", shutting down" if s.shutting_down else "")
@@ -872,13 +1180,14 @@ def _stats_line(s: Stats) -> str:
     "--interval", type=Duration(positive=True), default="1s", metavar="DUR",
     help="How often --watch refreshes (default 1s).",
 )  # fmt: skip
+@group_option("Only this group's workers, queue and counts.")
 @global_options
-def stats(watch: bool, interval: float) -> None:
-    """Workers, queue and counts right now."""
+def stats(watch: bool, interval: float, group: str | None) -> None:
+    """Workers, queue and counts right now, in all and per group."""
     as_json = settings().json
     with client() as c:
         if not watch:
-            s = c.stats()
+            s = c.stats(group=group)
             if as_json:
                 task.dump(s.to_json())
             else:
@@ -887,7 +1196,7 @@ def stats(watch: bool, interval: float) -> None:
         try:
             if as_json or not sys.stdout.isatty():
                 while True:
-                    s = c.stats()
+                    s = c.stats(group=group)
                     if as_json:
                         task.dump(s.to_json(), compact=True)
                     else:
@@ -895,20 +1204,23 @@ def stats(watch: bool, interval: float) -> None:
                     time.sleep(interval)
             from rich.live import Live
 
-            with Live(_stats_table(c.stats()), console=_console(), auto_refresh=False) as live:
+            with Live(
+                _stats_table(c.stats(group=group)), console=_console(), auto_refresh=False
+            ) as live:
                 while True:
                     time.sleep(interval)
-                    live.update(_stats_table(c.stats()), refresh=True)
+                    live.update(_stats_table(c.stats(group=group)), refresh=True)
         except KeyboardInterrupt:
             pass
 
 
 @cli.command(usage="[OPTIONS]")
+@group_option("Only this group's rates, latencies and totals.")
 @global_options
-def metrics() -> None:
+def metrics(group: str | None) -> None:
     """Rates, latencies and totals since the daemon started."""
     with client() as c:
-        m = c.metrics()
+        m = c.metrics(group=group)
     if settings().json:
         task.dump(m.to_json())
         return

@@ -31,6 +31,7 @@ from taskerctl import _core as core
 from taskerctl._core import UNSET as _UNSET
 from taskerctl.models import (
     Command,
+    Group,
     Metrics,
     OutputCallback,
     SpecLike,
@@ -200,22 +201,26 @@ class AsyncClient(core.BaseClient):
         self,
         cmd: Command,
         *,
+        stashed: bool = False,
         rpc_timeout: float | None = _UNSET,
         **options: Unpack[TaskOptions],
     ) -> AsyncTaskHandle:
         """Submit one task; returns once the daemon has journaled it (see ``Client.submit``)."""
-        return AsyncTaskHandle(self, await self._run(core.submit(cmd, options), rpc_timeout))
+        task_id = await self._run(core.submit(cmd, options, stashed), rpc_timeout)
+        return AsyncTaskHandle(self, task_id)
 
     async def submit_many(
         self,
         items: Iterable[SpecLike],
         *,
         batch_size: int = 1000,
+        stashed: bool = False,
         rpc_timeout: float | None = _UNSET,
         **options: Unpack[TaskOptions],
     ) -> builtins.list[AsyncTaskHandle]:
         """Submit many tasks, one Submit RPC per ``batch_size`` tasks, as ``Client.submit_many``."""
-        ids = await self._run(core.submit_many(items, options, batch_size), rpc_timeout)
+        op = core.submit_many(items, options, batch_size, stashed)
+        ids = await self._run(op, rpc_timeout)
         return [AsyncTaskHandle(self, i) for i in ids]
 
     async def queue_task(
@@ -297,10 +302,12 @@ class AsyncClient(core.BaseClient):
         of ``ids``, as ``Client.wait_many`` (``on_result`` is called from this task)."""
         return await self._wait(core.Waiter(ids, **options))
 
-    async def wait_all(self, **options: Unpack[WaitOptions]) -> builtins.list[TaskResult]:
-        """Wait until every task queued or running now (any number) is terminal; their results
-        by id, as ``Client.wait_all``."""
-        return await self._wait(core.Waiter(None, **options))
+    async def wait_all(
+        self, *, group: str | None = None, **options: Unpack[WaitOptions]
+    ) -> builtins.list[TaskResult]:
+        """Wait until every task live now (of ``group`` only, when given) is terminal; their
+        results by id, as ``Client.wait_all``."""
+        return await self._wait(core.Waiter(None, group=group, **options))
 
     # -- inspecting and managing ------------------------------------------------------------
 
@@ -320,10 +327,12 @@ class AsyncClient(core.BaseClient):
         labels: Mapping[str, str] | None = None,
         limit: int = 100,
         *,
+        group: str | None = None,
         rpc_timeout: float | None = _UNSET,
     ) -> builtins.list[TaskResult]:
-        """Up to ``limit`` task records, newest first, following page tokens."""
-        return await self._run(core.list_tasks(states, labels, limit), rpc_timeout)
+        """Up to ``limit`` task records (of ``group`` only), newest first, following page
+        tokens."""
+        return await self._run(core.list_tasks(states, labels, limit, group), rpc_timeout)
 
     async def cancel(self, task_id: int, *, rpc_timeout: float | None = _UNSET) -> bool:
         """Cancel a task; False when it had already finished. Raises TaskNotFound."""
@@ -336,19 +345,22 @@ class AsyncClient(core.BaseClient):
         all: bool = False,
         labels: Mapping[str, str] | None = None,
         states: Iterable[str | int] | None = None,
+        group: str | None = None,
         rpc_timeout: float | None = _UNSET,
     ) -> dict[int, bool]:
-        """Cancel ``ids`` and, with ``all``/``labels``/``states``, every live task selected, in
-        one request and one step, as ``Client.cancel_many``."""
-        return await self._run(core.cancel(ids, all, labels, states), rpc_timeout)
+        """Cancel ``ids`` and, with ``all``/``labels``/``states``/``group``, every live task
+        selected, in one request and one step, as ``Client.cancel_many``."""
+        return await self._run(core.cancel(ids, all, labels, states, group), rpc_timeout)
 
-    async def stats(self, *, rpc_timeout: float | None = _UNSET) -> Stats:
-        """Workers, queue and counts right now."""
-        return await self._run(core.stats(), rpc_timeout)
+    async def stats(self, *, group: str | None = None, rpc_timeout: float | None = _UNSET) -> Stats:
+        """Workers, queue and counts right now (of ``group`` only, when given)."""
+        return await self._run(core.stats(group), rpc_timeout)
 
-    async def metrics(self, *, rpc_timeout: float | None = _UNSET) -> Metrics:
-        """Rates, latencies and totals since the daemon started."""
-        return await self._run(core.metrics(), rpc_timeout)
+    async def metrics(
+        self, *, group: str | None = None, rpc_timeout: float | None = _UNSET
+    ) -> Metrics:
+        """Rates, latencies and totals since the daemon started (of ``group`` only)."""
+        return await self._run(core.metrics(group), rpc_timeout)
 
     async def clean(
         self, older_than: float | str | None = None, *, rpc_timeout: float | None = _UNSET
@@ -359,6 +371,89 @@ class AsyncClient(core.BaseClient):
     async def shutdown(self, mode: str = "stop", *, rpc_timeout: float | None = _UNSET) -> None:
         """Stop the daemon: ``stop``, ``drain`` (finish the queue first) or ``kill``."""
         await self._run(core.shutdown(mode), rpc_timeout)
+
+    # -- controlling the queue: as Client's ----------------------------------------------
+
+    async def add_group(
+        self,
+        name: str,
+        *,
+        parallel: int | None = None,
+        max_parallel: int | None = None,
+        rpc_timeout: float | None = _UNSET,
+    ) -> Group:
+        """Create a group, as ``Client.add_group``."""
+        return await self._run(core.add_group(name, parallel, max_parallel), rpc_timeout)
+
+    async def remove_group(
+        self, name: str, *, force: bool = False, rpc_timeout: float | None = _UNSET
+    ) -> int:
+        """Remove a group (``force``: cancel its unfinished tasks); how many were cancelled."""
+        return await self._run(core.remove_group(name, force), rpc_timeout)
+
+    async def groups(self, *, rpc_timeout: float | None = _UNSET) -> builtins.list[Group]:
+        """Every group, by name."""
+        return await self._run(core.groups(), rpc_timeout)
+
+    async def set_parallel(
+        self,
+        parallel: int,
+        *,
+        group: str | None = None,
+        max_parallel: int | None = None,
+        rpc_timeout: float | None = _UNSET,
+    ) -> Group:
+        """Change a group's slots now, as ``Client.set_parallel``."""
+        return await self._run(core.set_parallel(parallel, group, max_parallel), rpc_timeout)
+
+    async def pause(
+        self,
+        ids: Iterable[int] = (),
+        *,
+        groups: str | Iterable[str] | None = None,
+        all: bool = False,
+        wait: bool = False,
+        rpc_timeout: float | None = _UNSET,
+    ) -> builtins.list[int]:
+        """Pause tasks and groups, as ``Client.pause``; the ids of the tasks paused."""
+        return await self._run(core.pause(ids, groups, all, wait), rpc_timeout)
+
+    async def resume(
+        self,
+        ids: Iterable[int] = (),
+        *,
+        groups: str | Iterable[str] | None = None,
+        all: bool = False,
+        rpc_timeout: float | None = _UNSET,
+    ) -> builtins.list[int]:
+        """Resume tasks and groups, as ``Client.resume``; the ids of the tasks resumed."""
+        return await self._run(core.resume(ids, groups, all), rpc_timeout)
+
+    async def set_priority(
+        self, ids: Iterable[int], priority: str | int, *, rpc_timeout: float | None = _UNSET
+    ) -> None:
+        """Give queued or stashed tasks a new priority, as ``Client.set_priority``."""
+        await self._run(core.set_priority(ids, priority), rpc_timeout)
+
+    async def enqueue(
+        self,
+        ids: Iterable[int],
+        *,
+        delay: float | str | None = None,
+        rpc_timeout: float | None = _UNSET,
+    ) -> None:
+        """Queue stashed tasks, at once or after ``delay``, as ``Client.enqueue``."""
+        await self._run(core.enqueue(ids, delay), rpc_timeout)
+
+    async def remove(self, ids: Iterable[int], *, rpc_timeout: float | None = _UNSET) -> int:
+        """Delete finished tasks from the journal; returns how many."""
+        return await self._run(core.remove(ids), rpc_timeout)
+
+    async def signal(
+        self, task_id: int, signal: str | int, *, rpc_timeout: float | None = _UNSET
+    ) -> None:
+        """Send ``signal`` to every process of a running or paused task."""
+        await self._run(core.signal(task_id, signal), rpc_timeout)
 
 
 __all__ = ["AsyncCallback", "AsyncClient", "AsyncTaskHandle"]

@@ -3,7 +3,7 @@ everything that does not wait on the network is written here, once.
 
 * Requests: ``submit`` keywords become a ``TaskSpec`` in :func:`build_spec` (a value that cannot
   make a request raises :class:`~taskerctl.errors.InvalidTask` naming its field), and every other
-  request is built here too.
+  request is built here too, checked the same way (``ids``, ``group``, ``delay``, ``signal``...).
 * Answers: protos become :class:`~taskerctl.models.TaskResult` and its kin, and gRPC errors typed
   errors (:meth:`BaseClient._errors`).
 * An operation of one or more unary calls (Get, the pages of List, the batches of Submit) is a
@@ -42,6 +42,7 @@ from taskerctl.errors import (
 )
 from taskerctl.models import (
     Command,
+    Group,
     Metrics,
     OutputCallback,
     ResultCallback,
@@ -142,6 +143,57 @@ def _set_seconds(target: Duration, value: float | str | None) -> None:
         target.FromNanoseconds(round(seconds * 1e9))
 
 
+def _bad(field: str, err: Exception) -> InvalidTask:
+    return InvalidTask(f"{field}: {err}", field=field)
+
+
+def _set_duration(request: Message, field: str, value: float | str | None) -> None:
+    """Set the Duration ``field`` of ``request`` from seconds or a duration string."""
+    try:
+        _set_seconds(getattr(request, field), value)
+    except _BAD_VALUE as err:
+        raise _bad(field, err) from None
+
+
+def _whole(field: str, value: int | None) -> int:
+    """A count a request carries (0 for None)."""
+    try:
+        return _count(field, value)
+    except ValueError as err:
+        raise _bad(field, err) from None
+
+
+def _text(value: object) -> str:
+    """A group's name as a request carries it: a string (the daemon checks the rest)."""
+    if not isinstance(value, str):
+        raise TypeError(f"not a name: {value!r}")
+    return value
+
+
+def _name(field: str, value: object) -> str:
+    """:func:`_text`, its error naming ``field``."""
+    try:
+        return _text(value)
+    except TypeError as err:
+        raise _bad(field, err) from None
+
+
+def _names(field: str, values: str | Iterable[str] | None) -> list[str]:
+    """Names without repeats; one string is one name."""
+    if values is None:
+        return []
+    return [_name(field, v) for v in dict.fromkeys([values] if isinstance(values, str) else values)]
+
+
+def _group(group: str | None) -> str:
+    """The ``group`` filter of a request: "" (every group) for None."""
+    return "" if group is None else _name("group", group)
+
+
+def _priority(priority: str | int) -> pb.Priority.ValueType:
+    return cast("pb.Priority.ValueType", parse_priority(priority).value)
+
+
 def build_spec(
     cmd: Command,
     *,
@@ -156,6 +208,7 @@ def build_spec(
     stdin: bytes | str | None = None,
     labels: Mapping[str, str] | None = None,
     shell: bool = False,
+    group: str | None = None,
 ) -> pb.TaskSpec:
     """Build a ``TaskSpec``: the one place ``submit`` keywords become a request.
 
@@ -174,6 +227,7 @@ def build_spec(
     * ``env=None`` sends a copy of ``os.environ`` and ``cwd=None`` the current directory, as a
       user expects from ``nohup cmd``. ``stdin``: bytes fed to the task. ``labels``: for
       filtering (``list``, ``cancel_many``).
+    * ``group``: the group whose queue and slots run it (None: ``default``).
 
     A value that cannot make a request raises :class:`InvalidTask` whose ``field`` names the
     ``TaskSpec`` field (``timeout``); the daemon checks the rest, such as bounds.
@@ -195,7 +249,7 @@ def build_spec(
         if stdin:
             spec.stdin = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
         field = "priority"
-        spec.priority = cast("pb.Priority.ValueType", parse_priority(priority).value)
+        spec.priority = _priority(priority)
         field = "timeout"
         _set_seconds(spec.timeout, timeout)
         field = "queue_timeout"
@@ -210,8 +264,11 @@ def build_spec(
         field = "labels"
         if labels:
             spec.labels.update(labels)
+        field = "group"
+        if group is not None:
+            spec.group = _text(group)
     except _BAD_VALUE as err:
-        raise InvalidTask(f"{field}: {err}", field=field) from None
+        raise _bad(field, err) from None
     return spec
 
 
@@ -223,14 +280,22 @@ def _spec(where: str, cmd: Command, options: Mapping[str, Any]) -> pb.TaskSpec:
         raise InvalidTask(f"{where}.{err.message}", field=f"{where}.{err.field}") from None
 
 
+def _submit_request(env: Mapping[str, str], stashed: bool) -> pb.SubmitRequest:
+    request = pb.SubmitRequest(env=env)
+    if stashed:  # the tasks are STASHED until enqueued
+        request.stashed = True
+    return request
+
+
 def submit_requests(
-    items: Iterable[SpecLike], options: Mapping[str, Any], batch_size: int
+    items: Iterable[SpecLike], options: Mapping[str, Any], batch_size: int, stashed: bool = False
 ) -> Iterator[pb.SubmitRequest]:
     """Lazily turn ``submit_many`` items into Submit requests of at most ``batch_size`` tasks.
 
     ``options`` are ``submit`` kwargs shared by all items. Their environment (by default a copy of
     ``os.environ``) travels once per request, in ``SubmitRequest.env``, not once per task. A bad
-    item is named by its place among all items: ``tasks[1234].timeout``.
+    item is named by its place among all items: ``tasks[1234].timeout``. ``stashed``: the tasks
+    are not queued until enqueued.
     """
     shared = dict(options)
     env = shared.pop("env", None)
@@ -239,9 +304,9 @@ def submit_requests(
     plain = {**shared, "env": {}}
     size = max(1, min(batch_size, MAX_IDS))
     try:
-        request = pb.SubmitRequest(env=dict(os.environ if env is None else env))
+        request = _submit_request(dict(os.environ if env is None else env), stashed)
     except _BAD_VALUE as err:
-        raise InvalidTask(f"env: {err}", field="env") from None
+        raise _bad("env", err) from None
     shared_env = request.env
     for i, item in enumerate(items):
         if isinstance(item, pb.TaskSpec):
@@ -257,7 +322,7 @@ def submit_requests(
             request.tasks.append(_spec(f"tasks[{i}]", item, plain))
         if len(request.tasks) >= size:
             yield request
-            request = pb.SubmitRequest(env=shared_env)
+            request = _submit_request(shared_env, stashed)
     if request.tasks:
         yield request
 
@@ -267,12 +332,12 @@ def run_request(cmd: Command, options: Mapping[str, Any]) -> pb.RunRequest:
     return pb.RunRequest(task=_spec("task", cmd, options))
 
 
-def _id_list(ids: Iterable[int]) -> list[int]:
+def _id_list(ids: Iterable[int], field: str = "ids") -> list[int]:
     """``ids`` without repeats, as a request takes them (a negative id cannot be sent)."""
     unique = list(dict.fromkeys(ids))
     for i in unique:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 2**64:
-            raise InvalidTask(f"ids: not a task id: {i!r}", field="ids")
+            raise InvalidTask(f"{field}: not a task id: {i!r}", field=field)
     return unique
 
 
@@ -280,7 +345,7 @@ def _states(states: Iterable[str | int] | None) -> list[pb.TaskState.ValueType]:
     try:
         return [cast("pb.TaskState.ValueType", parse_state(s).value) for s in states or ()]
     except _BAD_VALUE as err:
-        raise InvalidTask(f"states: {err}", field="states") from None
+        raise _bad("states", err) from None
 
 
 def stream_request(
@@ -329,18 +394,20 @@ class Driver(Generic[T]):
             self.result = done.value
 
 
-def submit(cmd: Command, options: Mapping[str, Any]) -> Op[int]:
-    """Submit one task; returns its id."""
-    resp = yield Call("Submit", pb.SubmitRequest(tasks=[_spec("tasks[0]", cmd, options)]))
+def submit(cmd: Command, options: Mapping[str, Any], stashed: bool = False) -> Op[int]:
+    """Submit one task (stashed: not queued until enqueued); returns its id."""
+    request = _submit_request({}, stashed)
+    request.tasks.append(_spec("tasks[0]", cmd, options))
+    resp = yield Call("Submit", request)
     return int(resp.ids[0])
 
 
 def submit_many(
-    items: Iterable[SpecLike], options: Mapping[str, Any], batch_size: int
+    items: Iterable[SpecLike], options: Mapping[str, Any], batch_size: int, stashed: bool = False
 ) -> Op[list[int]]:
     """Submit many tasks, one call per batch; returns their ids."""
     ids: list[int] = []
-    for request in submit_requests(items, options, batch_size):
+    for request in submit_requests(items, options, batch_size, stashed):
         resp = yield Call("Submit", request)
         ids.extend(resp.ids)
     return ids
@@ -353,11 +420,17 @@ def get(task_id: int, output: bool) -> Op[TaskResult]:
 
 
 def list_tasks(
-    states: Iterable[str | int] | None, labels: Mapping[str, str] | None, limit: int
+    states: Iterable[str | int] | None,
+    labels: Mapping[str, str] | None,
+    limit: int,
+    group: str | None = None,
 ) -> Op[list[TaskResult]]:
-    """Up to ``limit`` records, newest first, page after page."""
+    """Up to ``limit`` records (of ``group`` only, when given), newest first, page after page."""
     request = pb.ListRequest(
-        states=_states(states), labels=dict(labels or {}), page_size=max(1, min(limit, 1000))
+        states=_states(states),
+        labels=dict(labels or {}),
+        page_size=max(1, min(limit, 1000)),
+        group=_group(group),
     )
     out: list[TaskResult] = []
     while len(out) < limit:
@@ -365,12 +438,7 @@ def list_tasks(
         out.extend(TaskResult.from_proto(t) for t in resp.tasks[: limit - len(out)])
         if not resp.next_page_token:
             break
-        request = pb.ListRequest(
-            states=request.states,
-            labels=request.labels,
-            page_size=request.page_size,
-            page_token=resp.next_page_token,
-        )
+        request.page_token = resp.next_page_token  # the same filters, the next page
     return out
 
 
@@ -379,36 +447,126 @@ def cancel(
     all: bool,
     labels: Mapping[str, str] | None,
     states: Iterable[str | int] | None,
+    group: str | None = None,
 ) -> Op[dict[int, bool]]:
     """Cancel in one request; maps each task asked or selected to whether it was cancelled."""
     request = pb.CancelRequest(
-        ids=_id_list(ids), all=all, labels=dict(labels or {}), states=_states(states)
+        ids=_id_list(ids),
+        all=all,
+        labels=dict(labels or {}),
+        states=_states(states),
+        group=_group(group),
     )
-    if not (request.ids or request.all or request.labels or request.states):
+    if not (request.ids or request.all or request.labels or request.states or request.group):
         return {}  # nothing asked: no request (the daemon would refuse an empty one)
     resp = yield Call("Cancel", request)
     return {r.id: r.cancelled for r in resp.results}
 
 
-def stats() -> Op[Stats]:
-    """Workers, queue and counts."""
-    return Stats.from_proto((yield Call("Stats", pb.StatsRequest())))
+def stats(group: str | None = None) -> Op[Stats]:
+    """Workers, queue and counts (of one group, when given)."""
+    return Stats.from_proto((yield Call("Stats", pb.StatsRequest(group=_group(group)))))
 
 
-def metrics() -> Op[Metrics]:
-    """Rates, latencies and totals."""
-    return Metrics.from_proto((yield Call("Metrics", pb.MetricsRequest())))
+def metrics(group: str | None = None) -> Op[Metrics]:
+    """Rates, latencies and totals (of one group, when given)."""
+    return Metrics.from_proto((yield Call("Metrics", pb.MetricsRequest(group=_group(group)))))
 
 
 def clean(older_than: float | str | None) -> Op[int]:
     """Remove finished tasks; returns how many."""
     request = pb.CleanRequest()
-    try:
-        _set_seconds(request.older_than, older_than)
-    except _BAD_VALUE as err:
-        raise InvalidTask(f"older_than: {err}", field="older_than") from None
+    _set_duration(request, "older_than", older_than)
     resp = yield Call("Clean", request)
     return int(resp.removed)
+
+
+# -- operations: controlling the queue ---------------------------------------------------------
+
+
+def add_group(name: str, parallel: int | None, max_parallel: int | None) -> Op[Group]:
+    """Create a group; returns it."""
+    request = pb.AddGroupRequest(
+        name=_name("name", name),
+        parallel=_whole("parallel", parallel),
+        max_parallel=_whole("max_parallel", max_parallel),
+    )
+    return Group.from_proto((yield Call("AddGroup", request)))
+
+
+def remove_group(name: str, force: bool) -> Op[int]:
+    """Remove a group; returns how many of its tasks ``force`` cancelled."""
+    resp = yield Call("RemoveGroup", pb.RemoveGroupRequest(name=_name("name", name), force=force))
+    return int(resp.cancelled)
+
+
+def groups() -> Op[list[Group]]:
+    """Every group, by name."""
+    resp = yield Call("ListGroups", pb.ListGroupsRequest())
+    return [Group.from_proto(g) for g in resp.groups]
+
+
+def set_parallel(parallel: int, group: str | None, max_parallel: int | None) -> Op[Group]:
+    """Change a group's slots; returns the group."""
+    request = pb.SetParallelRequest(group=_group(group), parallel=_whole("parallel", parallel))
+    if max_parallel is not None:
+        request.max_parallel = _whole("max_parallel", max_parallel)
+    return Group.from_proto((yield Call("SetParallel", request)))
+
+
+def pause(
+    ids: Iterable[int], groups: str | Iterable[str] | None, all: bool, wait: bool
+) -> Op[list[int]]:
+    """Pause tasks and groups; returns the ids of the tasks paused."""
+    request = pb.PauseRequest(
+        ids=_id_list(ids), groups=_names("groups", groups), all=all, wait=wait
+    )
+    if not (request.ids or request.groups or request.all):
+        return []  # nothing asked: no request
+    return list((yield Call("Pause", request)).paused)
+
+
+def resume(ids: Iterable[int], groups: str | Iterable[str] | None, all: bool) -> Op[list[int]]:
+    """Resume tasks and groups; returns the ids of the tasks resumed."""
+    request = pb.ResumeRequest(ids=_id_list(ids), groups=_names("groups", groups), all=all)
+    if not (request.ids or request.groups or request.all):
+        return []
+    return list((yield Call("Resume", request)).resumed)
+
+
+def set_priority(ids: Iterable[int], priority: str | int) -> Op[None]:
+    """Give queued or stashed tasks a new priority."""
+    try:
+        level = _priority(priority)
+    except _BAD_VALUE as err:
+        raise _bad("priority", err) from None
+    request = pb.SetPriorityRequest(ids=_id_list(ids), priority=level)
+    if request.ids:
+        yield Call("SetPriority", request)
+
+
+def enqueue(ids: Iterable[int], delay: float | str | None) -> Op[None]:
+    """Queue stashed tasks, at once or after ``delay``."""
+    request = pb.EnqueueRequest(ids=_id_list(ids))
+    _set_duration(request, "delay", delay)
+    if request.ids:
+        yield Call("Enqueue", request)
+
+
+def remove(ids: Iterable[int]) -> Op[int]:
+    """Delete finished tasks from the journal; returns how many."""
+    request = pb.RemoveRequest(ids=_id_list(ids))
+    if not request.ids:
+        return 0
+    return int((yield Call("Remove", request)).removed)
+
+
+def signal(task_id: int, sig: str | int) -> Op[None]:
+    """Send a signal (a name such as ``"USR1"``, or a number) to a running task's processes."""
+    (task,) = _id_list([task_id], "id")
+    if isinstance(sig, bool) or not isinstance(sig, str | int):
+        raise InvalidTask(f"signal: not a signal name or number: {sig!r}", field="signal")
+    yield Call("Signal", pb.SignalRequest(id=task, signal=str(sig)))
 
 
 def shutdown(mode: str) -> Op[None]:
@@ -429,11 +587,11 @@ class Waiter:
     """One wait for tasks to finish, for either client: its StreamResults requests, and the
     results their ``finished`` events carry.
 
-    ``ids`` None waits for every task live when the wait starts, with one ``all_live`` request
-    (any number). Else one ``finished_only`` request per 10,000 ids: a transport makes them all
-    at once (so each task is watched from the start, and an unknown id fails the wait at once),
-    feeds every event of every stream to :meth:`feed`, then asks :meth:`results`. No other round
-    trip: a finished task's result comes on its stream too.
+    ``ids`` None waits for every task live when the wait starts (of ``group`` only, when given),
+    with one ``all_live`` request (any number). Else one ``finished_only`` request per 10,000
+    ids: a transport makes them all at once (so each task is watched from the start, and an
+    unknown id fails the wait at once), feeds every event of every stream to :meth:`feed`, then
+    asks :meth:`results`. No other round trip: a finished task's result comes on its stream too.
     """
 
     def __init__(
@@ -443,6 +601,7 @@ class Waiter:
         output: bool = False,
         timeout: float | None = None,
         on_result: ResultCallback | None = None,
+        group: str | None = None,
     ) -> None:
         self.ids = None if ids is None else _id_list(ids)
         self.timeout = timeout
@@ -459,6 +618,7 @@ class Waiter:
                 finished_only=True,
                 all_live=self.ids is None,
                 batch=not output,  # what had ended comes many to a message
+                group=_group(group),
             )
             for chunk in chunks
         ]

@@ -20,7 +20,7 @@ from taskerctl.errors import EXIT_USAGE, TaskerError
 
 if TYPE_CHECKING:
     from taskerctl._sync import Client
-    from taskerctl.models import TaskEvent, TaskOptions, TaskResult
+    from taskerctl.models import TaskEvent, TaskOptions, TaskResult, TaskState
 
 #: The most a task's standard input may hold (``TaskSpec.stdin``).
 MAX_STDIN = 1 << 20
@@ -69,6 +69,17 @@ def note_truncated(t: TaskResult, *, stdout: bool = True, stderr: bool = True) -
             )
 
 
+def note_state(task_id: int, state: TaskState, reason: str = "") -> None:
+    """Say on stderr that a task waited on was paused, resumed or stashed, and what ends it."""
+    why = f" ({reason})" if reason else ""
+    if state.name == "PAUSED":
+        note(f"task {task_id} is paused{why}: it goes on once resumed (taskerctl resume {task_id})")
+    elif state.name == "STASHED":
+        note(f"task {task_id} is stashed{why}: it runs once enqueued (taskerctl enqueue {task_id})")
+    elif state.name == "RUNNING":
+        note(f"task {task_id} resumed{why}")
+
+
 def report(t: TaskResult, *, output_shown: bool) -> int:
     """Say on stderr how a task that did not succeed ended, unless its own exit status and the
     output just shown say it; return taskerctl's exit status for it."""
@@ -113,6 +124,7 @@ def task_options(
     max_requeues: int | None = None,
     cwd: str | None = None,
     stdin: bytes = b"",
+    group: str | None = None,
 ) -> TaskOptions:
     """``Client.submit`` keyword arguments from the command line's options.
 
@@ -135,6 +147,8 @@ def task_options(
         kw["cwd"] = cwd
     if stdin:
         kw["stdin"] = stdin
+    if group is not None:
+        kw["group"] = group
     return kw
 
 
@@ -167,7 +181,8 @@ def follow(
     on_event: Callable[[TaskEvent], None] | None = None,
 ) -> TaskResult | None:
     """Copy a task's output chunks to ``stdout``/``stderr`` (None: drop) as they arrive, say
-    when a failed attempt runs again, and return the task's result.
+    when a failed attempt runs again or the task is paused, resumed or stashed, and return the
+    task's result.
 
     When no chunk arrived (the task had already finished), the output the daemon kept is copied
     instead, with a note when it was cut.
@@ -181,6 +196,8 @@ def follow(
             _write(stderr if ev.stream == "stderr" else stdout, ev.data)
         elif ev.kind == "retrying":
             note(f"task {ev.task_id}: attempt {ev.attempt} failed ({ev.reason}); it runs again")
+        elif ev.kind == "state_changed" and ev.state is not None:
+            note_state(ev.task_id, ev.state, ev.reason)
         elif ev.kind == "finished" and ev.result is not None:
             r = ev.result
             if not seen:
@@ -302,9 +319,16 @@ def _count(commands: Iterator[tuple[int, str]]) -> int:
 
 
 def submit_batch(
-    client: Client, source: IO[bytes], name: str, options: TaskOptions, *, as_json: bool
+    client: Client,
+    source: IO[bytes],
+    name: str,
+    options: TaskOptions,
+    *,
+    as_json: bool,
+    stashed: bool = False,
 ) -> int:
-    """``submit --batch``: one shell command per line, ``BATCH_SIZE`` per request.
+    """``submit --batch``: one shell command per line, ``BATCH_SIZE`` per request (``stashed``:
+    each task stashed).
 
     The ids of the tasks accepted are printed as they are. A request that fails (or a line that
     is not UTF-8) ends the batch; the error then says how many commands were not submitted, and
@@ -315,7 +339,8 @@ def submit_batch(
     pending: list[tuple[int, str]] = []
 
     def send() -> None:
-        handles = client.submit_many([c for _, c in pending], batch_size=BATCH_SIZE, **options)
+        lines = [c for _, c in pending]
+        handles = client.submit_many(lines, batch_size=BATCH_SIZE, stashed=stashed, **options)
         accepted.extend(h.id for h in handles)
         if not as_json:
             sys.stdout.write("".join(f"{h.id}\n" for h in handles))

@@ -23,6 +23,7 @@ from taskerctl import _core as core
 from taskerctl._core import UNSET as _UNSET
 from taskerctl.models import (
     Command,
+    Group,
     Metrics,
     OutputCallback,
     SpecLike,
@@ -178,6 +179,7 @@ class Client(core.BaseClient):
         self,
         cmd: Command,
         *,
+        stashed: bool = False,
         rpc_timeout: float | None = _UNSET,
         **options: Unpack[TaskOptions],
     ) -> TaskHandle:
@@ -187,16 +189,19 @@ class Client(core.BaseClient):
         ``shlex.split``). ``env=None`` sends a copy of ``os.environ``; ``cwd=None`` the current
         directory. ``timeout``/``queue_timeout`` take seconds or duration strings (``"5s"``).
         ``retries=N`` runs a failed attempt again up to N times; ``max_requeues=N`` bounds the
-        re-queues after a lost attempt (unhealthy worker, daemon crash). A bad value raises
-        :class:`InvalidTask` naming its field (``tasks[0].timeout``).
+        re-queues after a lost attempt (unhealthy worker, daemon crash). ``group`` names the
+        group that runs it (default: ``default``). ``stashed=True``: the task is STASHED, not
+        queued, until :meth:`enqueue`. A bad value raises :class:`InvalidTask` naming its field
+        (``tasks[0].timeout``).
         """
-        return TaskHandle(self, self._run(core.submit(cmd, options), rpc_timeout))
+        return TaskHandle(self, self._run(core.submit(cmd, options, stashed), rpc_timeout))
 
     def submit_many(
         self,
         items: Iterable[SpecLike],
         *,
         batch_size: int = 1000,
+        stashed: bool = False,
         rpc_timeout: float | None = _UNSET,
         **options: Unpack[TaskOptions],
     ) -> builtins.list[TaskHandle]:
@@ -205,7 +210,7 @@ class Client(core.BaseClient):
         Items are commands, ``pb.TaskSpec`` or dicts of ``submit`` kwargs with ``cmd``;
         ``options`` are ``submit`` kwargs shared by all items. Each batch is all or nothing.
         """
-        ids = self._run(core.submit_many(items, options, batch_size), rpc_timeout)
+        ids = self._run(core.submit_many(items, options, batch_size, stashed), rpc_timeout)
         return [TaskHandle(self, i) for i in ids]
 
     def queue_task(
@@ -296,15 +301,17 @@ class Client(core.BaseClient):
         """
         return self._wait(core.Waiter(ids, **options))
 
-    def wait_all(self, **options: Unpack[WaitOptions]) -> builtins.list[TaskResult]:
-        """Block until every task queued or running now (any number) is terminal; return their
-        results by id. Tasks submitted meanwhile are not waited for.
+    def wait_all(
+        self, *, group: str | None = None, **options: Unpack[WaitOptions]
+    ) -> builtins.list[TaskResult]:
+        """Block until every task live now (any number; of ``group`` only, when given) is
+        terminal; return their results by id. Tasks submitted meanwhile are not waited for.
 
         One StreamResults call (``all_live``); options as :meth:`wait_many`'s. Its events are
         not bounded by 10,000 ids, so a daemon that cannot send them as fast as the tasks end
         drops it (``StreamFellBehind``); and a daemon that stops ends it as if all had finished.
         """
-        return self._wait(core.Waiter(None, **options))
+        return self._wait(core.Waiter(None, group=group, **options))
 
     # -- inspecting and managing ------------------------------------------------------------
 
@@ -324,10 +331,12 @@ class Client(core.BaseClient):
         labels: Mapping[str, str] | None = None,
         limit: int = 100,
         *,
+        group: str | None = None,
         rpc_timeout: float | None = _UNSET,
     ) -> builtins.list[TaskResult]:
-        """Up to ``limit`` task records, newest first, following page tokens."""
-        return self._run(core.list_tasks(states, labels, limit), rpc_timeout)
+        """Up to ``limit`` task records (of ``group`` only, when given), newest first, following
+        page tokens."""
+        return self._run(core.list_tasks(states, labels, limit, group), rpc_timeout)
 
     def cancel(self, task_id: int, *, rpc_timeout: float | None = _UNSET) -> bool:
         """Cancel a task; False when it had already finished. Raises TaskNotFound."""
@@ -340,26 +349,28 @@ class Client(core.BaseClient):
         all: bool = False,
         labels: Mapping[str, str] | None = None,
         states: Iterable[str | int] | None = None,
+        group: str | None = None,
         rpc_timeout: float | None = _UNSET,
     ) -> dict[int, bool]:
         """Cancel tasks in one request, all in one step: the queued ones leave the queue before
         any running one is stopped. Maps each task to whether it was cancelled (False: it had
         already finished).
 
-        The tasks are ``ids`` (at most 10,000), and also, when ``all``, ``labels`` or ``states``
-        is given, every live task that has all of ``labels`` and is in one of ``states``
-        (``"queued"``, ``"running"``; None: both). ``all=True`` selects every live task.
-        Raises TaskNotFound for an unknown id, and then none was cancelled.
+        The tasks are ``ids`` (at most 10,000), and also, when ``all``, ``labels``, ``states``
+        or ``group`` is given, every live task of ``group`` (None: any) that has all of
+        ``labels`` and is in one of ``states`` (``"queued"``, ``"running"``, ``"paused"``,
+        ``"stashed"``; None: all four). ``all=True`` selects every live task. Raises
+        TaskNotFound for an unknown id, and then none was cancelled.
         """
-        return self._run(core.cancel(ids, all, labels, states), rpc_timeout)
+        return self._run(core.cancel(ids, all, labels, states, group), rpc_timeout)
 
-    def stats(self, *, rpc_timeout: float | None = _UNSET) -> Stats:
-        """Workers, queue and counts right now."""
-        return self._run(core.stats(), rpc_timeout)
+    def stats(self, *, group: str | None = None, rpc_timeout: float | None = _UNSET) -> Stats:
+        """Workers, queue and counts right now (of ``group`` only, when given)."""
+        return self._run(core.stats(group), rpc_timeout)
 
-    def metrics(self, *, rpc_timeout: float | None = _UNSET) -> Metrics:
-        """Rates, latencies and totals since the daemon started."""
-        return self._run(core.metrics(), rpc_timeout)
+    def metrics(self, *, group: str | None = None, rpc_timeout: float | None = _UNSET) -> Metrics:
+        """Rates, latencies and totals since the daemon started (of ``group`` only)."""
+        return self._run(core.metrics(group), rpc_timeout)
 
     def clean(
         self, older_than: float | str | None = None, *, rpc_timeout: float | None = _UNSET
@@ -370,6 +381,102 @@ class Client(core.BaseClient):
     def shutdown(self, mode: str = "stop", *, rpc_timeout: float | None = _UNSET) -> None:
         """Stop the daemon: ``stop``, ``drain`` (finish the queue first) or ``kill``."""
         self._run(core.shutdown(mode), rpc_timeout)
+
+    # -- controlling the queue --------------------------------------------------------------
+    #
+    # A request the task or group is not in a state for raises WrongState (nothing changed);
+    # an unknown id TaskNotFound; a bad name or number InvalidTask naming its field.
+
+    def add_group(
+        self,
+        name: str,
+        *,
+        parallel: int | None = None,
+        max_parallel: int | None = None,
+        rpc_timeout: float | None = _UNSET,
+    ) -> Group:
+        """Create a group with ``parallel`` slots (default 1), bursting up to ``max_parallel``
+        (default: ``parallel``); WrongState if it exists."""
+        return self._run(core.add_group(name, parallel, max_parallel), rpc_timeout)
+
+    def remove_group(
+        self, name: str, *, force: bool = False, rpc_timeout: float | None = _UNSET
+    ) -> int:
+        """Remove a group: WrongState while it holds unfinished tasks, unless ``force``, which
+        cancels them first; returns how many it cancelled."""
+        return self._run(core.remove_group(name, force), rpc_timeout)
+
+    def groups(self, *, rpc_timeout: float | None = _UNSET) -> builtins.list[Group]:
+        """Every group, by name."""
+        return self._run(core.groups(), rpc_timeout)
+
+    def set_parallel(
+        self,
+        parallel: int,
+        *,
+        group: str | None = None,
+        max_parallel: int | None = None,
+        rpc_timeout: float | None = _UNSET,
+    ) -> Group:
+        """Change a group's slots (default group: ``default``) now; lowering them stops no
+        running task. ``max_parallel`` None leaves the burst ceiling (raised to ``parallel``)."""
+        return self._run(core.set_parallel(parallel, group, max_parallel), rpc_timeout)
+
+    def pause(
+        self,
+        ids: Iterable[int] = (),
+        *,
+        groups: str | Iterable[str] | None = None,
+        all: bool = False,
+        wait: bool = False,
+        rpc_timeout: float | None = _UNSET,
+    ) -> builtins.list[int]:
+        """Pause running tasks (SIGSTOP; state PAUSED), and ``groups`` (or ``all`` of them):
+        they start no task, and their running tasks are paused too, unless ``wait`` lets them
+        finish. Returns the ids of the tasks paused. WrongState for a task that is not running."""
+        return self._run(core.pause(ids, groups, all, wait), rpc_timeout)
+
+    def resume(
+        self,
+        ids: Iterable[int] = (),
+        *,
+        groups: str | Iterable[str] | None = None,
+        all: bool = False,
+        rpc_timeout: float | None = _UNSET,
+    ) -> builtins.list[int]:
+        """Resume paused tasks, and ``groups`` (or ``all``) with their paused tasks; returns the
+        ids of the tasks resumed."""
+        return self._run(core.resume(ids, groups, all), rpc_timeout)
+
+    def set_priority(
+        self, ids: Iterable[int], priority: str | int, *, rpc_timeout: float | None = _UNSET
+    ) -> None:
+        """Give queued or stashed tasks a new priority; each keeps its submission time within
+        the new level. WrongState (nothing changed) if any is running or finished."""
+        self._run(core.set_priority(ids, priority), rpc_timeout)
+
+    def enqueue(
+        self,
+        ids: Iterable[int],
+        *,
+        delay: float | str | None = None,
+        rpc_timeout: float | None = _UNSET,
+    ) -> None:
+        """Queue stashed tasks, at once or after ``delay`` (seconds or ``"5m"``); WrongState
+        (nothing changed) if any is not stashed."""
+        self._run(core.enqueue(ids, delay), rpc_timeout)
+
+    def remove(self, ids: Iterable[int], *, rpc_timeout: float | None = _UNSET) -> int:
+        """Delete finished tasks from the journal; returns how many. WrongState (nothing
+        removed) if any is unfinished."""
+        return self._run(core.remove(ids), rpc_timeout)
+
+    def signal(
+        self, task_id: int, signal: str | int, *, rpc_timeout: float | None = _UNSET
+    ) -> None:
+        """Send ``signal`` (``"TERM"``, ``"SIGUSR1"``, ``9``...) to every process of a running
+        or paused task; WrongState if it is neither."""
+        self._run(core.signal(task_id, signal), rpc_timeout)
 
 
 __all__ = ["Client", "TaskHandle"]

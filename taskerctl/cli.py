@@ -17,8 +17,13 @@ N     the task's own exit code, when it ran (--wait, --follow, run, logs -f)
 69    the daemon is unreachable (with a hint how to start it)
 75    the daemon's queue is full
 74    a stream fell behind (read too slowly) and was dropped
-1     any other error
+1     any other error, such as a task or group not in a state the command applies to
+      (FAILED_PRECONDITION: pausing a finished task, a new priority for a running one...)
 ====  ==============================================
+
+A paused or stashed task has not ended: it has no exit status yet (``exit_status`` is null in
+``show --json``). ``wait`` and ``-f`` name such a task on stderr and wait on: it ends once resumed
+or enqueued (or cancelled), and they exit with its status then.
 """
 
 from __future__ import annotations

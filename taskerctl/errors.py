@@ -96,9 +96,19 @@ class InvalidTask(TaskerError, ValueError):
 
 
 class ShuttingDown(TaskerError):
-    """The daemon is shutting down (FAILED_PRECONDITION)."""
+    """The daemon is shutting down (FAILED_PRECONDITION "taskerd is shutting down")."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class WrongState(TaskerError):
+    """A task or group is not in a state the request applies to (FAILED_PRECONDITION): pausing
+    a task that is not running, a new priority for a running one, removing an unfinished one,
+    adding a group that exists... The message says which and why; nothing was changed."""
+
+
+class Unsupported(TaskerError):
+    """The daemon does not know the request (UNIMPLEMENTED): it is older than this client."""
 
 
 class DeadlineExceeded(TaskerError, TimeoutError):
@@ -161,7 +171,11 @@ def from_rpc_error(err: Any, socket: Path | str) -> TaskerError:
     if code == "INVALID_ARGUMENT":
         return InvalidTask(details, field=parse_field(details), code=code)
     if code == "FAILED_PRECONDITION":
-        return ShuttingDown(details, code=code)
+        if details.startswith("taskerd is shutting down"):
+            return ShuttingDown(details, code=code)
+        return WrongState(details, code=code)
+    if code == "UNIMPLEMENTED":
+        return Unsupported(f"this taskerd does not support the request ({details})", code=code)
     if code == "DEADLINE_EXCEEDED":
         return DeadlineExceeded(f"deadline exceeded waiting for taskerd ({details})", code=code)
     return TaskerError(f"{code.lower()}: {details}", code=code)

@@ -1,8 +1,10 @@
 """The models both clients return, and the types of their arguments.
 
 ``TaskState`` and ``Priority`` are derived from the proto enums, so they can never drift from the
-contract. :class:`TaskResult`, :class:`TaskEvent`, :class:`Stats` and :class:`Metrics` are frozen
-dataclasses built from the proto messages. Requests are built in :mod:`taskerctl._core`.
+contract; a number this client does not know (a newer daemon's state) becomes a member named
+``UNKNOWN_<n>`` rather than an error. :class:`TaskResult`, :class:`TaskEvent`, :class:`Group`,
+:class:`Stats` and :class:`Metrics` are frozen dataclasses built from the proto messages. Requests
+are built in :mod:`taskerctl._core`.
 """
 
 from __future__ import annotations
@@ -47,14 +49,29 @@ else:
         def __str__(self) -> str:
             return self.name
 
+        @classmethod
+        def _missing_(cls, value: object) -> Any:
+            """A number the proto this client was built with does not name (a newer daemon's
+            state): a member ``UNKNOWN_<n>`` that compares as the number, made once."""
+            if not isinstance(value, int) or isinstance(value, bool):
+                return None
+            member = int.__new__(cls, value)
+            member._name_ = f"UNKNOWN_{value}"
+            member._value_ = value
+            return cls._value2member_map_.setdefault(value, member)
+
     TaskState = _Named("TaskState", _members(pb.TaskState, "TASK_STATE_"), module=__name__)
     TaskState.__doc__ = "A task's state, from ``tasker.v1.TaskState`` without its prefix."
     Priority = _Named("Priority", _members(pb.Priority, "PRIORITY_"), module=__name__)
     Priority.__doc__ = "A task's priority, from ``tasker.v1.Priority`` without its prefix."
 
-#: States a task never leaves.
+#: States of a task that has not ended: it may still run (stashed, queued), or runs (paused too).
+LIVE_STATES: frozenset[TaskState] = frozenset(
+    TaskState[name] for name in ("QUEUED", "RUNNING", "PAUSED", "STASHED")
+)
+#: States a task never leaves (a state this client does not know is in neither set).
 TERMINAL_STATES: frozenset[TaskState] = frozenset(
-    s for s in TaskState if s.name not in ("UNSPECIFIED", "QUEUED", "RUNNING")
+    s for s in TaskState if s not in LIVE_STATES and s.name != "UNSPECIFIED"
 )
 #: Priority names accepted by ``priority=`` and ``--priority``, lowest first.
 PRIORITY_NAMES: tuple[str, ...] = tuple(p.name.lower() for p in Priority if p.name != "UNSPECIFIED")
@@ -119,6 +136,16 @@ _STATES: dict[int, TaskState] = {s.value: s for s in TaskState}
 _PRIORITIES: dict[int, Priority] = {p.value: p for p in Priority}
 
 
+def _state(number: int) -> TaskState:
+    state = _STATES.get(number)
+    return TaskState(number) if state is None else state
+
+
+def _priority(number: int) -> Priority:
+    priority = _PRIORITIES.get(number or Priority.NORMAL)
+    return Priority(number) if priority is None else priority
+
+
 Command: TypeAlias = str | Sequence[str]
 
 
@@ -137,6 +164,7 @@ class TaskOptions(TypedDict, total=False):
     stdin: bytes | str | None
     labels: Mapping[str, str] | None
     shell: bool
+    group: str | None
 
 
 #: ``on_result(result)``: called as each task of a wait finishes.
@@ -193,6 +221,10 @@ class TaskResult:
     once: bool
     #: Failed attempts run again at most this many times (``TaskSpec.retries``).
     retries: int
+    #: The group whose queue and slots run it.
+    group: str = "default"
+    #: A stashed task's planned enqueue (``enqueue(ids, delay=...)``); None otherwise.
+    enqueue_at: datetime | None = None
 
     @classmethod
     def from_proto(cls, task: pb.Task) -> TaskResult:
@@ -200,10 +232,10 @@ class TaskResult:
         spec = task.spec
         return cls(
             id=task.id,
-            state=_STATES[task.state],
+            state=_state(task.state),
             argv=tuple(spec.argv),
             shell=spec.shell,
-            priority=_PRIORITIES[spec.priority or Priority.NORMAL],
+            priority=_priority(spec.priority),
             labels=dict(spec.labels),
             cwd=spec.cwd,
             exit_code=task.exit_code if task.HasField("exit_code") else None,
@@ -224,6 +256,8 @@ class TaskResult:
             timeout=_seconds(spec, "timeout"),
             once=spec.once,
             retries=spec.retries,
+            group=task.group or spec.group or "default",
+            enqueue_at=_time(task, "enqueue_at"),
         )
 
     @property
@@ -254,8 +288,11 @@ class TaskResult:
         TIMED_OUT                    124
         CANCELLED                    125
         LOST                         123
-        still queued or running      1
+        not ended: queued, running,  1
+        paused or stashed
         ===========================  =====
+
+        A task that has not ended has no outcome yet: its status is 1 whatever holds it.
         """
         name = self.state.name
         if name == "SUCCEEDED":
@@ -307,8 +344,9 @@ class TaskResult:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TaskEvent:
-    """Something that happened to a task: ``kind`` is queued, started, output, retrying or
-    finished; only that kind's fields are set."""
+    """Something that happened to a task: ``kind`` is queued, started, output, retrying,
+    state_changed (paused, resumed, stashed: ``state`` and ``reason``) or finished; only that
+    kind's fields are set."""
 
     task_id: int
     seq: int
@@ -322,6 +360,7 @@ class TaskEvent:
     data: bytes = b""
     reason: str = ""
     result: TaskResult | None = None
+    state: TaskState | None = None
 
     @classmethod
     def from_proto(cls, ev: pb.TaskEvent) -> TaskEvent:
@@ -334,7 +373,7 @@ class TaskEvent:
             "kind": kind,
         }
         if kind == "queued":
-            base["priority"] = _PRIORITIES[ev.queued.priority or Priority.NORMAL]
+            base["priority"] = _priority(ev.queued.priority)
         elif kind == "started":
             base.update(pid=ev.started.pid, worker=ev.started.worker, attempt=ev.started.attempt)
         elif kind == "output":
@@ -344,6 +383,8 @@ class TaskEvent:
             base.update(attempt=ev.retrying.attempt, reason=ev.retrying.reason)
         elif kind == "finished":
             base["result"] = TaskResult.from_proto(ev.finished.task)
+        elif kind == "state_changed":
+            base.update(state=_state(ev.state_changed.state), reason=ev.state_changed.reason)
         return cls(**base)
 
 
@@ -353,6 +394,38 @@ def _fields_from(cls: Any, msg: Any, durations: Iterable[str] = ()) -> dict[str,
     for f in dataclasses.fields(cls):
         out[f.name] = _seconds(msg, f.name) if f.name in durs else getattr(msg, f.name)
     return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Group:
+    """A named queue with its own slots, and its tasks now (``tasker.v1.Group``)."""
+
+    name: str
+    #: Base slots, and the burst ceiling.
+    parallel: int
+    max_parallel: int
+    #: Starts no task while paused.
+    paused: bool
+    running: int
+    queued: int
+    paused_tasks: int
+    stashed: int
+    #: Slots alive now, and how many of them are burst slots.
+    workers: int
+    burst_workers: int
+    #: Tasks per second: submitted to the group, and started by it.
+    arrival_rate: float
+    drain_rate: float
+    max_queue: int
+
+    @classmethod
+    def from_proto(cls, msg: pb.Group) -> Group:
+        """Build from a ``pb.Group``."""
+        return cls(**_fields_from(cls, msg))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -381,11 +454,18 @@ class Stats:
     uptime: float | None
     version: str
     shutting_down: bool
+    #: Tasks paused and stashed now.
+    paused: int = 0
+    stashed: int = 0
+    #: Each group (only the one asked for, with ``stats(group=...)``).
+    groups: tuple[Group, ...] = ()
 
     @classmethod
     def from_proto(cls, msg: pb.StatsResponse) -> Stats:
         """Build from a ``pb.StatsResponse``."""
-        return cls(**_fields_from(cls, msg, ["uptime"]))
+        fields = _fields_from(cls, msg, ["uptime"])
+        fields["groups"] = tuple(Group.from_proto(g) for g in msg.groups)
+        return cls(**fields)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""

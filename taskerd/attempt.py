@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -25,12 +26,14 @@ from typing import Protocol
 
 from tasker.durations import format_duration
 from tasker.v1 import tasker_pb2 as pb
-from taskerd import engine
+from taskerd import engine, procs
 from taskerd.config import DaemonConfig
 from taskerd.events import EventHub
 from taskerd.live import (
+    ACTIVE,
     CANCELLED,
     FAILED,
+    PAUSED,
     QUEUED,
     RUNNING,
     SUCCEEDED,
@@ -152,6 +155,8 @@ class Attempt:
         live, host = self.live, self.host
         live.pid = spawned.pid
         live.run = spawned
+        if live.state == PAUSED:  # paused while it was being spawned
+            procs.signal_run(spawned.pgid, spawned.token, signal.SIGSTOP, spawned.cgroup)
         if live.once:
             self._journal_started()
         else:
@@ -171,7 +176,7 @@ class Attempt:
     def _journal_started(self) -> None:
         live = self.live
         live.started_write = None
-        if live.state == RUNNING and live.started_at is not None:
+        if live.state in ACTIVE and live.started_at is not None:
             self.host.store.mark_started(
                 live.id, attempt=live.attempts, pid=live.pid, worker=live.worker,
                 started_at=live.started_at, run=_identity(live),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -13,10 +14,29 @@ from tasker.durations import format_duration, parse_duration
 from tasker.paths import default_socket_path
 
 #: Keys whose TOML value is a duration ("5s", "1m30s" or a number of seconds).
-_DURATIONS = {"kill_grace", "stop_timeout", "keep_for"}
+_DURATIONS = {"kill_grace", "stop_timeout", "keep_for", "burst_interval"}
 _SYNC_MODES = ("normal", "full")
 _LEVELS = ("debug", "info", "warning", "error")
 _CGROUP_MODES = ("auto", "off")
+_GROUP_KEYS = ("parallel", "max_parallel", "max_queue")
+#: A group's name: 1 to 64 of these characters.
+GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+DEFAULT_GROUP = "default"
+MAX_PARALLEL = 1024
+
+
+@dataclass(slots=True)
+class GroupConfig:
+    """A group declared in ``taskerd.conf`` (``[groups.NAME]``): created at start if absent."""
+
+    parallel: int = 1
+    max_parallel: int | None = None  # None: parallel (no bursting)
+    max_queue: int | None = None  # None: the daemon's max_queue
+
+    @property
+    def ceiling(self) -> int:
+        """The burst ceiling: ``max_parallel``, or ``parallel``."""
+        return self.max_parallel if self.max_parallel is not None else self.parallel
 
 
 def _default_state_dir() -> Path:
@@ -33,6 +53,8 @@ class DaemonConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
     max_workers: int | None = None  # None: 2 * workers
     max_queue: int = 100_000
+    # How often each group measures its arrival and drain rates and decides its burst slots.
+    burst_interval: float = 0.1
     log_level: str = "info"
     socket_group: str = ""
     journal_sync: str = "normal"
@@ -46,6 +68,8 @@ class DaemonConfig:
     keep_finished: int = 10_000
     keep_for: float = 7 * 86400.0
     cgroups: str = "auto"  # "auto": a cgroup per run where cgroup v2 is writable; "off": never
+    # Groups to create at start (``[groups.NAME]``); "default" takes workers/max_workers.
+    groups: dict[str, GroupConfig] = field(default_factory=dict)
 
     @property
     def burst_workers(self) -> int:
@@ -59,6 +83,7 @@ class DaemonConfig:
             (self.burst_workers >= self.workers, "max_workers must be >= workers"),
             (self.burst_workers <= 1024, "max_workers must be <= 1024"),
             (self.max_queue >= 1, f"max_queue must be >= 1, got {self.max_queue}"),
+            (0.01 <= self.burst_interval <= 60, "burst_interval must be between 10ms and 1m"),
             (self.log_level in _LEVELS, f"log_level must be one of {', '.join(_LEVELS)}"),
             (self.journal_sync in _SYNC_MODES, "journal_sync must be 'normal' or 'full'"),
             (self.kill_grace >= 0, "kill_grace must be >= 0"),
@@ -71,6 +96,18 @@ class DaemonConfig:
             (self.keep_for > 0, "keep_for must be > 0"),
             (self.cgroups in _CGROUP_MODES, "cgroups must be 'auto' or 'off'"),
         ]  # fmt: skip
+        for name, group in self.groups.items():
+            checks += [
+                (GROUP_NAME.fullmatch(name) is not None and name != DEFAULT_GROUP,
+                 f"groups.{name}: a name is 1 to 64 letters, digits, '-', '_' or '.', "
+                 "not 'default' (which takes workers and max_workers)"),
+                (1 <= group.parallel <= MAX_PARALLEL,
+                 f"groups.{name}.parallel must be between 1 and {MAX_PARALLEL}"),
+                (group.parallel <= group.ceiling <= MAX_PARALLEL,
+                 f"groups.{name}.max_parallel must be between parallel and {MAX_PARALLEL}"),
+                (group.max_queue is None or group.max_queue >= 1,
+                 f"groups.{name}.max_queue must be >= 1"),
+            ]  # fmt: skip
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -78,8 +115,14 @@ class DaemonConfig:
     def to_toml(self) -> str:
         """The effective configuration, as a TOML file that ``--config`` would accept."""
         lines = []
+        tables = []
         for key, value in asdict(self).items():
             if value is None:
+                continue
+            if key == "groups":
+                for name, group in value.items():
+                    keys = [f"{k} = {v}" for k, v in group.items() if v is not None]
+                    tables.append(f"\n[groups.{name}]\n" + "\n".join(keys))
                 continue
             if key in _DURATIONS:
                 text = f'"{format_duration(value)}"'
@@ -90,7 +133,7 @@ class DaemonConfig:
             else:
                 text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
             lines.append(f"{key} = {text}")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + "".join(t + "\n" for t in tables)
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -102,6 +145,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             raise ValueError(f"{key}: {exc}") from None
     if key in ("socket", "state_dir"):
         return Path(os.path.expanduser(str(value)))
+    if key == "groups":
+        return _groups(value)
     if key == "unhealthy_exit_codes":
         if not isinstance(value, list) or not all(type(v) is int for v in value):
             raise ValueError(f"{key}: must be a list of integers")
@@ -112,6 +157,23 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     if expected is str and not isinstance(value, str):
         raise ValueError(f"{key}: must be a string, got {value!r}")
     return value
+
+
+def _groups(value: Any) -> dict[str, GroupConfig]:
+    """``[groups.NAME]`` tables, with errors naming the key."""
+    if not isinstance(value, dict):
+        raise ValueError("groups: must be tables, as [groups.NAME]")
+    groups = {}
+    for name, table in value.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"groups.{name}: must be a table, as [groups.{name}]")
+        for key, item in table.items():
+            if key not in _GROUP_KEYS:
+                raise ValueError(f"unknown config key 'groups.{name}.{key}'")
+            if type(item) is not int:
+                raise ValueError(f"groups.{name}.{key}: must be an integer, got {item!r}")
+        groups[name] = GroupConfig(**table)
+    return groups
 
 
 def load(path: Path | None, overrides: dict[str, Any]) -> DaemonConfig:

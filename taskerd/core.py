@@ -19,9 +19,10 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import time
 from collections.abc import Collection, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache, partial
 from typing import Any
 
@@ -32,6 +33,7 @@ from taskerd import engine, procs
 from taskerd.attempt import Attempt, Ending, Unhealthy, announce, conclude, decide, write
 from taskerd.config import DaemonConfig
 from taskerd.errors import (
+    InvalidArgument,
     JournalFull,
     JournalUnavailable,
     NotFound,
@@ -40,13 +42,18 @@ from taskerd.errors import (
     ShuttingDown,
 )
 from taskerd.events import MANY_MAX, EventHub, Watcher
+from taskerd.groups import DEFAULT_GROUP, Counters, Group
 from taskerd.heap import Heap
 from taskerd.live import (
+    ACTIVE,
     CANCELLED,
     FAILED,
+    LIVE,
     LOST,
+    PAUSED,
     QUEUED,
     RUNNING,
+    STASHED,
     SUCCEEDED,
     TERMINAL,
     TIMED_OUT,
@@ -72,14 +79,13 @@ BATCH = MANY_MAX
 #: How often a read is tried again when a task changed under it (see ``Core.get``).
 READ_TRIES = 5
 
-_PRIORITY = {
+ENGINE_PRIORITY = {
     pb.PRIORITY_UNSPECIFIED: engine.Priority.NORMAL,
     pb.PRIORITY_LOW: engine.Priority.LOW,
     pb.PRIORITY_NORMAL: engine.Priority.NORMAL,
     pb.PRIORITY_HIGH: engine.Priority.HIGH,
     pb.PRIORITY_CRITICAL: engine.Priority.CRITICAL,
 }
-_LIVE_STATES = frozenset((QUEUED, RUNNING))
 
 
 def seconds(d: Duration) -> float:
@@ -90,17 +96,6 @@ def seconds(d: Duration) -> float:
 def journal_failure(exc: JournalError) -> RequestError:
     """The status a request gets when the journal refused it."""
     return JournalFull() if exc.full else JournalUnavailable(str(exc))
-
-
-@dataclass(slots=True)
-class Counters:
-    """Tasks in memory by state; terminal states reached and submissions rejected since start."""
-
-    queued: int = 0
-    running: int = 0
-    by_state: dict[State, int] = field(default_factory=lambda: dict.fromkeys(TERMINAL, 0))
-    rejected: int = 0
-    retried: int = 0  # failed attempts run again (``TaskSpec.retries``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,30 +128,94 @@ class Core:
         self._closed = asyncio.Event()
         self._stopping_runs: asyncio.Task[None] | None = None
         self._attempt_fn = self._attempt  # one bound method, so the engine sees the same fn
-        self.engine: engine.TaskManager[str, Exit] = engine.TaskManager(
+        self.groups: dict[str, Group] = {}
+        self.default = self.new_group(
+            DEFAULT_GROUP, config.workers, config.burst_workers, config.max_queue, declared=True
+        )
+
+    def new_group(
+        self, name: str, parallel: int, max_parallel: int, max_queue: int, *,
+        paused: bool = False, declared: bool = False,
+    ) -> Group:  # fmt: skip
+        """A group with its own engine (started by the caller), known from now on."""
+        manager: engine.TaskManager[str, Exit] = engine.TaskManager(
             engine.Config(
                 on_create=self._create_resource,
                 on_destroy=self._destroy_resource,
-                worker_count=config.workers,
-                max_worker_count=config.burst_workers,
-                max_queue_size=config.max_queue,
-                max_retries=config.max_retries,
+                worker_count=parallel,
+                max_worker_count=max_parallel,
+                burst_interval=self.config.burst_interval,
+                max_queue_size=max_queue,
+                max_retries=self.config.max_retries,
                 check_health=lambda exc: not isinstance(exc, Unhealthy),
                 logger=logging.getLogger("taskerd.engine"),
                 on_finish=self._on_done,
                 on_retry=self.on_retry,
             )
         )
+        if paused:
+            manager.pause()
+        group = Group(name, manager, max_queue, paused=paused, declared=declared)
+        self.groups[name] = group
+        return group
 
     @classmethod
     async def start(cls, config: DaemonConfig, store: Store) -> Core:
-        """End what a crashed daemon left running, then start the engine and resume the
-        journal's unfinished tasks."""
+        """End what a crashed daemon left running, then start the groups' engines and resume
+        the journal's unfinished tasks."""
         core = cls(config, store)
         await core._end_previous_runs()
-        await core.engine.start()
+        await core._load_groups()
+        for group in core.groups.values():
+            await group.engine.start()
         await core._recover()
         return core
+
+    async def _load_groups(self) -> None:
+        """The journal's groups; those the configuration declares take its slots (each start)."""
+        config = self.config
+        for row in await self.store.groups():
+            if row.name == DEFAULT_GROUP:
+                if row.paused:
+                    self.default.paused = True
+                    self.default.engine.pause()
+                continue
+            declared = config.groups.get(row.name)
+            if declared is not None:
+                parallel, ceiling = declared.parallel, declared.ceiling
+                max_queue = declared.max_queue or config.max_queue
+            else:
+                parallel, ceiling = row.parallel, row.max_parallel
+                max_queue = row.max_queue or config.max_queue
+            self.new_group(
+                row.name, parallel, ceiling, max_queue, paused=bool(row.paused),
+                declared=declared is not None,
+            )  # fmt: skip
+        for name, declared in config.groups.items():
+            if name not in self.groups:
+                self.new_group(
+                    name, declared.parallel, declared.ceiling,
+                    declared.max_queue or config.max_queue, declared=True,
+                )  # fmt: skip
+                await self.save_group(self.groups[name])
+
+    async def save_group(self, group: Group) -> None:
+        """Journal a group's slots and pause."""
+        try:
+            await self.store.save_group(
+                group.name, parallel=group.parallel, max_parallel=group.max_parallel,
+                paused=group.paused,
+                max_queue=None if group.max_queue == self.config.max_queue else group.max_queue,
+            )  # fmt: skip
+        except JournalError as exc:
+            raise journal_failure(exc) from None
+
+    def group(self, name: str, field: str = "group") -> Group:
+        """The group named ``name`` (empty: default); INVALID_ARGUMENT naming ``field`` if none."""
+        group = self.groups.get(name or DEFAULT_GROUP)
+        if group is None or group.removing:
+            raise InvalidArgument(field, f"no group named {name!r}")
+        return group
 
     # ----------------------------------------------------------------- worker resources
 
@@ -222,7 +281,10 @@ class Core:
         lost: list[int] = []
         failed: list[int] = []
         requeue: list[int] = []
+        groups = self.groups
         for task in unfinished:
+            if task.group not in groups:  # its group is gone from the journal: cannot happen
+                log.error("task %d: no group named %r; it runs in default", task.id, task.group)
             if task.state == RUNNING:
                 spec = parse(task.spec)
                 if spec.once:
@@ -238,24 +300,35 @@ class Core:
                 error="interrupted: the daemon stopped while it ran, and it was stopped; "
                 "an at-most-once task is not run again",
             )  # fmt: skip
-            self.counters.by_state[LOST] += len(lost)
+            self._count_ended(unfinished, lost, LOST)
         if failed:
             await self.store.mark_finished_many(
                 failed, state=FAILED, ended_at=now,
                 error="interrupted during its last allowed attempt, and stopped",
             )  # fmt: skip
-            self.counters.by_state[FAILED] += len(failed)
+            self._count_ended(unfinished, failed, FAILED)
         if requeue:
             await self.store.requeue(requeue)
         ended = {*lost, *failed}
         resumed = len(unfinished) - len(ended)
-        self.engine.reserve(resumed, force=True)  # accepted before: over the bound too
-        mono = time.monotonic()
+        by_group: dict[Group, int] = {}
         for task in unfinished:
             if task.id not in ended:
-                self._enqueue(
-                    task.id, parse(task.spec), task.queued_at, task.attempts, submitted=mono
-                )
+                group = groups.get(task.group, self.default)
+                by_group[group] = by_group.get(group, 0) + 1
+        for group, count in by_group.items():  # accepted before: over the bound too
+            group.engine.reserve(count, force=True)
+        mono = time.monotonic()
+        default = self.default
+        for task in unfinished:
+            if task.id not in ended:
+                group = groups.get(task.group, default)
+                spec = parse(task.spec)
+                if task.state == STASHED:
+                    self._stash(task.id, spec, task.queued_at, group, task.enqueue_at)
+                else:
+                    self._enqueue(task.id, spec, task.queued_at, task.attempts, group,
+                                  submitted=mono)  # fmt: skip
         if unfinished:
             log.info(
                 "recovered journal: %d queued, %d re-queued, %d lost, %d failed, in %.2f s "
@@ -263,23 +336,43 @@ class Core:
                 len(failed), time.perf_counter() - t0, read,
             )  # fmt: skip
 
+    def _count_ended(self, unfinished: Sequence[Unfinished], ids: list[int], state: State) -> None:
+        """Count tasks that recovery ended, in the daemon's and their groups' counts."""
+        chosen = set(ids)
+        self.counters.by_state[state] += len(ids)
+        for task in unfinished:
+            if task.id in chosen:
+                group = self.groups.get(task.group, self.default)
+                group.counters.by_state[state] += 1
+
     def _max_retries(self, spec: pb.TaskSpec) -> int:
         return spec.max_retries if spec.HasField("max_retries") else self.config.max_retries
 
     # ----------------------------------------------------------------- admission
 
-    def _admit(self, count: int) -> None:
-        """The one admission check: shutdown, then room in the queue (reserved for ``count``;
-        0 for a Run, which bypasses the queue)."""
+    def _admit(self, wanted: Mapping[Group, int]) -> None:
+        """The one admission check: shutdown, then room in each group's queue (reserved for
+        the counts ``wanted``; none for a Run, which bypasses the queue)."""
         if self.shutdown_mode is not None:
             raise ShuttingDown()
+        reserved: list[tuple[Group, int]] = []
         try:
-            if count:
-                self.engine.reserve(count)
+            for group, count in wanted.items():
+                group.engine.reserve(count)
+                reserved.append((group, count))
         except engine.QueueFull:
-            self.counters.rejected += count
-            raise QueueFull(self.counters.queued, self.config.max_queue) from None
+            for done, count in reserved:
+                done.engine.release(count)
+            total = sum(wanted.values())
+            self.counters.rejected += total
+            for g, count in wanted.items():
+                g.counters.rejected += count
+            c = group.counters
+            where = "" if group is self.default else f" in group {group.name}"
+            raise QueueFull(c.queued + c.stashed, group.max_queue, where) from None
         except engine.ShuttingDown:
+            for done, count in reserved:
+                done.engine.release(count)
             raise ShuttingDown() from None
         self._admitting += 1
         self._admitted.clear()
@@ -290,10 +383,11 @@ class Core:
             self._admitted.set()
 
     async def _journal_new(
-        self, specs: Sequence[pb.TaskSpec], now: float, env: Mapping[str, str] | None
-    ) -> list[int]:
+        self, specs: Sequence[pb.TaskSpec], now: float, env: Mapping[str, str] | None,
+        *, stashed: bool = False,
+    ) -> list[int]:  # fmt: skip
         """Journal new tasks; if the caller gives up meanwhile, nothing of them is kept."""
-        add = self.store.queue_add(specs, now=now, env=env)
+        add = self.store.queue_add(specs, now=now, env=env, stashed=stashed)
         try:
             return await asyncio.shield(add)
         except asyncio.CancelledError:
@@ -307,29 +401,55 @@ class Core:
         except JournalError as exc:
             raise journal_failure(exc) from None
 
+    def _groups_of(self, specs: Sequence[pb.TaskSpec]) -> list[Group]:
+        """Each spec's group; INVALID_ARGUMENT "tasks[i].group" for an unknown one."""
+        groups, default = self.groups, self.default
+        chosen = []
+        for i, spec in enumerate(specs):
+            name = spec.group
+            group = groups.get(name) if name else default
+            if group is None or group.removing:
+                raise InvalidArgument(f"tasks[{i}].group", f"no group named {name!r}")
+            chosen.append(group)
+        return chosen
+
     async def submit(
-        self, specs: Sequence[pb.TaskSpec], *, env: Mapping[str, str] | None = None
+        self,
+        specs: Sequence[pb.TaskSpec],
+        *,
+        env: Mapping[str, str] | None = None,
+        stashed: bool = False,
     ) -> list[int]:
-        """Admit, journal and queue the (validated) specs; answers with their ids.
+        """Admit, journal and queue (or stash) the (validated) specs; answers with their ids.
 
         ``env`` is the environment of the specs whose own env is empty. Any error means that
         none of them exists.
         """
-        self._admit(len(specs))
+        groups = self._groups_of(specs)
+        wanted: dict[Group, int] = {}
+        for group in groups:
+            wanted[group] = wanted.get(group, 0) + 1
+        self._admit(wanted)
         try:
             now = time.time()
             # A plain dict, copied once per request: each run copies it again, and a protobuf
             # map copies thirty times slower.
             env = dict(env) if env else None
             try:
-                ids = await self._journal_new(specs, now, env)
+                ids = await self._journal_new(specs, now, env, stashed=stashed)
             except BaseException:
-                self.engine.release(len(specs))
+                for group, count in wanted.items():
+                    group.engine.release(count)
                 raise
-            keep = len(self.live) < KEEP_SPECS
-            mono = time.monotonic()
-            for task_id, spec in zip(ids, specs, strict=True):
-                self._enqueue(task_id, spec, now, 0, keep=keep, env=env, submitted=mono)
+            if stashed:
+                for task_id, spec, group in zip(ids, specs, groups, strict=True):
+                    self._stash(task_id, spec, now, group, None, env=env)
+            else:
+                keep = len(self.live) < KEEP_SPECS
+                mono = time.monotonic()
+                for task_id, spec, group in zip(ids, specs, groups, strict=True):
+                    self._enqueue(task_id, spec, now, 0, group, keep=keep, env=env,
+                                  submitted=mono)  # fmt: skip
         finally:
             self._admission_over()
         if len(ids) == 1:
@@ -344,6 +464,7 @@ class Core:
         spec: pb.TaskSpec,
         queued_at: float,
         attempts: int,
+        group: Group,
         *,
         keep: bool = False,
         env: Mapping[str, str] | None = None,
@@ -353,37 +474,107 @@ class Core:
         shared ``env``) in memory; ``submitted`` as for the engine (one per request)."""
         has = spec.HasField
         timeout = seconds(spec.timeout) if has("timeout") else None
-        queue_timeout = remaining = None
-        if has("queue_timeout"):
-            queue_timeout = seconds(spec.queue_timeout)
-            remaining = max(1e-3, queue_timeout - (time.time() - queued_at))
+        queue_timeout = seconds(spec.queue_timeout) if has("queue_timeout") else None
         priority = spec.priority
-        live = Live(task_id, priority or NORMAL, queued_at, timeout, queue_timeout, attempts)
-        once = live.once = spec.once
+        live = Live(task_id, group, priority or NORMAL, queued_at, timeout, queue_timeout, attempts)
+        live.once = spec.once
         if spec.labels:
             live.labels = dict(spec.labels)
         if keep:
             live.spec, live.env = spec, env
+        self._queue(live, spec, submitted)
+        self._adopt(live)
+
+    def _stash(
+        self, task_id: int, spec: pb.TaskSpec, queued_at: float, group: Group,
+        enqueue_at: float | None, *, env: Mapping[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        """A journaled stashed task enters memory (its spec kept: it is queued from memory)."""
+        has = spec.HasField
+        live = Live(
+            task_id, group, spec.priority or NORMAL, queued_at,
+            seconds(spec.timeout) if has("timeout") else None,
+            seconds(spec.queue_timeout) if has("queue_timeout") else None, 0,
+            once=spec.once, labels=dict(spec.labels) if spec.labels else None,
+            state=STASHED, spec=spec, env=env,
+        )  # fmt: skip
+        self.live[task_id] = live
+        self.counters.stashed += 1
+        group.counters.stashed += 1
+        live.seq += 1
+        if self.hub.watched(task_id):
+            changed = pb.TaskEvent.StateChanged(state=STASHED, reason="submitted stashed")
+            seq = live.seq
+            self.hub.publish(task_id, lambda _: event(task_id, seq, state_changed=changed))
+        if enqueue_at is not None:
+            self.plan_enqueue(live, enqueue_at)
+
+    def plan_enqueue(self, live: Live, at: float) -> None:
+        """Queue a stashed task at ``at`` (epoch seconds; the journal holds the time)."""
+        live.enqueue_at = at
+        if live.enqueue_timer is not None:
+            live.enqueue_timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, at - time.time())
+        live.enqueue_timer = loop.call_later(delay, self._enqueue_due, live)
+
+    def _enqueue_due(self, live: Live) -> None:
+        live.enqueue_timer = None
+        if self.live.get(live.id) is live and live.state == STASHED:
+            self._background(self.enqueue_stashed([live]))
+
+    async def enqueue_stashed(self, lives: Sequence[Live]) -> None:
+        """Journal stashed tasks as queued, then queue them (in room reserved at submission)."""
+        lives = [v for v in lives if self.live.get(v.id) is v and v.state == STASHED]
+        if not lives:
+            return
+        try:
+            await self.store.enqueue([v.id for v in lives], enqueue_at=None)
+        except JournalError as exc:
+            raise journal_failure(exc) from None
+        mono = time.monotonic()
+        for live in lives:
+            if self.live.get(live.id) is not live or live.state != STASHED:
+                continue  # cancelled meanwhile
+            if live.enqueue_timer is not None:
+                live.enqueue_timer.cancel()
+                live.enqueue_timer = None
+            live.enqueue_at = None
+            self.move(live, QUEUED)
+            assert live.spec is not None
+            self._queue(live, live.spec, mono)
+            live.seq += 1
+            self.publish_queued(live)
+
+    def _queue(self, live: Live, spec: pb.TaskSpec, submitted: float | None) -> None:
+        """Hand a task to its group's engine, in room reserved for it."""
+        remaining = None
+        if live.queue_timeout is not None:
+            remaining = max(1e-3, live.queue_timeout - (time.time() - live.queued_at))
         retries = self._max_retries(spec)
-        handle = self.engine.queue_task_async(
+        handle = live.group.engine.queue_task_async(
             self._attempt_fn,
-            priority=_PRIORITY[priority],
-            timeout=timeout,
+            priority=ENGINE_PRIORITY[spec.priority],
+            timeout=live.timeout,
             queue_timeout=remaining,
-            once=once,
-            max_retries=max(0, retries - attempts),
+            once=live.once,
+            max_retries=max(0, retries - live.attempts),
             reserved=True,
-            task_id=task_id,
+            task_id=live.id,
             submitted=submitted,
         )
-        self._adopt(live)
         live.handle = handle
 
     def _adopt(self, live: Live) -> None:
         """A journaled task enters memory, QUEUED."""
         self.live[live.id] = live
         self.counters.queued += 1
+        live.group.counters.queued += 1
         live.seq += 1
+        self.publish_queued(live)
+
+    def publish_queued(self, live: Live) -> None:
+        """Tell the task's watchers it is queued (at its priority), as ``live.seq``."""
         if self.hub.watched(live.id):
             queued = pb.TaskEvent.Queued(priority=live.priority)  # type: ignore[arg-type]
             seq = live.seq
@@ -394,12 +585,14 @@ class Core:
     async def run(self, spec: pb.TaskSpec) -> tuple[int, Watcher]:
         """Journal the task and start it at once, bypassing the queue; returns its id and a
         watcher of it. Whoever called it must cancel it (``abandon``) if it stops watching."""
-        self._admit(0)
+        [group] = self._groups_of([spec])
+        self._admit({})
         try:
             now = time.time()
             [task_id] = await self._journal_new([spec], now, None)
             live = Live(
                 task_id,
+                group,
                 spec.priority or NORMAL,
                 now,
                 seconds(spec.timeout) if spec.HasField("timeout") else None,
@@ -421,7 +614,7 @@ class Core:
         result: Exit | None = None
         error: BaseException | None = None
         try:
-            result = await self.engine.run_task(
+            result = await live.group.engine.run_task(
                 Attempt(self, live), timeout=live.timeout, task_id=live.id
             )
         except asyncio.CancelledError:
@@ -439,20 +632,17 @@ class Core:
         if state in TERMINAL:
             self._leave(live)
             self.counters.by_state[state] += 1
+            live.group.counters.by_state[state] += 1
             live.state = state
             return
         self._uncount(live)
         live.state = state
-        if state == QUEUED:
-            self.counters.queued += 1
-        elif state == RUNNING:
-            self.counters.running += 1
+        self.counters.add(state, 1)
+        live.group.counters.add(state, 1)
 
     def _uncount(self, live: Live) -> None:
-        if live.state == QUEUED:
-            self.counters.queued -= 1
-        elif live.state == RUNNING:
-            self.counters.running -= 1
+        self.counters.add(live.state, -1)
+        live.group.counters.add(live.state, -1)
 
     def _leave(self, live: Live) -> None:
         """Take a task out of memory (and its count), and tell whoever waits for that."""
@@ -480,14 +670,17 @@ class Core:
         if live.outcome is None or live.in_attempt or live.finishing:
             return
         live.finishing = True
-        stopping = self.shutdown_mode == pb.SHUTDOWN_MODE_STOP
+        mode = self.shutdown_mode
+        stopping = mode == pb.SHUTDOWN_MODE_STOP or (
+            mode == pb.SHUTDOWN_MODE_DRAIN and live.group.paused
+        )
         try:
             ending = decide(live, live.outcome, stopping=stopping)
             if ending is None:  # left in the journal for the next start (a STOP shutdown)
                 self._let_go(live, ended=False)
             elif ending.spec is None and self.hub.watched(live.id):
                 self._background(self._conclude(live, ending, None))
-            elif live.state == QUEUED and live.capture is None:
+            elif live.state in (QUEUED, STASHED) and live.capture is None:
                 # It never ran (a cancel, a kill, a queue timeout): such ends of this step go
                 # to the journal together, one statement for thousands.
                 self._never_ran(live, ending)
@@ -577,6 +770,7 @@ class Core:
     def failed_attempt(self, live: Live, reason: str) -> None:
         """An attempt failed and runs again at once (``TaskSpec.retries``): count, announce."""
         self.counters.retried += 1
+        live.group.counters.retried += 1
         live.seq += 1
         seq = live.seq
         retrying = pb.TaskEvent.Retrying(attempt=live.attempts, reason=reason)
@@ -632,7 +826,7 @@ class Core:
 
     async def list(
         self, *, states: Collection[int], labels: Mapping[str, str], limit: int,
-        before_id: int | None,
+        before_id: int | None, group: str = "",
     ) -> builtins.list[pb.Task]:  # fmt: skip
         """A page of tasks, newest first, as they are now (see ``get``).
 
@@ -640,18 +834,20 @@ class Core:
         the read resumes once memory has taken in every commit it saw.
         """
         wanted = frozenset(states)
-        live_wanted = wanted & _LIVE_STATES if wanted else _LIVE_STATES
+        live_wanted = wanted & LIVE if wanted else LIVE
         ended_wanted = wanted & TERMINAL if wanted else TERMINAL
+        chosen_group = self.group(group) if group else None
         rows: dict[int, pb.Task] = {}
         for tries_left in range(READ_TRIES - 1, -1, -1):
-            chosen = self._live_page(live_wanted, labels, limit, before_id)
+            chosen = self._live_page(live_wanted, labels, limit, before_id, chosen_group)
             need = [i for i in chosen if i not in rows]
             read = await self.store.list_page(
-                states=ended_wanted, labels=labels, limit=limit, before_id=before_id, ids=need
-            )
+                states=ended_wanted, labels=labels, limit=limit, before_id=before_id, ids=need,
+                group=group or None,
+            )  # fmt: skip
             rows.update(read.by_id)
             # Memory now matches what the journal read saw: choose again, from both.
-            chosen = self._live_page(live_wanted, labels, limit, before_id)
+            chosen = self._live_page(live_wanted, labels, limit, before_id, chosen_group)
             if tries_left and any(i not in rows for i in chosen):
                 continue  # a task went live meanwhile: fetch its row too
             page = [record(self.live[i], rows[i]) for i in chosen if i in rows]
@@ -661,8 +857,9 @@ class Core:
         raise AssertionError("unreachable")
 
     def _live_page(
-        self, states: frozenset[int], labels: Mapping[str, str], limit: int, before: int | None
-    ) -> builtins.list[int]:
+        self, states: frozenset[int], labels: Mapping[str, str], limit: int, before: int | None,
+        group: Group | None,
+    ) -> builtins.list[int]:  # fmt: skip
         """Ids of up to ``limit`` live tasks in ``states`` with ``labels``, below ``before``,
         newest first (memory holds them in id order)."""
         if not states or limit <= 0:
@@ -671,7 +868,7 @@ class Core:
         for task_id in reversed(self.live):
             if before is not None and task_id >= before:
                 continue
-            if self.live[task_id].matches(states, labels):
+            if self.live[task_id].matches(states, labels, group):
                 chosen.append(task_id)
                 if len(chosen) >= limit:
                     break
@@ -743,10 +940,14 @@ class Core:
         done.time.CopyFrom(past.time)
         return done
 
-    def select(self, states: Collection[int], labels: Mapping[str, str]) -> builtins.list[int]:
-        """Ids of the live tasks in ``states`` (empty: queued or running) with ``labels``."""
-        wanted = frozenset(states) & _LIVE_STATES if states else _LIVE_STATES
-        return [i for i, live in self.live.items() if live.matches(wanted, labels)]
+    def select(
+        self, states: Collection[int], labels: Mapping[str, str], group: str = ""
+    ) -> builtins.list[int]:
+        """Ids of the live tasks in ``states`` (empty: any live state) with ``labels``, of
+        ``group`` (empty: any)."""
+        wanted = frozenset(states) & LIVE if states else LIVE
+        chosen = self.group(group) if group else None
+        return [i for i, live in self.live.items() if live.matches(wanted, labels, chosen)]
 
     async def cancel(
         self, ids: Sequence[int], *, reason: str = "cancelled"
@@ -760,8 +961,8 @@ class Core:
             if task_id not in self.live and task_id not in known:
                 raise NotFound(task_id)
         lives = [self.live[i] for i in unique if i in self.live]
-        queued = [live for live in lives if live.state == QUEUED]
-        running = [live for live in lives if live.state != QUEUED]
+        queued = [live for live in lives if live.state in (QUEUED, STASHED)]
+        running = [live for live in lives if live.state in ACTIVE]
         results: dict[int, CancelResult] = {}
         for live in (*queued, *running):
             if live.outcome is not None:  # ending already
@@ -769,11 +970,16 @@ class Core:
                 continue
             live.cancel_reason = live.cancel_reason or reason
             was = live.state
-            if live.handle is not None:
+            if was == PAUSED:  # its processes must run to take the SIGTERM
+                self.wake(live, "resumed to be cancelled")
+            if was == STASHED:
+                self.unstash(live, engine.TaskCancelled(live.cancel_reason))
+            elif live.handle is not None:
                 live.handle.cancel()
             elif live.run_task is not None:
                 live.run_task.cancel()
-            results[live.id] = CancelResult(live.id, True, CANCELLED if was == QUEUED else was)
+            never_ran = was in (QUEUED, STASHED)
+            results[live.id] = CancelResult(live.id, True, CANCELLED if never_ran else RUNNING)
             log.info("task %d cancel requested (%s)", live.id, pb.TaskState.Name(was)[11:])
         await self._ended([live for live in queued if results[live.id].cancelled])
         answer: builtins.list[CancelResult] = []
@@ -783,6 +989,32 @@ class Core:
             else:
                 answer.append(CancelResult(task_id, False, known[task_id].state))
         return answer
+
+    def unstash(self, live: Live, error: BaseException) -> None:
+        """End a stashed task that never ran, giving back the room reserved for it."""
+        if live.enqueue_timer is not None:
+            live.enqueue_timer.cancel()
+            live.enqueue_timer = None
+        live.group.engine.release(1)
+        live.outcome = (None, error)
+        self.settle(live)
+
+    def wake(self, live: Live, reason: str) -> None:
+        """A paused task runs again: SIGCONT to its processes, its timeout clock goes on."""
+        if live.run is not None:
+            procs.signal_run(live.run.pgid, live.run.token, signal.SIGCONT, live.run.cgroup)
+        if live.handle is not None:
+            live.group.engine.unsuspend(live.handle)
+        self.move(live, RUNNING)
+        self.state_changed(live, RUNNING, reason)
+
+    def state_changed(self, live: Live, state: State, reason: str) -> None:
+        """Tell the task's watchers of a state change (pause, resume)."""
+        live.seq += 1
+        if self.hub.watched(live.id):
+            seq = live.seq
+            changed = pb.TaskEvent.StateChanged(state=state, reason=reason)
+            self.hub.publish(live.id, lambda _: event(live.id, seq, state_changed=changed))
 
     async def _ended(self, lives: Iterable[Live]) -> None:
         """Wait until these tasks are out of memory (their end is journaled and announced)."""
@@ -804,25 +1036,30 @@ class Core:
             log.info("task %d: its Run call was abandoned; cancelling it", task_id)
             await self.cancel([task_id], reason="cancelled: its Run call was abandoned")
 
-    def stats(self) -> pb.StatsResponse:
-        """Workers, queue and counts now; O(1)."""
-        s = self.engine.stats()
-        by = s.queued_by_priority
-        c = self.counters
+    def stats(self, group: str = "") -> pb.StatsResponse:
+        """Workers, queue and counts now, of the daemon or of one group; O(groups)."""
+        groups = [self.group(group)] if group else list(self.groups.values())
+        c = groups[0].counters if group else self.counters
+        engines = [g.engine.stats() for g in groups]
+        by = {p: sum(s.queued_by_priority.get(p, 0) for s in engines) for p in engine.Priority}
+        capacity = sum(g.max_queue for g in groups)
         return pb.StatsResponse(
-            base_workers=s.base_workers,
-            max_workers=s.max_workers,
-            active_workers=s.active_workers,
-            burst_workers=s.burst_workers,
-            running=c.running,
-            available_resources=s.available_resources,
-            queued_low=by.get(engine.Priority.LOW, 0),
-            queued_normal=by.get(engine.Priority.NORMAL, 0),
-            queued_high=by.get(engine.Priority.HIGH, 0),
-            queued_critical=by.get(engine.Priority.CRITICAL, 0),
+            base_workers=sum(s.base_workers for s in engines),
+            max_workers=sum(s.max_workers for s in engines),
+            active_workers=sum(s.active_workers for s in engines),
+            burst_workers=sum(s.burst_workers for s in engines),
+            running=c.running + c.paused,
+            available_resources=sum(s.available_resources for s in engines),
+            queued_low=by[engine.Priority.LOW],
+            queued_normal=by[engine.Priority.NORMAL],
+            queued_high=by[engine.Priority.HIGH],
+            queued_critical=by[engine.Priority.CRITICAL],
             queued=c.queued,
-            queue_capacity=self.config.max_queue,
-            queue_usage=c.queued / self.config.max_queue,
+            queue_capacity=capacity,
+            queue_usage=(c.queued + c.stashed) / capacity,
+            paused=c.paused,
+            stashed=c.stashed,
+            groups=[g.record() for g in groups],
             succeeded=c.by_state[SUCCEEDED],
             failed=c.by_state[FAILED],
             timed_out=c.by_state[TIMED_OUT],
@@ -834,14 +1071,27 @@ class Core:
             shutting_down=self.shutdown_mode is not None,
         )
 
-    def metrics(self) -> pb.MetricsResponse:
-        """Rates and timings from the engine; totals from the tasks' terminal states."""
-        m = self.engine.metrics()
-        by = self.counters.by_state
+    def metrics(self, group: str = "") -> pb.MetricsResponse:
+        """Rates and timings from the engines (of every group, or of one); totals from the
+        tasks' terminal states."""
+        if group:
+            chosen = self.group(group)
+            m = chosen.engine.metrics()
+            c = chosen.counters
+            arrival, completion = m.arrival_rate, m.completion_rate
+        else:
+            c = self.counters
+            m = self.default.engine.metrics()
+            each = [g.engine.metrics() for g in self.groups.values()]
+            arrival = sum(x.arrival_rate for x in each)
+            completion = sum(x.completion_rate for x in each)
+            if len(each) > 1:  # timings over all groups: the group that ran the most
+                m = max(each, key=lambda x: x.completed + x.failed)
+        by = c.by_state
         ended = sum(by.values())
         return pb.MetricsResponse(
-            arrival_rate=m.arrival_rate,
-            completion_rate=m.completion_rate,
+            arrival_rate=arrival,
+            completion_rate=completion,
             exec_avg=_duration(m.exec_avg),
             exec_min=_duration(m.exec_min),
             exec_max=_duration(m.exec_max),
@@ -851,10 +1101,10 @@ class Core:
             wait_avg=_duration(m.wait_avg),
             completed=ended,
             failed=by[FAILED],
-            retried=m.retried + self.counters.retried,
+            retried=m.retried + c.retried,
             timed_out=by[TIMED_OUT],
             cancelled=by[CANCELLED],
-            rejected=self.counters.rejected,
+            rejected=c.rejected,
             success_rate=by[SUCCEEDED] / ended if ended else 0.0,
             failure_rate=(ended - by[SUCCEEDED]) / ended if ended else 0.0,
         )
@@ -920,15 +1170,26 @@ class Core:
         self._closed.set()
 
     async def _stop_engine(self, mode: pb.ShutdownMode.ValueType) -> None:
+        # Paused tasks run again, to finish (DRAIN) or to take their SIGTERM; stashed ones
+        # stay in the journal for the next start.
+        for live in list(self.live.values()):
+            if live.state == PAUSED:
+                self.wake(live, "resumed: the daemon is stopping")
+        groups = list(self.groups.values())
         if mode == pb.SHUTDOWN_MODE_KILL:
             for live in list(self.live.values()):
                 if live.run_task is not None:
                     live.run_task.cancel()
-            await self.engine.kill()
-        elif mode == pb.SHUTDOWN_MODE_DRAIN:
-            await self.engine.stop(drain=True)
-        else:
-            await self.engine.stop(drain=False, timeout=self.config.stop_timeout)
+            await asyncio.gather(*(g.engine.kill() for g in groups))
+            return
+        # A DRAIN finishes the queues of running groups; a paused group's queue stays in the
+        # journal, as a STOP leaves it.
+        await asyncio.gather(*(
+            g.engine.stop(drain=True)
+            if mode == pb.SHUTDOWN_MODE_DRAIN and not g.paused
+            else g.engine.stop(drain=False, timeout=self.config.stop_timeout)
+            for g in groups
+        ))  # fmt: skip
 
     async def _stop_runs(self, runs: set[asyncio.Task[None]]) -> None:
         """Run tasks end as running tasks do in the current mode (which may escalate)."""

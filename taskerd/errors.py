@@ -56,8 +56,8 @@ class QueueFull(RequestError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    def __init__(self, queued: int, capacity: int) -> None:
-        super().__init__(f"queue full ({queued}/{capacity})")
+    def __init__(self, queued: int, capacity: int, where: str = "") -> None:
+        super().__init__(f"queue full ({queued}/{capacity}){where}")
 
 
 class ShuttingDown(RequestError):
@@ -82,3 +82,9 @@ class JournalUnavailable(RequestError):
     """The journal failed (an I/O error): nothing of the request was kept; try again later."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class NotNow(RequestError):
+    """The task or group is not in a state the verb applies to; the message says why."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION

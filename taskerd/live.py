@@ -16,6 +16,7 @@ from typing import Any, TypeAlias
 
 from tasker.v1 import tasker_pb2 as pb
 from taskerd import engine
+from taskerd.groups import Group
 from taskerd.runner import Capture, Exit, Spawned
 from taskerd.store import task_record
 
@@ -27,7 +28,13 @@ FAILED = pb.TASK_STATE_FAILED
 TIMED_OUT = pb.TASK_STATE_TIMED_OUT
 CANCELLED = pb.TASK_STATE_CANCELLED
 LOST = pb.TASK_STATE_LOST
+PAUSED = pb.TASK_STATE_PAUSED
+STASHED = pb.TASK_STATE_STASHED
 TERMINAL = frozenset((SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, LOST))
+#: The live states: a task in one of them is in memory.
+LIVE = frozenset((QUEUED, RUNNING, PAUSED, STASHED))
+#: Live states in which an attempt runs (its processes exist, or are being spawned).
+ACTIVE = frozenset((RUNNING, PAUSED))
 
 #: The engine's outcome for a task: its result, or the error it ended with.
 Outcome: TypeAlias = tuple[Exit | None, BaseException | None]
@@ -35,9 +42,10 @@ Outcome: TypeAlias = tuple[Exit | None, BaseException | None]
 
 @dataclass(slots=True, eq=False)
 class Live:
-    """A task that is queued or running."""
+    """A task that is live: queued, running, paused or stashed."""
 
     id: int
+    group: Group
     priority: int
     queued_at: float
     timeout: float | None
@@ -65,10 +73,17 @@ class Live:
     in_attempt: bool = False
     finishing: bool = False
     ended: asyncio.Future[None] | None = field(default=None)  # made by whoever waits for the end
+    # A stashed task's planned Enqueue, and the timer that does it.
+    enqueue_at: float | None = None
+    enqueue_timer: asyncio.TimerHandle | None = None
 
-    def matches(self, states: frozenset[int], labels: Mapping[str, str]) -> bool:
+    def matches(
+        self, states: frozenset[int], labels: Mapping[str, str], group: Group | None = None
+    ) -> bool:
         """Whether a List with these filters (empty: any) selects this task."""
         if states and self.state not in states:
+            return False
+        if group is not None and self.group is not group:
             return False
         if labels:
             own = self.labels or {}
@@ -78,7 +93,7 @@ class Live:
 
 def record(live: Live, row: pb.Task, *, output: bool = False) -> pb.Task:
     """The task as memory knows it, with the spec of its journal ``row``."""
-    running = live.state == RUNNING and live.started_at is not None
+    running = live.state in ACTIVE and live.started_at is not None
     task = task_record(
         live.id,
         state=live.state,
@@ -93,6 +108,9 @@ def record(live: Live, row: pb.Task, *, output: bool = False) -> pb.Task:
         error="",
         spec=row.spec,
     )
+    task.group = live.group.name
+    if live.enqueue_at is not None:
+        task.enqueue_at.FromNanoseconds(int(live.enqueue_at * 1e9))
     if output and running and live.capture is not None:
         output_into(task, live.capture)
     return task
@@ -114,8 +132,11 @@ def event(task_id: int, seq: int, **kind: Any) -> pb.TaskEvent:
 
 def backlog(live: Live, *, output: bool) -> list[pb.TaskEvent]:
     """Events a late watcher of a live task missed, rebuilt from what the daemon holds."""
+    if live.state == STASHED:
+        stashed = pb.TaskEvent.StateChanged(state=STASHED, reason="submitted stashed")
+        return [event(live.id, 1, state_changed=stashed)]
     events = [event(live.id, 1, queued=pb.TaskEvent.Queued(priority=live.priority))]  # type: ignore[arg-type]
-    if live.state == RUNNING and live.pid:
+    if live.state in ACTIVE and live.pid:
         started = pb.TaskEvent.Started(pid=live.pid, worker=live.worker, attempt=live.attempts)
         events.append(event(live.id, 2, started=started))
         if output and live.capture is not None:
@@ -126,4 +147,7 @@ def backlog(live: Live, *, output: bool) -> list[pb.TaskEvent]:
                 if data:
                     out = pb.TaskEvent.Output(stream=stream, data=bytes(data))
                     events.append(event(live.id, len(events) + 1, output=out))
+        if live.state == PAUSED:
+            paused = pb.TaskEvent.StateChanged(state=PAUSED, reason="paused")
+            events.append(event(live.id, len(events) + 1, state_changed=paused))
     return events

@@ -21,7 +21,7 @@ from google.protobuf.message_factory import GetMessageClass
 from tasker.events import ended_ids
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
-from taskerd import validate
+from taskerd import control, validate
 from taskerd.core import Core
 from taskerd.errors import InvalidArgument, RequestError, clip
 
@@ -30,6 +30,9 @@ log = logging.getLogger("taskerd")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Context: TypeAlias = Any  # grpc.aio.ServicerContext; grpcio ships no type information
+
+#: What ``all_live`` waits for: live tasks that end without being told to (not stashed ones).
+_WILL_RUN = (pb.TASK_STATE_QUEUED, pb.TASK_STATE_RUNNING, pb.TASK_STATE_PAUSED)
 
 _TASKER = pb.DESCRIPTOR.services_by_name["Tasker"]
 #: Each RPC's request parser, by method name: the very function grpcio would call.
@@ -130,7 +133,7 @@ class Service(pb_grpc.TaskerServicer):
     @unary
     async def Submit(self, request: pb.SubmitRequest, context: Context) -> pb.SubmitResponse:
         validate.submit(request)
-        ids = await self.core.submit(request.tasks, env=request.env)
+        ids = await self.core.submit(request.tasks, env=request.env, stashed=request.stashed)
         # No await from here on: a client that cancels now must not be left without the ids
         # of tasks that exist (yielding to let a woken worker spawn first was measured: 0.3 ms
         # of submit-to-exec, not worth that).
@@ -143,7 +146,7 @@ class Service(pb_grpc.TaskerServicer):
         validate.ids("ids", request.ids)
         ids = list(request.ids)
         if request.all_live:
-            ids += self.core.select((), {})
+            ids += self.core.select(_WILL_RUN, {}, request.group)
             if not ids:  # nothing to wait for
                 return
         watcher, past = await self.core.watch(
@@ -169,13 +172,17 @@ class Service(pb_grpc.TaskerServicer):
     async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
         ids = ([request.id] if request.id else []) + list(request.ids)
         validate.ids("ids", ids)
-        selecting = request.all or bool(request.labels) or bool(request.states)
+        selecting = (
+            request.all or bool(request.labels) or bool(request.states) or bool(request.group)
+        )
         if not ids and not selecting:
-            raise InvalidArgument("ids", "name at least one task, or select with all/labels/states")
+            raise InvalidArgument(
+                "ids", "name at least one task, or select with all/labels/states/group"
+            )
         if selecting:
             validate.states("states", request.states)
             validate.labels("labels", request.labels)
-            ids += self.core.select(request.states, request.labels)
+            ids += self.core.select(request.states, request.labels, request.group)
         results = await self.core.cancel(ids) if ids else []
         first = results[0] if results else None
         return pb.CancelResponse(
@@ -199,8 +206,9 @@ class Service(pb_grpc.TaskerServicer):
         limit = validate.page_size(request.page_size)
         before = validate.page_token(request.page_token)
         tasks = await self.core.list(
-            states=request.states, labels=request.labels, limit=limit + 1, before_id=before
-        )
+            states=request.states, labels=request.labels, limit=limit + 1, before_id=before,
+            group=request.group,
+        )  # fmt: skip
         more = len(tasks) > limit
         tasks = tasks[:limit]
         token = str(tasks[-1].id) if more and tasks else ""
@@ -222,11 +230,11 @@ class Service(pb_grpc.TaskerServicer):
 
     @unary
     async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.StatsResponse:
-        return self.core.stats()
+        return self.core.stats(request.group)
 
     @unary
     async def Metrics(self, request: pb.MetricsRequest, context: Context) -> pb.MetricsResponse:
-        return self.core.metrics()
+        return self.core.metrics(request.group)
 
     @unary
     async def Clean(self, request: pb.CleanRequest, context: Context) -> pb.CleanResponse:
@@ -237,3 +245,68 @@ class Service(pb_grpc.TaskerServicer):
     async def Shutdown(self, request: pb.ShutdownRequest, context: Context) -> pb.ShutdownResponse:
         self._on_shutdown(validate.shutdown_mode(request.mode))
         return pb.ShutdownResponse()
+
+    @unary
+    async def AddGroup(self, request: pb.AddGroupRequest, context: Context) -> pb.Group:
+        return await control.add_group(
+            self.core, request.name, request.parallel, request.max_parallel
+        )
+
+    @unary
+    async def RemoveGroup(
+        self, request: pb.RemoveGroupRequest, context: Context
+    ) -> pb.RemoveGroupResponse:
+        cancelled = await control.remove_group(self.core, request.name, request.force)
+        return pb.RemoveGroupResponse(cancelled=cancelled)
+
+    @unary
+    async def ListGroups(
+        self, request: pb.ListGroupsRequest, context: Context
+    ) -> pb.ListGroupsResponse:
+        return pb.ListGroupsResponse(groups=control.list_groups(self.core))
+
+    @unary
+    async def SetParallel(self, request: pb.SetParallelRequest, context: Context) -> pb.Group:
+        ceiling = request.max_parallel if request.HasField("max_parallel") else None
+        return await control.set_parallel(self.core, request.group, request.parallel, ceiling)
+
+    @unary
+    async def Pause(self, request: pb.PauseRequest, context: Context) -> pb.PauseResponse:
+        validate.ids("ids", request.ids)
+        paused = await control.pause(
+            self.core, request.ids, request.groups, request.all, request.wait
+        )
+        return pb.PauseResponse(paused=paused)
+
+    @unary
+    async def Resume(self, request: pb.ResumeRequest, context: Context) -> pb.ResumeResponse:
+        validate.ids("ids", request.ids)
+        resumed = await control.resume(self.core, request.ids, request.groups, request.all)
+        return pb.ResumeResponse(resumed=resumed)
+
+    @unary
+    async def SetPriority(
+        self, request: pb.SetPriorityRequest, context: Context
+    ) -> pb.SetPriorityResponse:
+        validate.ids("ids", request.ids, required=True)
+        validate.priority("priority", request.priority)
+        await control.set_priority(self.core, request.ids, request.priority)
+        return pb.SetPriorityResponse()
+
+    @unary
+    async def Enqueue(self, request: pb.EnqueueRequest, context: Context) -> pb.EnqueueResponse:
+        validate.ids("ids", request.ids, required=True)
+        delay = validate.delay("delay", request.delay) if request.HasField("delay") else None
+        await control.enqueue(self.core, request.ids, delay)
+        return pb.EnqueueResponse()
+
+    @unary
+    async def Remove(self, request: pb.RemoveRequest, context: Context) -> pb.RemoveResponse:
+        validate.ids("ids", request.ids, required=True)
+        return pb.RemoveResponse(removed=await control.remove(self.core, request.ids))
+
+    @unary
+    async def Signal(self, request: pb.SignalRequest, context: Context) -> pb.SignalResponse:
+        validate.ids("id", [request.id], required=True)
+        await control.send_signal(self.core, request.id, request.signal)
+        return pb.SignalResponse()

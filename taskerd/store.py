@@ -36,11 +36,14 @@ from tasker.v1 import tasker_pb2 as pb
 __all__ = [
     "SCHEMA_VERSION",
     "TERMINAL_STATES",
+    "UNFINISHED_STATES",
+    "GroupRow",
     "JournalError",
     "JournalOpenError",
     "ListPage",
     "Run",
     "Store",
+    "Unfinished",
     "task_record",
 ]
 
@@ -49,7 +52,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _Conn = sqlite3.Connection
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TERMINAL_STATES: frozenset[int] = frozenset(
     {
         pb.TASK_STATE_SUCCEEDED,
@@ -61,10 +64,17 @@ TERMINAL_STATES: frozenset[int] = frozenset(
 )
 _QUEUED = pb.TASK_STATE_QUEUED
 _RUNNING = pb.TASK_STATE_RUNNING
+_STASHED = pb.TASK_STATE_STASHED
+#: The states that are not terminal: clean, prune and remove never delete such a task. (PAUSED
+#: is memory's only: a paused task stays RUNNING in the journal.)
+UNFINISHED_STATES: frozenset[int] = frozenset({_QUEUED, _RUNNING, pb.TASK_STATE_PAUSED, _STASHED})
+_ALL_STATES = sorted(TERMINAL_STATES | UNFINISHED_STATES)
+DEFAULT_GROUP = "default"
 
 # The same text in the partial indexes and in the queries, so that SQLite uses those indexes.
 _TERMINAL = f"state IN ({', '.join(str(s) for s in sorted(TERMINAL_STATES))})"
-_LIVE = f"state IN ({_QUEUED}, {_RUNNING})"
+_UNFINISHED = f"state IN ({', '.join(str(s) for s in sorted(UNFINISHED_STATES))})"
+_STARTABLE = f"state IN ({_QUEUED}, {_RUNNING})"  # what mark_started may change
 
 MAX_BATCH_OPS = 4096  # operations per group-committed transaction
 DELETE_CHUNK = 5000  # tasks deleted per operation by clean/prune, so other writes interleave
@@ -74,7 +84,7 @@ _ENV_CACHE_MAX = 256  # distinct environments remembered by the writer (keyed by
 MAX_ID = 2**63 - 1
 _SQLITE_FULL = 13
 
-_TABLES = {"envs", "tasks", "stdins", "labels", "outputs"}
+_TABLES = {"envs", "tasks", "stdins", "labels", "outputs"}  # and groups from v3
 
 _SCHEMA = f"""
 CREATE TABLE envs (
@@ -128,7 +138,7 @@ CREATE TABLE outputs (
 
 _COLS = (
     "t.id, t.state, t.queued_at, t.started_at, t.ended_at, t.attempts, t.pid, t.worker, "
-    "t.exit_code, t.signal, t.error, t.spec"
+    "t.exit_code, t.signal, t.error, t.spec, t.grp, t.enqueue_at"
 )
 _GET = (
     f"SELECT {_COLS}, e.data, s.data FROM tasks t LEFT JOIN envs e ON e.id = t.env_id "
@@ -148,6 +158,20 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE tasks ADD COLUMN run_start INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE tasks ADD COLUMN run_token TEXT NOT NULL DEFAULT '';
     """,
+    3: f"""
+    ALTER TABLE tasks ADD COLUMN grp TEXT NOT NULL DEFAULT '{DEFAULT_GROUP}';
+    ALTER TABLE tasks ADD COLUMN enqueue_at REAL;
+    -- finished tasks only (List by group reads live ones from memory): a submit, a start
+    -- pay nothing for it
+    CREATE INDEX tasks_grp ON tasks (grp, state, id) WHERE {_TERMINAL};
+    CREATE TABLE groups (
+        name         TEXT PRIMARY KEY,
+        parallel     INTEGER NOT NULL,
+        max_parallel INTEGER NOT NULL,
+        paused       INTEGER NOT NULL DEFAULT 0,
+        max_queue    INTEGER
+    );
+    """,
 }
 
 
@@ -156,23 +180,48 @@ _ROWS_PER_INSERT = 4096  # 6 parameters a row: within SQLite's 32,766 parameters
 
 
 @lru_cache(maxsize=8)
-def _insert_sql(rows: int) -> str:
-    """An INSERT of ``rows`` queued tasks (in order: their ids come out consecutive)."""
-    row = f"({_QUEUED}, ?, ?, ?, ?, ?, ?)"
+def _insert_sql(rows: int, state: int) -> str:
+    """An INSERT of ``rows`` tasks in ``state`` (in order: their ids come out consecutive), all
+    of the group bound as ?1 (a parameter a row costs a third of the time of the insert)."""
+    row = f"({state}, ?1, ?, ?, ?, ?, ?, ?)"
     return (
-        "INSERT INTO tasks (state, priority, queued_at, once, max_retries, spec, env_id) VALUES "
-        + ", ".join([row] * rows)
+        "INSERT INTO tasks (state, grp, priority, queued_at, once, max_retries, spec, env_id) "
+        "VALUES " + ", ".join([row] * rows)
     )
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
 
 
 class Unfinished(NamedTuple):
     """A task recovery resumes (see :meth:`Store.unfinished`)."""
 
     id: int
-    state: int
+    state: int  # QUEUED, RUNNING or STASHED
     queued_at: float
     attempts: int
     spec: bytes  # a serialized TaskSpec, without env and stdin
+    group: str
+    enqueue_at: float | None  # a stashed task's planned Enqueue
+
+
+class GroupRow(NamedTuple):
+    """A journaled group (see :meth:`Store.save_group`)."""
+
+    name: str
+    parallel: int
+    max_parallel: int
+    paused: bool
+    max_queue: int | None
+
+
+class _Interned(dict[bytes, str]):
+    """A text_factory (its ``__getitem__``) giving one str object for each distinct text."""
+
+    def __missing__(self, raw: bytes) -> str:
+        text = self[raw] = raw.decode()
+        return text
 
 
 class JournalError(Exception):
@@ -233,6 +282,8 @@ class _Op:
 class _NewTask:
     """A spec prepared on the caller's thread for insertion."""
 
+    state: int  # QUEUED or STASHED
+    group: str
     queued_at: float
     priority: int
     once: bool
@@ -243,9 +294,13 @@ class _NewTask:
     labels: list[tuple[str, str]]
 
 
-def _prepare(spec: pb.TaskSpec, queued_at: float, shared_env: bytes = b"") -> _NewTask:
+def _prepare(
+    spec: pb.TaskSpec, queued_at: float, shared_env: bytes = b"", state: int = _QUEUED
+) -> _NewTask:
     if not spec.env and not spec.stdin:  # the batch fast path: nothing to split off
         return _NewTask(
+            state=state,
+            group=spec.group or DEFAULT_GROUP,
             queued_at=queued_at,
             priority=spec.priority or pb.PRIORITY_NORMAL,
             once=spec.once,
@@ -268,6 +323,8 @@ def _prepare(spec: pb.TaskSpec, queued_at: float, shared_env: bytes = b"") -> _N
                 cast(Any, only_env).ClearField(field.name)
         env = only_env.SerializeToString(deterministic=True)
     return _NewTask(
+        state=state,
+        group=spec.group or DEFAULT_GROUP,
         queued_at=queued_at,
         priority=spec.priority or pb.PRIORITY_NORMAL,
         once=spec.once,
@@ -297,8 +354,13 @@ def task_record(
     signal: int | None,
     error: str,
     spec: bytes | pb.TaskSpec,
+    group: str | None = None,
+    enqueue_at: float | None = None,
 ) -> pb.Task:
-    """The one builder of a ``pb.Task`` record, from the journal's row or the daemon's memory."""
+    """The one builder of a ``pb.Task`` record, from the journal's row or the daemon's memory.
+
+    ``group``: None for the spec's (``default`` when it names none).
+    """
     task = pb.Task(
         id=task_id,
         state=cast("pb.TaskState.ValueType", state),
@@ -311,6 +373,9 @@ def task_record(
         task.spec.ParseFromString(spec)
     else:
         task.spec.CopyFrom(spec)
+    task.group = group or task.spec.group or DEFAULT_GROUP
+    if enqueue_at is not None:
+        task.enqueue_at.FromNanoseconds(_nanos(enqueue_at))
     if exit_code is not None:
         task.exit_code = exit_code
     if signal is not None:
@@ -331,22 +396,29 @@ def task_record(
 def _task(row: Sequence[Any], *, full: bool = False, output: bool = False) -> pb.Task:
     """Build a pb.Task from a row of ``_COLS`` (+ env, stdin when full, + outputs when output)."""
     (tid, state, queued_at, started_at, ended_at, attempts, pid, worker) = row[:8]
-    exit_code, sig, error, spec = row[8:12]
+    exit_code, sig, error, spec, group, enqueue_at = row[8:14]
     task = task_record(
         tid, state=state, queued_at=queued_at, started_at=started_at, ended_at=ended_at,
         attempts=attempts, pid=pid, worker=worker, exit_code=exit_code, signal=sig, error=error,
-        spec=spec,
+        spec=spec, group=group, enqueue_at=enqueue_at,
     )  # fmt: skip
     if full:
-        env, stdin = row[12:14]
+        env, stdin = row[14:16]
         if env is not None:
             task.spec.MergeFromString(env)
         if stdin is not None:
             task.spec.stdin = stdin
-    if output and row[14] is not None:
-        task.stdout, task.stderr = row[14], row[15]
-        task.stdout_truncated, task.stderr_truncated = bool(row[16]), bool(row[17])
+    if output and row[16] is not None:
+        task.stdout, task.stderr = row[16], row[17]
+        task.stdout_truncated, task.stderr_truncated = bool(row[18]), bool(row[19])
     return task
+
+
+def _resolved(value: T) -> asyncio.Future[T]:
+    """A future already holding ``value`` (an operation with nothing to write)."""
+    done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    done.set_result(value)
+    return done
 
 
 def _settle(results: builtins.list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -380,6 +452,7 @@ class Store:
         self._env_cache: dict[bytes, int] = {}  # the journal thread only
         self._reclaim_due = False  # the journal thread only: vacuum and truncate after a commit
         self._dirty = False  # the journal thread only: commits since the last WAL truncation
+        self._groups_text = _Interned()  # the journal thread only: one str for each group name
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -435,7 +508,8 @@ class Store:
                 f"{where}: journal schema v{version} is newer than this taskerd (v{SCHEMA_VERSION})"
             )
         tables.discard("sqlite_sequence")
-        if (version == 0 and tables) or (version > 0 and not tables >= _TABLES):
+        needed = _TABLES | {"groups"} if version >= 3 else _TABLES
+        if (version == 0 and tables) or (version > 0 and not tables >= needed):
             raise JournalOpenError(f"{where}: not a taskerd journal (tables: {sorted(tables)})")
         if version == 0:
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only effective before any table
@@ -680,15 +754,19 @@ class Store:
         return await self.queue_add(specs, now=now, env=env)
 
     def queue_add(
-        self, specs: Sequence[pb.TaskSpec], *, now: float, env: Mapping[str, str] | None = None
+        self,
+        specs: Sequence[pb.TaskSpec],
+        *,
+        now: float,
+        env: Mapping[str, str] | None = None,
+        stashed: bool = False,
     ) -> asyncio.Future[builtins.list[int]]:
-        """:meth:`add`, queued at once: the future of its ids."""
+        """:meth:`add`, queued at once: the future of its ids. ``stashed``: STASHED tasks."""
         if not specs:
-            done: asyncio.Future[builtins.list[int]] = asyncio.get_running_loop().create_future()
-            done.set_result([])
-            return done
+            return _resolved([])
         shared = pb.TaskSpec(env=env).SerializeToString(deterministic=True) if env else b""
-        rows = [_prepare(spec, now, shared) for spec in specs]
+        state = _STASHED if stashed else _QUEUED
+        rows = [_prepare(spec, now, shared, state) for spec in specs]
         return self._queue_write(lambda conn: self._insert(conn, rows), rows)
 
     def _env_id(self, conn: _Conn, env: bytes) -> int:
@@ -716,17 +794,24 @@ class Store:
                 env_ids[r.env] = self._env_id(conn, r.env)
         # Many rows to a statement: sqlite3 lets go of the GIL for each step, and a step per
         # row would hand it back and forth with the event loop thousands of times a batch.
-        for at in range(0, len(rows), _ROWS_PER_INSERT):
-            chunk = rows[at : at + _ROWS_PER_INSERT]
-            values = [
+        # A statement for each run of rows of one state and group.
+        at = 0
+        while at < len(rows):
+            state, group = rows[at].state, rows[at].group
+            end, stop = at + 1, min(len(rows), at + _ROWS_PER_INSERT)
+            while end < stop and rows[end].group == group and rows[end].state == state:
+                end += 1
+            values: builtins.list[Any] = [group]
+            values += [
                 x
-                for r in chunk
+                for r in rows[at:end]
                 for x in (
                     r.priority, r.queued_at, r.once, r.max_retries, r.spec,
                     env_ids[r.env] if r.env else None,
                 )
             ]  # fmt: skip
-            conn.execute(_insert_sql(len(chunk)), values)
+            conn.execute(_insert_sql(end - at, state), values)
+            at = end
         # One writer connection and AUTOINCREMENT: the rows just inserted have consecutive ids.
         last = cast(int, conn.execute("SELECT last_insert_rowid()").fetchone()[0])
         ids = list(range(last - len(rows) + 1, last + 1))
@@ -759,7 +844,7 @@ class Store:
             conn.execute(
                 f"UPDATE tasks SET state = {_RUNNING}, attempts = ?, pid = ?, worker = ?, "
                 f"started_at = ?, run_pgid = ?, run_start = ?, run_token = ? WHERE id = ? "
-                f"AND {_LIVE}",
+                f"AND {_STARTABLE}",
                 (attempt, pid, worker, started_at, pgid, start, token, task_id),
             )
 
@@ -817,22 +902,20 @@ class Store:
         self, task_ids: Sequence[int], *, state: int, ended_at: float, error: str
     ) -> asyncio.Future[None]:
         """Many tasks to one terminal state in one transaction (recovery: all LOST; a cancel
-        or a kill of queued tasks), queued at once: the future of its commit. Tasks that are
-        already terminal are left as they are."""
+        or a kill of queued or stashed tasks), queued at once: the future of its commit. Tasks
+        that are already terminal are left as they are."""
         if state not in TERMINAL_STATES:
             raise ValueError(f"state: {state} is not a terminal state")
         ids = list(task_ids)
         if not ids:
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
+            return _resolved(None)
 
         def write(conn: _Conn) -> None:
             for at in range(0, len(ids), _IDS_PER_UPDATE):  # a statement per row: GIL hand-offs
                 chunk = ids[at : at + _IDS_PER_UPDATE]
                 conn.execute(
-                    f"UPDATE tasks SET state = ?, ended_at = ?, error = ? WHERE {_LIVE} "
-                    f"AND id IN ({', '.join('?' * len(chunk))})",
+                    f"UPDATE tasks SET state = ?, ended_at = ?, error = ? WHERE {_UNFINISHED} "
+                    f"AND id IN ({_marks(len(chunk))})",
                     (state, ended_at, error, *chunk),
                 )
 
@@ -862,6 +945,106 @@ class Store:
         keys = [(i,) for i in task_ids]
         if keys:
             await self._write(lambda conn: self._delete(conn, keys))
+
+    def set_priority(self, task_ids: Collection[int], priority: int) -> asyncio.Future[int]:
+        """The priority of unfinished tasks, in their row and in their stored spec (so their
+        records show it), in one transaction; queued at once: the future of how many changed.
+        Their queued_at (their place within a level) is unchanged."""
+        ids = sorted(set(task_ids))
+        if not ids:
+            return _resolved(0)
+        level = priority or pb.PRIORITY_NORMAL
+
+        def write(conn: _Conn) -> int:
+            changed: builtins.list[tuple[int, bytes, int]] = []
+            for at in range(0, len(ids), _IDS_PER_UPDATE):
+                chunk = ids[at : at + _IDS_PER_UPDATE]
+                for task_id, blob in conn.execute(
+                    f"SELECT id, spec FROM tasks WHERE id IN ({_marks(len(chunk))}) "
+                    f"AND {_UNFINISHED}",
+                    chunk,
+                ):
+                    spec = pb.TaskSpec.FromString(blob)
+                    spec.priority = cast("pb.Priority.ValueType", priority)
+                    changed.append((level, spec.SerializeToString(), task_id))
+            conn.executemany("UPDATE tasks SET priority = ?, spec = ? WHERE id = ?", changed)
+            return len(changed)
+
+        return self._queue_write(write)
+
+    def enqueue(
+        self, task_ids: Collection[int], *, enqueue_at: float | None
+    ) -> asyncio.Future[int]:
+        """Stashed tasks to QUEUED (``enqueue_at`` None: their queued_at is unchanged), or left
+        STASHED with ``enqueue_at`` planned; queued at once: the future of how many changed.
+        Tasks that are not stashed are left as they are."""
+        ids = sorted(set(task_ids))
+        if not ids:
+            return _resolved(0)
+        state = _QUEUED if enqueue_at is None else _STASHED
+
+        def write(conn: _Conn) -> int:
+            changed = 0
+            for at in range(0, len(ids), _IDS_PER_UPDATE):
+                chunk = ids[at : at + _IDS_PER_UPDATE]
+                changed += conn.execute(
+                    f"UPDATE tasks SET state = ?, enqueue_at = ? WHERE state = {_STASHED} "
+                    f"AND id IN ({_marks(len(chunk))})",
+                    (state, enqueue_at, *chunk),
+                ).rowcount
+            return changed
+
+        return self._queue_write(write)
+
+    def remove(self, task_ids: Collection[int]) -> asyncio.Future[int]:
+        """Delete the finished (terminal) tasks among ``task_ids`` as :meth:`clean` does (their
+        labels, stdin, output, envs no task uses any more); others are left. Queued at once: the
+        future of how many were removed."""
+        ids = sorted({i for i in task_ids if 0 < i <= MAX_ID})
+        if not ids:
+            return _resolved(0)
+
+        def write(conn: _Conn) -> int:
+            keys: builtins.list[tuple[int]] = []
+            for at in range(0, len(ids), _IDS_PER_UPDATE):
+                chunk = ids[at : at + _IDS_PER_UPDATE]
+                keys += conn.execute(
+                    f"SELECT id FROM tasks WHERE id IN ({_marks(len(chunk))}) AND {_TERMINAL}",
+                    chunk,
+                ).fetchall()
+            if keys:
+                self._delete(conn, keys)
+                self._want_reclaim(conn)
+            return len(keys)
+
+        return self._queue_write(write)
+
+    def save_group(
+        self,
+        name: str,
+        *,
+        parallel: int,
+        max_parallel: int,
+        paused: bool,
+        max_queue: int | None = None,
+    ) -> asyncio.Future[None]:
+        """Journal a group (insert or replace); queued at once: the future of its commit."""
+
+        def write(conn: _Conn) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO groups (name, parallel, max_parallel, paused, max_queue) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, parallel, max_parallel, int(paused), max_queue),
+            )
+
+        return self._queue_write(write)
+
+    def delete_group(self, name: str) -> asyncio.Future[bool]:
+        """Forget a group (its tasks keep their group name); queued at once: the future of
+        whether it was journaled."""
+        return self._queue_write(
+            lambda conn: conn.execute("DELETE FROM groups WHERE name = ?", (name,)).rowcount > 0
+        )
 
     async def flush(self) -> None:
         """Wait until every write queued so far (``mark_started`` included) is committed."""
@@ -1029,11 +1212,12 @@ class Store:
         labels: Mapping[str, str] | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        group: str | None = None,
     ) -> builtins.list[pb.Task]:
         """Newest first (id descending), ids < before_id, no output, spec WITHOUT env/stdin
-        (light). All given labels must match."""
+        (light). All given labels must match; only ``group``'s tasks unless it is None."""
         return await self._read(
-            lambda conn: _list_rows(conn, states, labels or {}, limit, before_id)
+            lambda conn: _list_rows(conn, states, labels or {}, limit, before_id, group)
         )
 
     async def list_page(
@@ -1044,32 +1228,39 @@ class Store:
         limit: int,
         before_id: int | None,
         ids: Collection[int],
+        group: str | None = None,
     ) -> ListPage:
-        """In one read: the rows in ``states`` (as :meth:`list`), and light rows of ``ids``."""
+        """In one read: the rows in ``states`` (as :meth:`list`, of ``group`` unless None), and
+        light rows of ``ids`` (whatever their group)."""
         wanted = sorted(ids)
 
         def read(conn: _Conn) -> ListPage:
-            found = _list_rows(conn, states, labels, limit, before_id) if states else []
+            found = _list_rows(conn, states, labels, limit, before_id, group) if states else []
             by_id: dict[int, pb.Task] = {}
             for lo in range(0, len(wanted), 500):
                 part = wanted[lo : lo + 500]
-                sql = f"SELECT {_COLS} FROM tasks t WHERE t.id IN ({','.join('?' * len(part))})"
+                sql = f"SELECT {_COLS} FROM tasks t WHERE t.id IN ({_marks(len(part))})"
                 by_id.update((r[0], _task(r)) for r in conn.execute(sql, part))
             return ListPage(found, by_id)
 
         return await self._read(read)
 
     async def unfinished(self, *, after: int = 0, limit: int = -1) -> builtins.list[Unfinished]:
-        """QUEUED and RUNNING tasks ordered by id, from past ``after`` (up to ``limit``), for
-        recovery: what queueing them needs, and their spec (without env or stdin) unparsed."""
+        """Unfinished (QUEUED, RUNNING, STASHED) tasks ordered by id, from past ``after`` (up to
+        ``limit``), for recovery: what queueing them needs, and their spec (without env or
+        stdin) unparsed. Tasks of one group share one str for its name."""
 
         def read(conn: _Conn) -> builtins.list[Unfinished]:
-            rows = conn.execute(
-                # In rowid order, page by page: an index on state would sort each page anew.
-                "SELECT id, state, queued_at, attempts, spec FROM tasks NOT INDEXED "
-                f"WHERE id > ? AND {_LIVE} ORDER BY id LIMIT ?",
-                (after, limit),
-            ).fetchall()
+            conn.text_factory = self._groups_text.__getitem__  # grp is the only text read
+            try:
+                rows = conn.execute(
+                    # In rowid order, page by page: an index on state would sort each page anew.
+                    "SELECT id, state, queued_at, attempts, spec, grp, enqueue_at FROM tasks "
+                    f"NOT INDEXED WHERE id > ? AND {_UNFINISHED} ORDER BY id LIMIT ?",
+                    (after, limit),
+                ).fetchall()
+            finally:
+                conn.text_factory = str
             return [Unfinished(*row) for row in rows]
 
         return await self._read(read)
@@ -1084,6 +1275,15 @@ class Store:
         )
         return [Run(*r) for r in rows]
 
+    async def groups(self) -> builtins.list[GroupRow]:
+        """The journaled groups, by name."""
+        rows = await self._read(
+            self._rows(
+                "SELECT name, parallel, max_parallel, paused, max_queue FROM groups ORDER BY name"
+            )
+        )
+        return [GroupRow(n, p, m, bool(z), q) for n, p, m, z, q in rows]
+
     async def last_id(self) -> int:
         """The highest id ever given (0 for a new journal); ids are never reused."""
         rows = await self._read(self._rows("SELECT seq FROM sqlite_sequence WHERE name = 'tasks'"))
@@ -1096,12 +1296,15 @@ def _list_rows(
     labels: Mapping[str, str],
     limit: int,
     before_id: int | None,
+    group: str | None = None,
 ) -> builtins.list[pb.Task]:
     """The rows of a List page, read on the journal thread (see :meth:`Store.list`)."""
     if limit <= 0:
         return []
     before = MAX_ID if before_id is None else min(before_id, MAX_ID)
     state_list = sorted(set(states))
+    if group is not None and not labels and not state_list:
+        state_list = _ALL_STATES  # state by state: each an indexed range
     if labels:
         (key0, value0), *others = labels.items()
         sql = (
@@ -1116,26 +1319,39 @@ def _list_rows(
             )
             params += [key, value]
         if state_list:
-            sql += f" AND t.state IN ({','.join('?' * len(state_list))})"
+            sql += f" AND t.state IN ({_marks(len(state_list))})"
             params += state_list
+        if group is not None:
+            sql += " AND t.grp = ?"
+            params.append(group)
         rows = conn.execute(sql + " ORDER BY l0.task_id DESC LIMIT ?", [*params, limit]).fetchall()
     elif state_list:
         # One indexed range per state, merged here: fast even when a state is rare.
         ids: builtins.list[int] = []
         for state in state_list:
-            ids += (
-                r[0]
-                for r in conn.execute(
+            if group is None:
+                found = conn.execute(
                     "SELECT id FROM tasks WHERE state = ? AND id < ? ORDER BY id DESC LIMIT ?",
                     (state, before, limit),
                 )
-            )
+            elif state in TERMINAL_STATES:
+                found = conn.execute(
+                    f"SELECT id FROM tasks INDEXED BY tasks_grp WHERE grp = ? AND {_TERMINAL} "
+                    "AND state = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                    (group, state, before, limit),
+                )
+            else:
+                found = conn.execute(
+                    "SELECT id FROM tasks INDEXED BY tasks_state WHERE state = ? AND id < ? "
+                    "AND grp = ? ORDER BY id DESC LIMIT ?",
+                    (state, before, group, limit),
+                )
+            ids += (r[0] for r in found)
         ids = sorted(ids, reverse=True)[:limit]
         if not ids:
             return []
         rows = conn.execute(
-            f"SELECT {_COLS} FROM tasks t WHERE t.id IN ({','.join('?' * len(ids))}) "
-            "ORDER BY t.id DESC",
+            f"SELECT {_COLS} FROM tasks t WHERE t.id IN ({_marks(len(ids))}) ORDER BY t.id DESC",
             ids,
         ).fetchall()
     else:

@@ -10,6 +10,7 @@ from functools import lru_cache
 from google.protobuf.duration_pb2 import Duration
 
 from tasker.v1 import tasker_pb2 as pb
+from taskerd.config import GROUP_NAME
 from taskerd.errors import InvalidArgument, NotFound, quote
 
 MAX_ARGV_ITEMS = 4096
@@ -133,8 +134,7 @@ def spec(s: pb.TaskSpec, where: str, shared_env: int = 0, good_cwd: str = "") ->
             raise InvalidArgument(f"{where}.cwd", f"no such directory: {quote(cwd)}")
     if len(s.stdin) > MAX_STDIN_BYTES:
         raise InvalidArgument(f"{where}.stdin", "at most 1 MiB")
-    if s.priority not in _PRIORITIES:
-        raise InvalidArgument(f"{where}.priority", f"unknown value {s.priority}")
+    priority(f"{where}.priority", s.priority)
     if s.HasField("timeout"):
         _duration(f"{where}.timeout", s.timeout)
     if s.HasField("queue_timeout"):
@@ -148,6 +148,14 @@ def spec(s: pb.TaskSpec, where: str, shared_env: int = 0, good_cwd: str = "") ->
             raise InvalidArgument(f"{where}.retries", "an at-most-once task is never run again")
     if s.labels:
         labels(f"{where}.labels", s.labels)
+    if s.group and GROUP_NAME.fullmatch(s.group) is None:
+        raise InvalidArgument(f"{where}.group", f"no group named {quote(s.group)}")
+
+
+def priority(field: str, value: int) -> None:
+    """A known Priority."""
+    if value not in _PRIORITIES:
+        raise InvalidArgument(field, f"unknown value {value}")
 
 
 def submit(request: pb.SubmitRequest) -> None:
@@ -163,9 +171,12 @@ def submit(request: pb.SubmitRequest) -> None:
         good_cwd = task.cwd
 
 
-def ids(field: str, values: Sequence[int]) -> None:
-    """Ids are positive; at most 10,000 of them. An id past the journal's range is NotFound."""
+def ids(field: str, values: Sequence[int], *, required: bool = False) -> None:
+    """Ids are positive; at most 10,000 of them (at least one if ``required``). An id past the
+    journal's range is NotFound."""
     if not values:
+        if required:
+            raise InvalidArgument(field, "name at least one task")
         return
     if len(values) > MAX_BATCH:
         raise InvalidArgument(field, f"at most {MAX_BATCH}")
@@ -205,6 +216,16 @@ def shutdown_mode(value: pb.ShutdownMode.ValueType) -> pb.ShutdownMode.ValueType
     if value not in _MODES:
         raise InvalidArgument("mode", f"unknown value {value}")
     return value or pb.SHUTDOWN_MODE_STOP
+
+
+def delay(field: str, d: Duration) -> float:
+    """A delay in seconds: >= 0, at most 30 days."""
+    seconds = _seconds(field, d)
+    if seconds < 0:
+        raise InvalidArgument(field, "must be >= 0")
+    if seconds > MAX_TIMEOUT_SECONDS:
+        raise InvalidArgument(field, f"must be at most {MAX_TIMEOUT_SECONDS // 86400} days")
+    return seconds
 
 
 def older_than(d: Duration | None) -> float | None:

@@ -81,3 +81,22 @@ def test_live_output_printed_once(node_modules: Path, daemon: Daemon) -> None:
     lines = res.stdout.splitlines()
     assert lines.count("first") == 1 and lines.count("second") == 1, res.stdout
     assert lines.index("first") < lines.index("second") < len(lines) - 2  # before the state
+
+
+def test_groups_pause_and_resume(node_modules: Path, daemon: Daemon) -> None:
+    """The queue-control verbs are reachable from Node: ListGroups, Pause and Resume."""
+    daemon.stub.AddGroup(pb.AddGroupRequest(name="gpu", parallel=2), timeout=5)
+    listed = _client(daemon.socket, "--groups")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert re.search(r"^group default: parallel \d+-\d+ .* paused no$", listed.stdout, re.M)
+    assert "group gpu: parallel 2-2 running 0 queued 0 stashed 0 paused no\n" in listed.stdout
+    paused = _client(daemon.socket, "--pause", "gpu")
+    assert paused.returncode == 0, paused.stdout + paused.stderr
+    assert paused.stdout.startswith("paused group gpu\n") and "paused yes\n" in paused.stdout
+    groups = daemon.stub.ListGroups(pb.ListGroupsRequest(), timeout=5).groups
+    assert [g.paused for g in groups if g.name == "gpu"] == [True]
+    resumed = _client(daemon.socket, "--resume", "gpu")
+    assert resumed.returncode == 0 and "group gpu: parallel 2-2 " in resumed.stdout
+    assert resumed.stdout.startswith("resumed group gpu\n") and "paused yes" not in resumed.stdout
+    unknown = _client(daemon.socket, "--pause", "nosuch")
+    assert unknown.returncode == 1 and "nosuch" in unknown.stderr, unknown.stdout + unknown.stderr

@@ -2,12 +2,17 @@
 // A minimal Node.js client for taskerd.
 //
 //   TASKER_SOCKET=/path/to/taskerd.sock node client.js [CMD ARGS...]
+//   node client.js --groups                  # ListGroups
+//   node client.js --pause GROUP | --resume GROUP
 //
 // Submits one task (default: `echo hello from node`), streams its events with
-// output, prints the final state and then the daemon's Stats. It loads the
-// contract straight from protos/tasker/v1/tasker.proto; no code generation.
-// Exit status: 0 when the task succeeded, 1 when it ended otherwise, 69 when
-// the daemon is unreachable (as taskerctl).
+// output, prints the final state and then the daemon's Stats. With --groups it
+// lists the groups; with --pause or --resume it pauses or resumes one group
+// (Pause, Resume), then lists the groups. It loads the contract straight from
+// protos/tasker/v1/tasker.proto; no code generation.
+// Exit status: 0 when the task succeeded (or the group verb did), 1 when it
+// ended otherwise (or the daemon refused), 69 when the daemon is unreachable
+// (as taskerctl).
 'use strict';
 
 const os = require('node:os');
@@ -64,6 +69,10 @@ function follow(client, id) {
         seen[name] += event.output.data.length;
       } else if (event.kind === 'retrying') {
         console.log(`task ${id}: retrying (${event.retrying.reason})`);
+      } else if (event.kind === 'stateChanged') {
+        // Paused, resumed (RUNNING again) or stashed.
+        const state = event.stateChanged.state.replace(/^TASK_STATE_/, '');
+        console.log(`task ${id}: ${state} (${event.stateChanged.reason})`);
       } else if (event.kind === 'finished') {
         finished = event.finished.task;
         // A task that ended before we watched it streams no chunks: its output
@@ -86,10 +95,40 @@ function seconds(duration) {
   return Number(duration.seconds) + duration.nanos / 1e9;
 }
 
+/** Prints every group, a line each. */
+async function listGroups(client) {
+  const { groups } = await unary(client, 'listGroups', {});
+  for (const g of groups) {
+    console.log(
+      `group ${g.name}: parallel ${g.parallel}-${g.maxParallel} running ${g.running} ` +
+        `queued ${g.queued} stashed ${g.stashed} paused ${g.paused ? 'yes' : 'no'}`,
+    );
+  }
+}
+
+/** --groups, --pause GROUP, --resume GROUP: the queue-control verbs. */
+async function control(client, argv) {
+  const [flag, name] = argv;
+  if (flag === '--pause' || flag === '--resume') {
+    if (!name) throw new Error(`${flag} takes a group name`);
+    const verb = flag.slice(2);
+    const reply = await unary(client, verb, { groups: [name] });
+    const ids = reply.paused || reply.resumed || [];
+    console.log(`${verb}d group ${name}` + (ids.length ? ` (tasks ${ids.join(', ')})` : ''));
+  }
+  await listGroups(client);
+  return 0;
+}
+
 async function main(argv) {
-  const command = argv.length > 0 ? argv : ['echo', 'hello from node'];
   const socket = socketPath();
   const client = connect(socket);
+  if (['--groups', '--pause', '--resume'].includes(argv[0])) {
+    const code = await control(client, argv);
+    client.close();
+    return code;
+  }
+  const command = argv.length > 0 ? argv : ['echo', 'hello from node'];
 
   const { ids } = await unary(client, 'submit', { tasks: [{ argv: command }] });
   const id = ids[0];

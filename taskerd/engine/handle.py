@@ -58,6 +58,7 @@ class TaskHandle(Generic[E]):
         "_event",
         "_fn",
         "_is_async",
+        "_left",
         "_loc",
         "_manager",
         "_max_retries",
@@ -104,6 +105,7 @@ class TaskHandle(Generic[E]):
         self._enqueued = now
         self._started = 0.0
         self._timer: TimerHandle | None = None
+        self._left: float | None = None  # while suspended: seconds left (inf: no timeout)
         self._qtimer: TimerHandle | None = None
         self._btimer: TimerHandle | None = None
         self._ctx: TaskContext | None = None
@@ -119,8 +121,13 @@ class TaskHandle(Generic[E]):
 
     @property
     def priority(self) -> Priority:
-        """The priority the task was submitted with."""
+        """The task's priority level (as submitted, or as set by ``set_priority``)."""
         return self._priority
+
+    @property
+    def suspended(self) -> bool:
+        """True while the running task's timeout clock is stopped (``suspend``)."""
+        return self._left is not None
 
     @property
     def attempt(self) -> int:

@@ -10,6 +10,10 @@ another task.
 Retries (``Retry`` raised, or an error that ``check_health`` calls unhealthy) are re-queued
 at the FRONT of their priority level. If the queue is full at that moment, the worker (or its
 replacement) keeps the task and runs it again next, so the queue bound is never exceeded.
+
+Bursting follows :func:`taskerd.engine.scaling.burst_target`. The runtime controls
+(``set_workers``, ``pause``/``resume``, ``suspend``/``unsuspend``, ``set_priority``) are for
+the loop thread; none of them cancels a running task.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
+import math
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from inspect import CO_COROUTINE
 from types import FunctionType
 from typing import Any, Generic, TypeVar, Unpack
@@ -50,6 +55,7 @@ from taskerd.engine.handle import (
 )
 from taskerd.engine.metrics import Metrics, MetricsCollector, MetricsRecorder, Stats
 from taskerd.engine.queue import JobQueue
+from taskerd.engine.scaling import burst_target
 
 R = TypeVar("R")
 E = TypeVar("E")
@@ -68,7 +74,7 @@ REPLACE = 2
 
 _monotonic = time.monotonic
 
-RETIRE_AFTER = 3  # idle burst workers retire after this many burst intervals
+RETIRE_AFTER = 3  # burst workers retire once the rule said so this many intervals in a row
 CREATE_BACKOFF = (0.05, 2.0)  # first and longest wait between failed on_create calls
 
 SUCCEEDED = TaskState.SUCCEEDED
@@ -88,9 +94,9 @@ class Worker(Generic[R, E]):
         "current",
         "held",
         "id",
-        "idle_since",
         "job",
         "resource",
+        "retire",
         "task",
         "wake",
     )
@@ -101,7 +107,7 @@ class Worker(Generic[R, E]):
         self.resource: R | None = None
         self.task: asyncio.Task[None] | None = None
         self.wake: asyncio.Future[int] | None = None
-        self.idle_since = 0.0
+        self.retire = False  # end before taking another task (after any held retry)
         self.job: TaskHandle[E] | None = None  # the task being executed (thread or async)
         self.current: TaskHandle[E] | None = None  # set only while awaiting a coroutine
         self.cancel_requested = False
@@ -151,7 +157,12 @@ class TaskManager(Generic[R, E]):
         self._extra: MetricsCollector | None = config.collector
         self._queue = JobQueue(config.aging)
         self._cap = config.max_queue_size
+        self._base: int = config.worker_count
         self._max_workers: int = config.max_worker_count or 2 * config.worker_count
+        self._paused = False
+        self._arrival_rate = 0.0  # tasks/s over the scaler's last interval
+        self._drain_rate = 0.0
+        self._calm = 0  # consecutive intervals the rule asked for fewer burst workers
         self._pool_size: int = config.resource_pool_size or 0
         self._default_retries = config.max_retries
         self._waitlist: deque[TaskHandle[E]] = deque()
@@ -165,6 +176,9 @@ class TaskManager(Generic[R, E]):
         self._direct: set[TaskHandle[E]] = set()
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._burst_count = 0
+        # Busy workers to retire, base and burst: whichever next finishes a task goes (so that
+        # no worker starts a task while another one that is to retire still runs one).
+        self._debt = [0, 0]
         self._running = 0
         self._next_id = 1
         self._arrived = 0
@@ -203,9 +217,11 @@ class TaskManager(Generic[R, E]):
             self.config.thread_pool_size or self._max_workers, thread_name_prefix="taskerd-engine"
         )
         self._started = True
-        for worker_id in range(self.config.worker_count):
+        for worker_id in range(self._base):
             self._spawn(worker_id, burst=False, first=None)
-        self._scaler = self._loop.create_task(self._scale_loop(), name="taskerd-engine-scaler")
+        self._scaler = self._loop.create_task(
+            self._scale_loop(self._loop.time()), name="taskerd-engine-scaler"
+        )
 
     async def __aenter__(self) -> TaskManager[R, E]:
         await self.start()
@@ -442,7 +458,7 @@ class TaskManager(Generic[R, E]):
         job = self._new(fn, priority, timeout, queue_timeout, once, max_retries, task_id, submitted)
         job._enqueued = job._submitted
         self._push(job)
-        if self._idle:
+        if self._idle and not self._paused:
             self._wake(self._idle.popleft(), WAKE)
         return job
 
@@ -598,7 +614,7 @@ class TaskManager(Generic[R, E]):
     def _enqueue(self, job: TaskHandle[E], front: bool = False, now: float = 0.0) -> None:
         job._enqueued = now or _monotonic()
         self._push(job, front)
-        if self._idle:
+        if self._idle and not self._paused:
             self._wake(self._idle.popleft(), WAKE)
 
     def _push(self, job: TaskHandle[E], front: bool = False) -> None:
@@ -832,8 +848,11 @@ class TaskManager(Generic[R, E]):
 
     # ----------------------------------------------------------------- workers
 
-    def _spawn(self, worker_id: int, burst: bool, first: TaskHandle[E] | None) -> None:
+    def _spawn(
+        self, worker_id: int, burst: bool, first: TaskHandle[E] | None, retire: bool = False
+    ) -> None:
         worker: Worker[R, E] = Worker(worker_id, burst)
+        worker.retire = retire
         self._workers[worker_id] = worker
         if first is not None:
             worker.held = first
@@ -857,7 +876,7 @@ class TaskManager(Generic[R, E]):
         delay = CREATE_BACKOFF[0]
         worker.creating = True
         try:
-            while not self._killed:
+            while not self._killed and not (worker.retire and worker.held is None):
                 try:
                     worker.resource = await _maybe_await(self.config.on_create())
                     return True
@@ -886,32 +905,34 @@ class TaskManager(Generic[R, E]):
             has_resource = await self._acquire(worker)
             if not has_resource:
                 return
-            queue = self._queue
             while True:
                 job = worker.held
-                if job is not None:
+                if job is None and (worker.retire or self._debt[worker.burst]):
+                    if not worker.retire:
+                        self._debt[worker.burst] -= 1
+                        worker.retire = True
+                    return
+                if self._paused and not self._closing:  # a stop runs (or fails) queued work
+                    job = None  # park, keeping any held retry
+                elif job is not None:
                     worker.held = None
                     job._loc = NOWHERE
                     if job._state is not QUEUED:
                         continue
                 else:
                     job = self._pop()
-                    if job is None:
-                        if self._closing:
-                            return
-                        fut: asyncio.Future[int] = self._loop.create_future()
-                        worker.wake = fut
-                        worker.idle_since = _monotonic()
-                        self._idle.append(worker)
-                        signal = await fut
-                        if signal == REPLACE:
-                            replaced = True
-                            return
-                        if signal == RETIRE and not queue.size:
-                            return
-                        continue
-                    if self._waitlist:
+                    if job is not None and self._waitlist:
                         self._room_freed()
+                if job is None:
+                    if self._closing:
+                        return
+                    fut: asyncio.Future[int] = self._loop.create_future()
+                    worker.wake = fut
+                    self._idle.append(worker)
+                    if await fut == REPLACE:
+                        replaced = True
+                        return
+                    continue
                 if not await self._execute(worker, job, True):
                     replaced = True
                     return
@@ -921,9 +942,9 @@ class TaskManager(Generic[R, E]):
                     self._idle.remove(worker)
                 worker.wake = None
             held = worker.held
-            if replaced and not self._killed:
+            if replaced and not self._killed and not (worker.retire and held is None):
                 worker.held = None
-                self._spawn(worker.id, worker.burst, held)
+                self._spawn(worker.id, worker.burst, held, worker.retire)
             else:
                 if held is not None:
                     worker.held = None
@@ -938,7 +959,7 @@ class TaskManager(Generic[R, E]):
                 worker.resource = None
                 if (
                     not replaced
-                    and worker.burst
+                    and (worker.burst or worker.retire)
                     and not self._closing
                     and len(self._spare) < self._pool_size
                 ):
@@ -951,6 +972,7 @@ class TaskManager(Generic[R, E]):
         job._state = RUNNING
         job._worker = worker
         job._attempt += 1
+        job._left = None
         job._started = now
         deadline = None if job._timeout is None else now + job._timeout
         ctx = TaskContext(job.id, job._attempt, worker.id, job._priority, deadline, self._loop)
@@ -964,7 +986,12 @@ class TaskManager(Generic[R, E]):
         if job._qtimer is not None:
             job._qtimer.cancel()
             job._qtimer = None
-        if job._timeout is not None and job._state is RUNNING:
+        if (
+            job._timeout is not None
+            and job._state is RUNNING
+            and job._left is None  # suspended (or suspended and resumed) before this ran
+            and job._timer is None
+        ):
             job._timer = self._loop.call_at(job._started + job._timeout, self._on_timeout, job)
         wait = job._started - job._enqueued
         self._metrics.record_start(job.id, wait)
@@ -1082,7 +1109,14 @@ class TaskManager(Generic[R, E]):
         Priority order holds: only the task the queue would hand any worker next is taken.
         """
         with self._qlock:
-            if self._killed or (self._closing and not self._draining) or self._waitlist:
+            if (
+                self._killed
+                or (self._closing and not self._draining)
+                or self._waitlist
+                or worker.retire
+                or self._debt[worker.burst]
+                or (self._paused and not self._closing)
+            ):
                 return None
             job = self._queue.pop_thread_task()
             if job is None:
@@ -1168,32 +1202,231 @@ class TaskManager(Generic[R, E]):
         self._finish(job, FAILED, None, final)
         return healthy
 
+    # ----------------------------------------------------------------- runtime controls
+
+    def set_workers(self, base: int, max_workers: int) -> None:
+        """Change the base worker count and the ceiling (base + burst) at runtime.
+
+        Raising ``base`` turns burst workers into base ones, then spawns the rest at once.
+        Lowering it (or the ceiling below base + burst) retires the extra workers: idle ones
+        now, busy ones when their current task ends (a running task is never cancelled).
+        Call on the loop thread.
+        """
+        for name, value in (("base", base), ("max_workers", max_workers)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+        if base < 1:
+            raise ValueError(f"base must be >= 1, got {base}")
+        if max_workers < base:
+            raise ValueError(f"max_workers must be >= base ({base}), got {max_workers}")
+        self._base, self._max_workers = base, max_workers
+        executor = self._executor
+        if executor is not None and self.config.thread_pool_size is None:
+            # Threads are made on demand: let the pool grow with the ceiling.
+            executor._max_workers = max(executor._max_workers, max_workers)
+        if not self._started or self._closing:
+            return
+        workers = self._workers.values()
+        missing = base - sum(1 for w in workers if not w.burst and not w.retire) + self._debt[0]
+        if missing > 0:
+            kept = min(self._debt[0], missing)  # workers that were to retire stay
+            self._debt[0] -= kept
+            missing -= kept
+            # Keep workers we have before making new ones: retiring base, burst, retiring burst.
+            reuse = sorted(
+                (w for w in workers if w.burst or w.retire), key=lambda w: (w.burst, w.retire)
+            )
+            for worker in reuse[:missing]:
+                if worker.burst:
+                    worker.burst = False
+                    self._burst_count -= 1
+                worker.retire = False
+                missing -= 1
+            for _ in range(missing):
+                self._spawn(self._free_id(), burst=False, first=None)
+        elif missing < 0:
+            self._retire(-missing, burst=False)
+        burst = sum(1 for w in self._workers.values() if w.burst and not w.retire)
+        self._debt[1] = min(self._debt[1], burst)
+        self._retire(burst - self._debt[1] - (max_workers - base), burst=True)
+
+    def _retire(self, count: int, burst: bool) -> None:
+        """Retire ``count`` base or burst workers: idle ones now, busy ones after their task."""
+        if count <= 0:
+            return
+        woken: list[Worker[R, E]] = []
+        kept: deque[Worker[R, E]] = deque()
+        for worker in self._idle:
+            if len(woken) < count and worker.burst is burst and not worker.retire:
+                worker.retire = True
+                woken.append(worker)
+            else:
+                kept.append(worker)
+        self._idle = kept
+        for worker in woken:
+            self._wake(worker, RETIRE)
+        count -= len(woken)
+        if count > 0:
+            busy = sum(1 for w in self._workers.values() if w.burst is burst and not w.retire)
+            self._debt[burst] = min(self._debt[burst] + count, busy)
+
+    @property
+    def paused(self) -> bool:
+        """True between :meth:`pause` and :meth:`resume`."""
+        return self._paused
+
+    def pause(self) -> None:
+        """Start no queued task until :meth:`resume`; running tasks go on.
+
+        Submissions are still accepted and queue timeouts still fire; no burst worker is added.
+        ``run_task`` is not affected, and a stop still runs (``drain``) or fails queued tasks.
+        """
+        with self._qlock:  # a thread lane checks the flag under it
+            self._paused = True
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`: idle workers are woken and take queued tasks at once."""
+        if not self._paused:
+            return
+        self._paused = False
+        idle, self._idle = self._idle, deque()
+        for worker in idle:
+            self._wake(worker, WAKE)
+
+    def suspend(self, handle: TaskHandle[E]) -> bool:
+        """Stop a RUNNING task's timeout clock (the caller stops the task itself).
+
+        Its timer is cancelled and the time left remembered; its context's ``deadline`` is
+        None meanwhile. Idempotent. False (nothing done) if the task is not running here.
+        """
+        if handle._manager is not self or handle._state is not RUNNING:
+            return False
+        if handle._left is not None:
+            return True
+        timer = handle._timer
+        if timer is not None:
+            handle._timer = None
+            timer.cancel()
+            left = timer.when() - self._loop.time()
+        elif handle._timeout is not None:  # a thread lane started it; not armed yet
+            left = handle._started + handle._timeout - _monotonic()
+        else:
+            left = math.inf
+        handle._left = max(left, 0.0)
+        ctx = handle._ctx
+        if ctx is not None:
+            ctx.deadline = None
+        return True
+
+    def unsuspend(self, handle: TaskHandle[E]) -> bool:
+        """Restart the timeout clock of a task stopped by :meth:`suspend`, with the time left.
+
+        Idempotent. False (nothing done) if the task is not running here.
+        """
+        if handle._manager is not self or handle._state is not RUNNING:
+            return False
+        left = handle._left
+        if left is None:
+            return True
+        handle._left = None
+        if left != math.inf:
+            deadline = _monotonic() + left
+            handle._timer = self._loop.call_at(deadline, self._on_timeout, handle)
+            ctx = handle._ctx
+            if ctx is not None:
+                ctx.deadline = deadline
+        return True
+
+    def set_priority(
+        self, handles: Iterable[TaskHandle[E]], priority: Priority | int
+    ) -> list[TaskHandle[E]]:
+        """Move QUEUED tasks to ``priority``; return those moved (others are ignored).
+
+        In the queue they are placed as if submitted at that level at their original time (by
+        task id); a task waiting for room (``block=True``) just gets the new level. Running,
+        ended and held-for-retry tasks are left alone. O(n + k log k) for the whole batch.
+        """
+        level = Priority(priority)
+        moved: list[TaskHandle[E]] = []
+        moving: list[TaskHandle[E]] = []
+        seen: set[TaskHandle[E]] = set()
+        with self._qlock:  # thread lanes pop under it
+            for job in handles:
+                if job._manager is not self or job._state is not QUEUED or job in seen:
+                    continue
+                seen.add(job)
+                if job._loc == IN_QUEUE:
+                    moved.append(job)
+                    if job._priority is not level:
+                        moving.append(job)
+                elif job._loc == IN_WAITLIST:
+                    job._priority = level
+                    moved.append(job)
+            self._queue.move(moving, level)
+        return moved
+
     # ----------------------------------------------------------------- bursting
 
-    async def _scale_loop(self) -> None:
+    async def _scale_loop(self, last: float) -> None:
+        """Every ``burst_interval``: measure the rates since ``last`` (start()), then rescale."""
         interval = self.config.burst_interval
-        base = self.config.worker_count
-        last_arrived, last_finished = self._arrived, self._finished
+        loop = self._loop
+        metrics = self._metrics
+        last_arrived = last_finished = last_count = 0  # tasks submitted before it first runs count
+        last_total = 0.0
+        per_worker: float | None = None  # 1 / mean duration of the tasks that ended lately
         while not self._closing:
             await asyncio.sleep(interval)
             if self._closing:
                 return
-            self._metrics.sample()
-            arrived = self._arrived - last_arrived
-            finished = self._finished - last_finished
-            last_arrived, last_finished = self._arrived, self._finished
-            backlog = self._queue.size
-            if backlog and not self._idle and (arrived > finished or backlog > finished):
-                room = self._max_workers - len(self._workers)
-                for _ in range(min(room, backlog)):
-                    self._burst_count += 1
-                    self._spawn(self._free_id(), burst=True, first=None)
-            elif not backlog and self._burst_count and len(self._workers) > base:
-                now = _monotonic()
-                for worker in list(self._idle):
-                    if worker.burst and now - worker.idle_since >= RETIRE_AFTER * interval:
-                        self._idle.remove(worker)
-                        self._wake(worker, RETIRE)
+            metrics.sample()
+            now = loop.time()
+            span = max(now - last, 1e-9)
+            self._arrival_rate = (self._arrived - last_arrived) / span
+            self._drain_rate = (self._finished - last_finished) / span
+            timed = metrics.exec_count - last_count
+            if timed:
+                per_worker = timed / max(metrics.exec_total - last_total, 1e-6)
+            last, last_arrived, last_finished = now, self._arrived, self._finished
+            last_total, last_count = metrics.exec_total, metrics.exec_count
+            self._rescale(per_worker, span)
+
+    def _rescale(self, per_worker: float | None, span: float) -> None:
+        """Apply :func:`burst_target` to the rates just measured over ``span`` seconds."""
+        burst = free = 0
+        for worker in self._workers.values():
+            if worker.retire:
+                continue
+            if worker.burst:
+                burst += 1
+            if worker.job is None and not worker.borrowed:
+                free += 1  # idle or starting: takes a queued task without any new worker
+        burst -= self._debt[1]
+        target = burst_target(
+            arrival_rate=self._arrival_rate,
+            drain_rate=self._drain_rate,
+            per_worker_rate=per_worker,
+            backlog=max(0, self._queue.size + self._waitlisted - free),
+            base=self._base,
+            burst=burst,
+            max_workers=self._max_workers,
+            interval=span,
+        )
+        if target > burst:
+            self._calm = 0
+            if self._paused:
+                return
+            kept = min(self._debt[1], target - burst)  # busy ones that were to retire stay
+            self._debt[1] -= kept
+            for _ in range(target - burst - kept):
+                self._burst_count += 1
+                self._spawn(self._free_id(), burst=True, first=None)
+        elif target < burst:
+            self._calm += 1
+            if self._calm >= RETIRE_AFTER:
+                self._retire(burst - target, burst=True)
+        else:
+            self._calm = 0
 
     # ----------------------------------------------------------------- observability
 
@@ -1202,7 +1435,7 @@ class TaskManager(Generic[R, E]):
         queued = self._queue.size
         cap = self._cap
         return Stats(
-            base_workers=self.config.worker_count,
+            base_workers=self._base,
             max_workers=self._max_workers,
             active_workers=len(self._workers),
             burst_workers=self._burst_count,
@@ -1213,6 +1446,8 @@ class TaskManager(Generic[R, E]):
             available_resources=len(self._idle) + len(self._spare),
             queue_capacity=cap,
             queue_usage=queued / cap if cap else 0.0,
+            arrival_rate=self._arrival_rate,
+            drain_rate=self._drain_rate,
         )
 
     def metrics(self) -> Metrics:

@@ -33,7 +33,12 @@ class MetricsCollector(Protocol):
 
 @dataclass
 class Stats:
-    """An O(1) snapshot of workers and queue occupancy."""
+    """An O(1) snapshot of workers and queue occupancy.
+
+    ``arrival_rate`` / ``drain_rate``: tasks/s submitted / finished over the scaler's last
+    ``burst_interval`` (the rates bursting decided on). ``burst_workers`` counts live burst
+    workers, including any finishing a last task before retiring.
+    """
 
     base_workers: int
     max_workers: int
@@ -46,6 +51,8 @@ class Stats:
     available_resources: int
     queue_capacity: int | None
     queue_usage: float
+    arrival_rate: float
+    drain_rate: float
 
 
 @dataclass
@@ -118,6 +125,8 @@ class MetricsRecorder:
         self.timed_out = 0
         self.cancelled = 0
         self.rejected = 0
+        self.exec_total = 0.0  # seconds of every timed run, for the mean task duration
+        self.exec_count = 0
 
     def record_arrival(self, task_id: int) -> None:
         """Count an arrival."""
@@ -132,6 +141,8 @@ class MetricsRecorder:
         self.completed += 1
         self.ended += 1
         self._exec.append(duration)
+        self.exec_total += duration
+        self.exec_count += 1
 
     def record_failure(self, task_id: int, error: BaseException, duration: float) -> None:
         """Count a failure, timeout or cancellation."""
@@ -144,6 +155,8 @@ class MetricsRecorder:
             self.timed_out += 1
         if duration > 0:
             self._exec.append(duration)
+            self.exec_total += duration
+            self.exec_count += 1
 
     def record_retry(self, task_id: int, error: BaseException) -> None:
         """Count a re-queue."""

@@ -100,6 +100,45 @@ class JobQueue:
         self.forget(job)
         return job
 
+    def move(self, jobs: list[TaskHandle[Any]], priority: Priority) -> None:
+        """Move live queued ``jobs`` (distinct, none at ``priority`` yet) to ``priority``.
+
+        They are placed as if submitted at that level at their original time: by task id
+        among the level's entries, except that retries at the level's front stay first. Their
+        old entries are removed, not left dead (a move back must not revive them); the levels
+        touched lose their dead entries too. O(n + k log k) for n entries and k jobs.
+        """
+        if not jobs:
+            return
+        moving = set(jobs)
+        counts = self.counts
+        for source in {job._priority for job in jobs}:
+            level = self._levels[source]
+            kept = [job for job in level if job not in moving and _live(job)]
+            level.clear()
+            level.extend(kept)
+        for job in jobs:
+            counts[job._priority] -= 1
+            job._priority = priority
+        counts[priority] += len(jobs)
+        target = self._levels[priority]
+        existing = [job for job in target if _live(job)]
+        incoming = sorted(jobs, key=_task_id)
+        merged: list[TaskHandle[Any]] = []
+        i = 0
+        while i < len(existing) and existing[i]._attempt > 0:  # retries at the front
+            merged.append(existing[i])
+            i += 1
+        j = 0
+        for job in existing[i:]:
+            while j < len(incoming) and incoming[j].id < job.id:
+                merged.append(incoming[j])
+                j += 1
+            merged.append(job)
+        merged.extend(incoming[j:])
+        target.clear()
+        target.extend(merged)
+
     def drain(self) -> Iterator[TaskHandle[Any]]:
         """Remove and yield every live queued task (for stop and kill)."""
         for level in reversed(self._levels):
@@ -112,3 +151,11 @@ class JobQueue:
     def by_priority(self) -> dict[Priority, int]:
         """Live queued counts per level."""
         return {p: self.counts[p] for p in LEVELS}
+
+
+def _live(job: TaskHandle[Any]) -> bool:
+    return job._state is QUEUED and job._loc == IN_QUEUE
+
+
+def _task_id(job: TaskHandle[Any]) -> int:
+    return job.id

@@ -304,7 +304,7 @@ def test_durations_at_the_bounds(shared: Daemon) -> None:
 
 def test_unknown_enums_and_limits(shared: Daemon) -> None:
     stub = shared.stub
-    for value in (-1, 8, 2**31 - 1):  # unknown to Priority, TaskState and ShutdownMode
+    for value in (-1, 10, 2**31 - 1):  # unknown to Priority, TaskState and ShutdownMode
         task = pb.TaskSpec(argv=["true"], priority=value)  # type: ignore[arg-type]
         _invalid(lambda t=task: submit(stub, t), "tasks[0].priority")
         _invalid(lambda v=value: stub.List(pb.ListRequest(states=[v])), "states")

@@ -761,9 +761,10 @@ class StreamResultsRequest(_message.Message):
     finished_only: _builtins.bool
     """Only each task's `finished` event: the cheap way to wait for many tasks."""
     all_live: _builtins.bool
-    """Also watch every task that is queued or running now (any number), and
-    end once all of them (and `ids`) have finished: `wait --all`. Tasks
-    submitted later are not included.
+    """Also watch every task that is queued, running or paused now (any
+    number), and end once all of them (and `ids`) have finished: `wait
+    --all`. Tasks submitted later are not included, nor stashed tasks (which
+    never run until enqueued).
     """
     batch: _builtins.bool
     """With `finished_only` and without `output`: the tasks that had already
