@@ -1089,7 +1089,7 @@ def group_list() -> None:
     for g in groups:
         paused = "[bright_blue]yes[/]" if g.paused else "no"
         if g.paused_tasks:
-            paused += f" ({g.paused_tasks} tasks)"
+            paused += f" ({g.paused_tasks} task{'' if g.paused_tasks == 1 else 's'})"
         row = (g.parallel, g.max_parallel, g.running, g.queued, paused, g.stashed)
         table.add_row(g.name, *(str(v) for v in row))
     _console().print(table)

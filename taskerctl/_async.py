@@ -25,6 +25,7 @@ from typing import Any, TypeVar, Unpack
 
 import grpc.aio
 
+from tasker.api import METADATA
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
 from taskerctl import _core as core
@@ -176,19 +177,22 @@ class AsyncClient(core.BaseClient):
         with self._errors():
             while run.call is not None:
                 method = getattr(self._stub, run.call.method)
-                run.answer(await method(run.call.request, timeout=run.timeout))
+                run.answer(await method(run.call.request, timeout=run.timeout, metadata=METADATA))
         return run.result
 
     async def _stream(
         self, method: str, request: Any, timeout: float | None
     ) -> AsyncIterator[TaskEvent]:
-        call = getattr(self._stub, method)(request, timeout=timeout)
+        call = getattr(self._stub, method)(request, timeout=timeout, metadata=METADATA)
         with self._errors(call):
             async for event in call:
                 yield TaskEvent.from_proto(event)
 
     async def _wait(self, waiter: core.Waiter) -> builtins.list[TaskResult]:
-        calls = [self._stub.StreamResults(r, timeout=waiter.timeout) for r in waiter.requests]
+        calls = [
+            self._stub.StreamResults(r, timeout=waiter.timeout, metadata=METADATA)
+            for r in waiter.requests
+        ]
         with waiter.deadline(), self._errors(*calls):
             async with contextlib.aclosing(_merged(calls)) as events:
                 async for event in events:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar, Unpack
 
 import grpc
 
+from tasker.api import METADATA
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
 from taskerctl import _core as core
@@ -157,17 +158,20 @@ class Client(core.BaseClient):
         with self._errors():
             while run.call is not None:
                 method = getattr(self._stub, run.call.method)
-                run.answer(method(run.call.request, timeout=run.timeout))
+                run.answer(method(run.call.request, timeout=run.timeout, metadata=METADATA))
         return run.result
 
     def _stream(self, method: str, request: Any, timeout: float | None) -> Iterator[TaskEvent]:
-        call = getattr(self._stub, method)(request, timeout=timeout)
+        call = getattr(self._stub, method)(request, timeout=timeout, metadata=METADATA)
         with self._errors(call):
             for event in call:
                 yield TaskEvent.from_proto(event)
 
     def _wait(self, waiter: core.Waiter) -> builtins.list[TaskResult]:
-        calls = [self._stub.StreamResults(r, timeout=waiter.timeout) for r in waiter.requests]
+        calls = [
+            self._stub.StreamResults(r, timeout=waiter.timeout, metadata=METADATA)
+            for r in waiter.requests
+        ]
         with waiter.deadline(), self._errors(*calls):
             for event in _merged(calls):
                 waiter.feed(event)

@@ -21,7 +21,7 @@ from google.protobuf.message_factory import GetMessageClass
 from tasker.events import ended_ids
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
-from taskerd import control, validate
+from taskerd import compat, control, validate
 from taskerd.core import Core
 from taskerd.errors import InvalidArgument, RequestError, clip
 
@@ -152,11 +152,14 @@ class Service(pb_grpc.TaskerServicer):
         watcher, past = await self.core.watch(
             ids, output=request.output, finished_only=request.finished_only, batch=request.batch
         )
+        old = not request.finished_only and compat.old_client(context)
         try:
             finished: set[int] = set()
             for event in past:
                 if request.output and event.WhichOneof("kind") == "finished":
                     event = await self.core.with_output(event)  # one output in memory at a time
+                if old and not compat.shown(event):
+                    continue
                 yield event
                 finished.update(ended_ids(event))
             if watcher.remaining is not None:
@@ -164,6 +167,8 @@ class Service(pb_grpc.TaskerServicer):
                 if not watcher.remaining:
                     return
             async for event in watcher.events():
+                if old and not compat.shown(event):
+                    continue
                 yield event
         finally:
             watcher.close()
@@ -185,7 +190,7 @@ class Service(pb_grpc.TaskerServicer):
             ids += self.core.select(request.states, request.labels, request.group)
         results = await self.core.cancel(ids) if ids else []
         first = results[0] if results else None
-        return pb.CancelResponse(
+        answer = pb.CancelResponse(
             cancelled=first.cancelled if first else False,
             state=first.state if first else pb.TASK_STATE_UNSPECIFIED,
             results=[
@@ -193,11 +198,18 @@ class Service(pb_grpc.TaskerServicer):
                 for r in results
             ],
         )
+        if compat.old_client(context):
+            answer.state = compat.state(answer.state)
+            compat.tasks(answer.results)
+        return answer
 
     @unary
     async def Get(self, request: pb.GetRequest, context: Context) -> pb.Task:
         validate.ids("id", [request.id])
-        return await self.core.get(request.id, output=request.output)
+        task = await self.core.get(request.id, output=request.output)
+        if compat.old_client(context):
+            compat.tasks([task])
+        return task
 
     @unary
     async def List(self, request: pb.ListRequest, context: Context) -> pb.ListResponse:
@@ -212,6 +224,8 @@ class Service(pb_grpc.TaskerServicer):
         more = len(tasks) > limit
         tasks = tasks[:limit]
         token = str(tasks[-1].id) if more and tasks else ""
+        if compat.old_client(context):
+            compat.tasks(tasks)
         return pb.ListResponse(tasks=tasks, next_page_token=token)
 
     @streaming

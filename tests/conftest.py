@@ -12,10 +12,12 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
+from tasker.api import METADATA
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
 from taskerd import cgroups
@@ -23,6 +25,19 @@ from taskerd.cgroups import read_file
 from taskerd.procs import state_key
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Announce(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Sends the API level on every call, as taskerctl does (see tasker.api)."""
+
+    def _with_level(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), *METADATA])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_level(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_level(details), request)
 
 
 class Daemon:
@@ -97,7 +112,7 @@ class Daemon:
     def stub(self) -> pb_grpc.TaskerStub:
         if self._stub is None:
             self._channel = grpc.insecure_channel(self.target)
-            self._stub = pb_grpc.TaskerStub(self._channel)
+            self._stub = pb_grpc.TaskerStub(grpc.intercept_channel(self._channel, _Announce()))
         return self._stub
 
     def log(self) -> str:

@@ -46,11 +46,23 @@ function connect(socket) {
   return new tasker.v1.Tasker(`unix:${socket}`, grpc.credentials.createInsecure());
 }
 
+/**
+ * Call metadata announcing API level 2 (protos/tasker/api.py): without it the
+ * daemon shows a paused task as RUNNING and a stashed one as QUEUED.
+ */
+function apiLevel() {
+  const metadata = new grpc.Metadata();
+  metadata.set('tasker-api', '2');
+  return metadata;
+}
+
 /** Promisified unary call. */
 function unary(client, method, request) {
   return new Promise((resolve, reject) => {
     const deadline = new Date(Date.now() + 10_000);
-    client[method](request, { deadline }, (err, reply) => (err ? reject(err) : resolve(reply)));
+    client[method](request, apiLevel(), { deadline }, (err, reply) =>
+      err ? reject(err) : resolve(reply),
+    );
   });
 }
 
@@ -59,7 +71,7 @@ function follow(client, id) {
   return new Promise((resolve, reject) => {
     let finished = null;
     const seen = { stdout: 0, stderr: 0 }; // bytes streamed so far, per stream
-    const call = client.streamResults({ ids: [id], output: true });
+    const call = client.streamResults({ ids: [id], output: true }, apiLevel());
     call.on('data', (event) => {
       if (event.kind === 'started') {
         console.log(`task ${id}: started (pid ${event.started.pid}, worker ${event.started.worker})`);

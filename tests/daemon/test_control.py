@@ -4,14 +4,19 @@ stash, remove, signals, and what survives a restart and a ``kill -9``."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 
 from tasker.v1 import tasker_pb2 as pb
-from tests.conftest import Daemon
+from tasker.v1 import tasker_pb2_grpc as pb_grpc
+from tests.conftest import ROOT, Daemon
 from tests.daemon.util import TERMINAL, dur, poll_state, spec, submit, wait
 
 MakeDaemon = Callable[..., Daemon]
@@ -399,3 +404,66 @@ def test_a_group_bursts_with_its_arrival_rate_and_shrinks_after(make_daemon: Mak
     stub.Cancel(pb.CancelRequest(ids=backlog))
     assert all(t.state in TERMINAL for t in wait(stub, *backlog).values())
     assert os.path.exists(d.socket)
+
+
+def test_a_journal_of_the_previous_version_migrates_at_start(make_daemon: MakeDaemon) -> None:
+    """taskerd at 71cffcb wrote it (schema v2), and was killed with task 5 running and 6, 7 and
+    9 queued (see tests/data/README.md): a daemon of today starts on it and goes on."""
+    d = make_daemon("--workers", "1", start=False)
+    d.state_dir.mkdir(parents=True)
+    fixture = Path(__file__).resolve().parents[1] / "data" / "journal-v2.sqlite3"
+    shutil.copy(fixture, d.state_dir / "journal.sqlite3")
+    d.start()
+    stub = d.stub
+    tasks = {t.id: t for t in stub.List(pb.ListRequest()).tasks}
+    assert sorted(tasks) == list(range(1, 10))
+    assert {t.group for t in tasks.values()} == {"default"}
+    assert tasks[1].state == pb.TASK_STATE_SUCCEEDED
+    assert stub.Get(pb.GetRequest(id=1, output=True)).stdout == b"hello\n"
+    # Resumed: run again (their working directory, a temporary one then, is gone: they fail).
+    assert tasks[9].spec.priority == pb.PRIORITY_LOW and tasks[9].spec.once
+    stub.Cancel(pb.CancelRequest(all=True), timeout=10)
+    ended = wait(stub, 5, 6, 7, 9)
+    assert {t.state for t in ended.values()} <= {pb.TASK_STATE_CANCELLED, pb.TASK_STATE_FAILED}
+    assert stub.Remove(pb.RemoveRequest(ids=[1, 2])).removed == 2
+
+
+OLD = "71cffcb"  # main before PAUSED and STASHED
+
+
+def test_old_clients_see_paused_as_running_and_stashed_as_queued(d: Daemon, tmp_path: Path) -> None:
+    """A client that does not announce API level 2 (tasker.api) gets the states it knows; the
+    taskerctl of before them lists and shows such tasks instead of failing on state 8 or 9."""
+    stub = d.stub
+    running = submit(stub, spec("sleep", "30"))[0]
+    poll_state(stub, running, {RUNNING})
+    stashed = stub.Submit(pb.SubmitRequest(tasks=[spec("true")], stashed=True)).ids[0]
+    stub.Pause(pb.PauseRequest(ids=[running]))
+    with grpc.insecure_channel(d.target) as channel:
+        old = pb_grpc.TaskerStub(channel)  # no tasker-api metadata: a client of before
+        assert old.Get(pb.GetRequest(id=running)).state == RUNNING
+        assert old.Get(pb.GetRequest(id=stashed)).state == QUEUED
+        assert {t.state for t in old.List(pb.ListRequest()).tasks} == {RUNNING, QUEUED}
+        stream = old.StreamResults(pb.StreamResultsRequest(ids=[running]), timeout=10)
+        assert [next(stream).WhichOneof("kind") for _ in range(2)] == ["queued", "started"]
+        stub.Resume(pb.ResumeRequest(ids=[running]))
+        stub.Cancel(pb.CancelRequest(id=running))
+        kinds = [e.WhichOneof("kind") for e in stream]
+        assert kinds == ["finished"]  # no state_changed for it
+    assert stub.Get(pb.GetRequest(id=stashed)).state == STASHED  # a client of now sees it
+    src = tmp_path / "old"
+    src.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", OLD], capture_output=True, check=False
+    )
+    if archive.returncode:
+        pytest.skip(f"no git history with {OLD} here")
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+    env = {**os.environ, "PYTHONPATH": f"{src}:{src / 'protos'}"}
+    for args in (["list"], ["show", str(stashed)]):
+        shown = subprocess.run(
+            [sys.executable, "-m", "taskerctl", "--socket", str(d.socket), *args],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30,
+        )  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        assert "queued" in shown.stdout.lower()

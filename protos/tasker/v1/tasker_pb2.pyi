@@ -16,6 +16,12 @@ Errors use the standard gRPC status codes:
   FAILED_PRECONDITION the daemon is shutting down, or the task or group is
                       not in a state the verb applies to ("task 7 is
                       RUNNING: only queued or stashed tasks ...").
+
+API level. A client sends the metadata `tasker-api: 2` on its calls to get
+the states PAUSED and STASHED and the `state_changed` event (taskerctl, its
+Python clients and the Node example do). To a call without it, the daemon
+answers as clients written before them expect: a paused task shows RUNNING,
+a stashed one QUEUED, and streams carry no `state_changed` event.
 """
 
 from collections import abc as _abc
