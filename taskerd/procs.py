@@ -370,7 +370,7 @@ async def end_previous_runs(runs: Iterable[RunIdentity], grace: float) -> int:
     current instance), every process whose token has this state directory's key but not the
     current instance, and the process group of each of ``runs`` (journaled) whose leader still
     has its start time or whose members include one carrying its token (so a reused pid is never
-    hit). Each gets SIGTERM once; after up to ``grace`` seconds (zombies count as gone: nobody may
+    hit). Each gets SIGTERM once (and SIGCONT, so that a paused one takes it); after up to ``grace`` seconds (zombies count as gone: nobody may
     reap them) what is left gets SIGKILL, and so does any process of theirs that turned up
     meanwhile. Signals go through pidfds, so a pid reused in between is never hit. Leftover
     cgroups are removed once empty. Returns how many processes were signalled.
@@ -381,6 +381,7 @@ async def end_previous_runs(runs: Iterable[RunIdentity], grace: float) -> int:
     fds: dict[int, int] = {}  # pid -> pidfd of every process signalled
     try:
         _signal_previous(runs, leftovers, fds, signal.SIGTERM)
+        _signal_previous(runs, leftovers, fds, signal.SIGCONT)  # a paused task takes it too
         deadline = loop.time() + grace
         step = 0.005
         while len(_exited(fds)) < len(fds) or any(cgv2.populated(c) for c in leftovers):
@@ -442,14 +443,18 @@ def _previous_processes(runs: list[RunIdentity], leftovers: list[str]) -> dict[i
     return found
 
 
+#: Signals that :func:`_signal_previous` sends again to processes it signalled before.
+_AGAIN = (signal.SIGKILL, signal.SIGCONT)
+
+
 def _signal_previous(
     runs: list[RunIdentity], leftovers: list[str], fds: dict[int, int], sig: int
 ) -> None:
     """Send ``sig`` to each process of earlier instances not yet in ``fds`` (adding it); with
-    SIGKILL, also to those in ``fds`` that have not exited."""
+    SIGKILL or SIGCONT, also to those in ``fds`` that have not exited."""
     targets = _previous_processes(runs, leftovers)
     exited = _exited(fds)
-    again = [pid for pid in fds if pid not in exited] if sig == signal.SIGKILL else []
+    again = [pid for pid in fds if pid not in exited] if sig in _AGAIN else []
     for pid, started in targets.items():
         if pid in fds:
             continue

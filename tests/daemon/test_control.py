@@ -17,7 +17,7 @@ import pytest
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, Daemon
-from tests.daemon.util import TERMINAL, dur, poll_state, spec, submit, wait
+from tests.daemon.util import TERMINAL, dur, poll_state, spec, submit, wait, wait_gone
 
 MakeDaemon = Callable[..., Daemon]
 QUEUED, RUNNING = pb.TASK_STATE_QUEUED, pb.TASK_STATE_RUNNING
@@ -467,3 +467,24 @@ def test_old_clients_see_paused_as_running_and_stashed_as_queued(d: Daemon, tmp_
         )  # fmt: skip
         assert shown.returncode == 0, shown.stderr
         assert "queued" in shown.stdout.lower()
+
+
+def test_a_paused_task_left_by_a_killed_daemon_is_ended_and_requeued(
+    make_daemon: MakeDaemon,
+) -> None:
+    d = make_daemon("--workers", "1", config='kill_grace = "10s"\n')
+    stub = d.stub
+    stub.AddGroup(pb.AddGroupRequest(name="g"))
+    task_id = submit(stub, spec("sleep", "300", group="g"))[0]
+    pid = poll_state(stub, task_id, {RUNNING}).pid
+    stub.Pause(pb.PauseRequest(groups=["g"]))
+    until(lambda: proc_state(pid) == "T", what="SIGSTOP")
+    d.kill9()
+    t0 = time.monotonic()
+    d.start()
+    # Its stopped process took the SIGTERM at once, not the SIGKILL 10 s later.
+    assert time.monotonic() - t0 < 8
+    wait_gone([pid], timeout=5)
+    task = d.stub.Get(pb.GetRequest(id=task_id))
+    assert task.state == QUEUED and group(d.stub, "g").paused  # re-queued; its group paused
+    d.stub.Cancel(pb.CancelRequest(id=task_id))
