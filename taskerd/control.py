@@ -152,6 +152,20 @@ def _groups(core: Core, names: Sequence[str], every: bool) -> list[Group]:
     return list(dict.fromkeys(chosen))
 
 
+async def _journal_paused(core: Core, groups: Sequence[Group], paused: bool) -> None:
+    """Journal the groups whose pause this changes; on failure, memory stays as it was."""
+    changed = [g for g in groups if g.paused != paused]
+    for group in changed:
+        group.paused = paused
+    try:
+        for group in changed:
+            await core.save_group(group)
+    except BaseException:
+        for group in changed:
+            group.paused = not paused
+        raise
+
+
 def _stop(core: Core, live: Live, reason: str) -> None:
     """SIGSTOP a running task's processes and stop its timeout clock."""
     run = live.run
@@ -176,16 +190,7 @@ async def pause(
     for live in tasks:
         if live.run_task is not None:
             raise NotNow(f"task {live.id} runs bound to its Run call: it cannot be paused")
-    changed = [g for g in groups if not g.paused]
-    for group in changed:
-        group.paused = True
-    try:
-        for group in changed:
-            await core.save_group(group)
-    except BaseException:
-        for group in changed:
-            group.paused = False
-        raise
+    await _journal_paused(core, groups, True)
     paused: list[int] = []
     for group in groups:
         group.engine.pause()
@@ -209,16 +214,7 @@ async def resume(core: Core, ids: Sequence[int], names: Sequence[str], every: bo
         raise InvalidArgument("ids", "name tasks or groups to resume, or set all")
     groups = _groups(core, names, every)
     tasks = await lives(core, ids, (PAUSED,), "only a paused task can be resumed")
-    changed = [g for g in groups if g.paused]
-    for group in changed:
-        group.paused = False
-    try:
-        for group in changed:
-            await core.save_group(group)
-    except BaseException:
-        for group in changed:
-            group.paused = True
-        raise
+    await _journal_paused(core, groups, False)
     chosen = set(groups)
     resumed: list[int] = []
     for group in groups:

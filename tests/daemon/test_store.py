@@ -10,11 +10,9 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 import taskerd.store as store_mod
 from tasker.v1 import tasker_pb2 as pb
@@ -35,18 +33,6 @@ def count(path: Path, table: str) -> int:
     """Rows in a table, read through a separate plain sqlite3 connection."""
     with sqlite3.connect(path) as db:
         return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "journal.db"
-
-
-@pytest_asyncio.fixture
-async def store(db: Path) -> AsyncIterator[Store]:
-    s = await Store.open(db)
-    yield s
-    await s.close()
 
 
 async def finish(s: Store, *ids: int, at: float, state: int = OK) -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 import taskerd.store as store_mod
 from tasker.v1 import tasker_pb2 as pb
@@ -37,18 +35,6 @@ def raw(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[obj
     """Rows read through a separate plain sqlite3 connection (what is committed)."""
     with sqlite3.connect(path) as db:
         return db.execute(sql, params).fetchall()
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "journal.db"
-
-
-@pytest_asyncio.fixture
-async def store(db: Path) -> AsyncIterator[Store]:
-    s = await Store.open(db)
-    yield s
-    await s.close()
 
 
 # ---- schema ----------------------------------------------------------------------------------
