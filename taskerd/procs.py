@@ -372,8 +372,9 @@ async def end_previous_runs(runs: Iterable[RunIdentity], grace: float) -> int:
     has its start time or whose members include one carrying its token (so a reused pid is never
     hit). Each gets SIGTERM once (and SIGCONT, so that a paused one takes it); after up to
     ``grace`` seconds (zombies count as gone: nobody may reap them) what is left gets SIGKILL,
-    and so does any process of theirs that turned up meanwhile. Signals go through pidfds, so a pid reused in between is never hit. Leftover
-    cgroups are removed once empty. Returns how many processes were signalled.
+    and so does any process of theirs that turned up meanwhile. Signals go through pidfds, so a
+    pid reused in between is never hit. Leftover cgroups are removed once empty. Returns how many
+    processes were signalled.
     """
     runs = list(runs)
     leftovers = _leftover_cgroups()
