@@ -152,13 +152,14 @@ class Service(pb_grpc.TaskerServicer):
         watcher, past = await self.core.watch(
             ids, output=request.output, finished_only=request.finished_only, batch=request.batch
         )
-        old = not request.finished_only and compat.old_client(context)
+        seen_by = compat.level(context)
+        old = not request.finished_only and seen_by < 2
         try:
             finished: set[int] = set()
             for event in past:
                 if request.output and event.WhichOneof("kind") == "finished":
                     event = await self.core.with_output(event)  # one output in memory at a time
-                if old and not compat.shown(event):
+                if old and not compat.shown(event, seen_by):
                     continue
                 yield event
                 finished.update(ended_ids(event))
@@ -167,7 +168,7 @@ class Service(pb_grpc.TaskerServicer):
                 if not watcher.remaining:
                     return
             async for event in watcher.events():
-                if old and not compat.shown(event):
+                if old and not compat.shown(event, seen_by):
                     continue
                 yield event
         finally:
@@ -198,17 +199,16 @@ class Service(pb_grpc.TaskerServicer):
                 for r in results
             ],
         )
-        if compat.old_client(context):
-            answer.state = compat.state(answer.state)
-            compat.tasks(answer.results)
+        seen_by = compat.level(context)
+        answer.state = compat.state(answer.state, seen_by)
+        compat.tasks(answer.results, seen_by)
         return answer
 
     @unary
     async def Get(self, request: pb.GetRequest, context: Context) -> pb.Task:
         validate.ids("id", [request.id])
         task = await self.core.get(request.id, output=request.output)
-        if compat.old_client(context):
-            compat.tasks([task])
+        compat.tasks([task], compat.level(context))
         return task
 
     @unary
@@ -224,8 +224,7 @@ class Service(pb_grpc.TaskerServicer):
         more = len(tasks) > limit
         tasks = tasks[:limit]
         token = str(tasks[-1].id) if more and tasks else ""
-        if compat.old_client(context):
-            compat.tasks(tasks)
+        compat.tasks(tasks, compat.level(context))
         return pb.ListResponse(tasks=tasks, next_page_token=token)
 
     @streaming

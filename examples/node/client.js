@@ -47,12 +47,12 @@ function connect(socket) {
 }
 
 /**
- * Call metadata announcing API level 2 (protos/tasker/api.py): without it the
- * daemon shows a paused task as RUNNING and a stashed one as QUEUED.
+ * Call metadata announcing API level 3 (protos/tasker/api.py): with less, the
+ * daemon shows each newer state as the nearest one an older client knows.
  */
 function apiLevel() {
   const metadata = new grpc.Metadata();
-  metadata.set('tasker-api', '2');
+  metadata.set('tasker-api', '3');
   return metadata;
 }
 

@@ -17,16 +17,18 @@ Errors use the standard gRPC status codes:
                       not in a state the verb applies to ("task 7 is
                       RUNNING: only queued or stashed tasks ...").
 
-API level. A client sends the metadata `tasker-api: 2` on its calls to get
-the states PAUSED and STASHED and the `state_changed` event (taskerctl, its
-Python clients and the Node example do). To a call without it, the daemon
-answers as clients written before them expect: a paused task shows RUNNING,
-a stashed one QUEUED, and streams carry no `state_changed` event.
+API level. A client sends the metadata `tasker-api: 3` on its calls to get
+every state (taskerctl, its Python clients and the Node example do). Level
+2 added PAUSED, STASHED and the `state_changed` event; level 3 WAITING and
+SCHEDULED. To a call that announces less, the daemon answers as clients
+written before them expect: a paused task shows RUNNING, a stashed, waiting
+or scheduled one QUEUED, and (below 2) streams carry no `state_changed`.
 """
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -99,6 +101,13 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     """
     TASK_STATE_STASHED: _TaskState.ValueType  # 9
     """Accepted and journaled, but not queued until Enqueue (SubmitRequest.stashed)."""
+    TASK_STATE_WAITING: _TaskState.ValueType  # 10
+    """Waiting for its dependencies (TaskSpec.after); Task.waiting_on lists the
+    ones that have not ended yet. Queued once they all SUCCEEDED (or ended,
+    with after_any); CANCELLED if one ended otherwise.
+    """
+    TASK_STATE_SCHEDULED: _TaskState.ValueType  # 11
+    """Not to start before TaskSpec.start_at; queued (or WAITING) then."""
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
     """Where a task is in its life. QUEUED, RUNNING, PAUSED and STASHED are live;
@@ -131,6 +140,13 @@ timeout clock stops meanwhile.
 """
 TASK_STATE_STASHED: TaskState.ValueType  # 9
 """Accepted and journaled, but not queued until Enqueue (SubmitRequest.stashed)."""
+TASK_STATE_WAITING: TaskState.ValueType  # 10
+"""Waiting for its dependencies (TaskSpec.after); Task.waiting_on lists the
+ones that have not ended yet. Queued once they all SUCCEEDED (or ended,
+with after_any); CANCELLED if one ended otherwise.
+"""
+TASK_STATE_SCHEDULED: TaskState.ValueType  # 11
+"""Not to start before TaskSpec.start_at; queued (or WAITING) then."""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 class _OutputStream:
@@ -244,6 +260,11 @@ class TaskSpec(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
     GROUP_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    AFTER_TASKS_FIELD_NUMBER: _builtins.int
+    AFTER_ANY_FIELD_NUMBER: _builtins.int
+    START_AT_FIELD_NUMBER: _builtins.int
+    ON_FINISH_FIELD_NUMBER: _builtins.int
     shell: _builtins.bool
     cwd: _builtins.str
     """Absolute path of the working directory; it must exist. Empty: the
@@ -272,6 +293,13 @@ class TaskSpec(_message.Message):
     group: _builtins.str
     """The group whose queue and slots run it. Empty: "default". An unknown
     group is INVALID_ARGUMENT "tasks[i].group: no group named ...".
+    """
+    after_any: _builtins.bool
+    """Queue it once every dependency has ended, however it ended."""
+    on_finish: _builtins.str
+    """A shell command run (by /bin/sh -c) after the task ended, besides the
+    daemon's `on_finish` (see README, "Workflows"); it cannot change the
+    task's state. At most 64 KiB.
     """
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -306,6 +334,27 @@ class TaskSpec(_message.Message):
         characters, values at most 256.
         """
 
+    @_builtins.property
+    def after(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Dependencies: existing tasks (at most 10,000 ids) that must all SUCCEED
+        before this one is queued. If one ends any other way, this task never
+        runs: it ends CANCELLED "dependency N ended FAILED" (and so, in turn, do
+        the tasks that depend on it). A dependency that had already succeeded
+        counts at once. Unknown ids are INVALID_ARGUMENT "tasks[i].after: ...".
+        """
+
+    @_builtins.property
+    def after_tasks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Dependencies on earlier tasks of the same SubmitRequest, by their index
+        in `tasks` (each below i), so that a whole pipeline is accepted at once.
+        """
+
+    @_builtins.property
+    def start_at(self) -> _timestamp_pb2.Timestamp:
+        """Do not start it before this time: until then it is SCHEDULED. A time in
+        the past (or one that passed while the daemon was down) starts it at once.
+        """
+
     def __init__(
         self,
         *,
@@ -322,10 +371,15 @@ class TaskSpec(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         retries: _builtins.int = ...,
         group: _builtins.str = ...,
+        after: _abc.Iterable[_builtins.int] | None = ...,
+        after_tasks: _abc.Iterable[_builtins.int] | None = ...,
+        after_any: _builtins.bool = ...,
+        start_at: _timestamp_pb2.Timestamp | None = ...,
+        on_finish: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "max_retries", b"max_retries", "queue_timeout", b"queue_timeout", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "max_retries", b"max_retries", "queue_timeout", b"queue_timeout", "start_at", b"start_at", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "argv", b"argv", "cwd", b"cwd", "env", b"env", "group", b"group", "labels", b"labels", "max_retries", b"max_retries", "once", b"once", "priority", b"priority", "queue_timeout", b"queue_timeout", "retries", b"retries", "shell", b"shell", "stdin", b"stdin", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "after", b"after", "after_any", b"after_any", "after_tasks", b"after_tasks", "argv", b"argv", "cwd", b"cwd", "env", b"env", "group", b"group", "labels", b"labels", "max_retries", b"max_retries", "on_finish", b"on_finish", "once", b"once", "priority", b"priority", "queue_timeout", b"queue_timeout", "retries", b"retries", "shell", b"shell", "start_at", b"start_at", "stdin", b"stdin", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
     _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
@@ -359,6 +413,9 @@ class Task(_message.Message):
     STDERR_TRUNCATED_FIELD_NUMBER: _builtins.int
     GROUP_FIELD_NUMBER: _builtins.int
     ENQUEUE_AT_FIELD_NUMBER: _builtins.int
+    WAITING_ON_FIELD_NUMBER: _builtins.int
+    RESTARTED_FROM_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Increasing, never reused."""
     state: Global___TaskState.ValueType
@@ -386,6 +443,10 @@ class Task(_message.Message):
     stderr_truncated: _builtins.bool
     group: _builtins.str
     """The group that runs it ("default" when spec.group is empty)."""
+    restarted_from: _builtins.int
+    """The task this one re-runs (Restart); 0 for none."""
+    schedule_id: _builtins.int
+    """The schedule that submitted it; 0 for none."""
     @_builtins.property
     def spec(self) -> Global___TaskSpec: ...
     @_builtins.property
@@ -410,6 +471,12 @@ class Task(_message.Message):
     def enqueue_at(self) -> _timestamp_pb2.Timestamp:
         """A stashed task's planned Enqueue (EnqueueRequest.delay); unset otherwise."""
 
+    @_builtins.property
+    def waiting_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """A WAITING task's dependencies that have not ended yet (spec.after and
+        spec.after_tasks resolved to ids hold all of them).
+        """
+
     def __init__(
         self,
         *,
@@ -433,10 +500,13 @@ class Task(_message.Message):
         stderr_truncated: _builtins.bool = ...,
         group: _builtins.str = ...,
         enqueue_at: _timestamp_pb2.Timestamp | None = ...,
+        waiting_on: _abc.Iterable[_builtins.int] | None = ...,
+        restarted_from: _builtins.int = ...,
+        schedule_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "ended_at", b"ended_at", "enqueue_at", b"enqueue_at", "exit_code", b"exit_code", "queued_at", b"queued_at", "run", b"run", "signal", b"signal", "spec", b"spec", "started_at", b"started_at", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "attempts", b"attempts", "ended_at", b"ended_at", "enqueue_at", b"enqueue_at", "error", b"error", "exit_code", b"exit_code", "group", b"group", "id", b"id", "pid", b"pid", "queued_at", b"queued_at", "run", b"run", "signal", b"signal", "spec", b"spec", "started_at", b"started_at", "state", b"state", "stderr", b"stderr", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_truncated", b"stdout_truncated", "wait", b"wait", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "attempts", b"attempts", "ended_at", b"ended_at", "enqueue_at", b"enqueue_at", "error", b"error", "exit_code", b"exit_code", "group", b"group", "id", b"id", "pid", b"pid", "queued_at", b"queued_at", "restarted_from", b"restarted_from", "run", b"run", "schedule_id", b"schedule_id", "signal", b"signal", "spec", b"spec", "started_at", b"started_at", "state", b"state", "stderr", b"stderr", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_truncated", b"stdout_truncated", "wait", b"wait", "waiting_on", b"waiting_on", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -594,7 +664,7 @@ class TaskEvent(_message.Message):
         STATE_FIELD_NUMBER: _builtins.int
         REASON_FIELD_NUMBER: _builtins.int
         state: Global___TaskState.ValueType
-        """The new state: PAUSED, RUNNING (resumed) or STASHED."""
+        """The new state: PAUSED, RUNNING (resumed), STASHED, WAITING or SCHEDULED."""
         reason: _builtins.str
         """Why, e.g. "paused with its group gpu"."""
         def __init__(
@@ -645,8 +715,9 @@ class TaskEvent(_message.Message):
     @_builtins.property
     def state_changed(self) -> Global___TaskEvent.StateChanged:
         """A live task changed state other than by starting or finishing: it was
-        paused or resumed, or submitted stashed. (Enqueue and SetPriority send
-        `queued` again.)
+        paused or resumed, or submitted stashed, waiting or scheduled. (Enqueue,
+        SetPriority and Edit send `queued` again, as does a waiting or
+        scheduled task that becomes queued.)
         """
 
     def __init__(
@@ -1853,3 +1924,265 @@ class SignalResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignalResponse: _TypeAlias = SignalResponse  # noqa: Y015
+
+@_typing.final
+class RestartRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    SPECS_FIELD_NUMBER: _builtins.int
+    failed: _builtins.bool
+    """Also every task that ended FAILED (still in the journal)."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Finished tasks to submit again (at most 10,000)."""
+
+    @_builtins.property
+    def specs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskSpec]:
+        """Replacement specs, one per id in order (empty: the originals' specs);
+        `taskerctl restart --edit` sends the spec the user edited.
+        """
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+        failed: _builtins.bool = ...,
+        specs: _abc.Iterable[Global___TaskSpec] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "ids", b"ids", "specs", b"specs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartRequest: _TypeAlias = RestartRequest  # noqa: Y015
+
+@_typing.final
+class RestartResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The new ids, in the order of `ids` (then the failed ones, oldest first)."""
+
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartResponse: _TypeAlias = RestartResponse  # noqa: Y015
+
+@_typing.final
+class EditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def spec(self) -> Global___TaskSpec:
+        """The new values of the fields named in `update_mask`."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Which fields of TaskSpec to change: any of argv, shell, env, cwd, stdin,
+        priority, timeout, queue_timeout, labels, retries, max_retries,
+        on_finish. Others (group, after, once, start_at...) are INVALID_ARGUMENT
+        "update_mask: ...". Validated as Submit validates them.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        spec: Global___TaskSpec | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "spec", b"spec", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditRequest: _TypeAlias = EditRequest  # noqa: Y015
+
+@_typing.final
+class Schedule(_message.Message):
+    """A recurring schedule: at every occurrence, a new task from `task`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    EVERY_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    NEXT_AT_FIELD_NUMBER: _builtins.int
+    LAST_TASK_ID_FIELD_NUMBER: _builtins.int
+    SUBMITTED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    cron: _builtins.str
+    overlap: _builtins.bool
+    """Also submit an occurrence while the previous one has not ended. Off
+    (default): that occurrence is skipped, not piled up.
+    """
+    last_task_id: _builtins.int
+    """The task of the last occurrence (0: none yet), and how many occurrences
+    were submitted and skipped.
+    """
+    submitted: _builtins.int
+    skipped: _builtins.int
+    @_builtins.property
+    def task(self) -> Global___TaskSpec: ...
+    @_builtins.property
+    def every(self) -> _duration_pb2.Duration:
+        """One of them: a fixed period (at least 1 s), or a cron expression in
+        local time ("*/5 * * * *").
+        """
+
+    @_builtins.property
+    def next_at(self) -> _timestamp_pb2.Timestamp:
+        """When the next occurrence is due."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        task: Global___TaskSpec | None = ...,
+        every: _duration_pb2.Duration | None = ...,
+        cron: _builtins.str = ...,
+        overlap: _builtins.bool = ...,
+        next_at: _timestamp_pb2.Timestamp | None = ...,
+        last_task_id: _builtins.int = ...,
+        submitted: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "every", b"every", "next_at", b"next_at", "task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "cron", b"cron", "every", b"every", "id", b"id", "last_task_id", b"last_task_id", "next_at", b"next_at", "overlap", b"overlap", "skipped", b"skipped", "submitted", b"submitted", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Schedule: _TypeAlias = Schedule  # noqa: Y015
+
+@_typing.final
+class AddScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    EVERY_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    START_AT_FIELD_NUMBER: _builtins.int
+    cron: _builtins.str
+    overlap: _builtins.bool
+    @_builtins.property
+    def task(self) -> Global___TaskSpec:
+        """Validated as Submit validates a task (its own env, or none: the daemon's)."""
+
+    @_builtins.property
+    def every(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def start_at(self) -> _timestamp_pb2.Timestamp:
+        """The first occurrence; unset: now (cron: its next match)."""
+
+    def __init__(
+        self,
+        *,
+        task: Global___TaskSpec | None = ...,
+        every: _duration_pb2.Duration | None = ...,
+        cron: _builtins.str = ...,
+        overlap: _builtins.bool = ...,
+        start_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["every", b"every", "start_at", b"start_at", "task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "every", b"every", "overlap", b"overlap", "start_at", b"start_at", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddScheduleRequest: _TypeAlias = AddScheduleRequest  # noqa: Y015
+
+@_typing.final
+class ListSchedulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSchedulesRequest: _TypeAlias = ListSchedulesRequest  # noqa: Y015
+
+@_typing.final
+class ListSchedulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Schedule]: ...
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[Global___Schedule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedules", b"schedules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSchedulesResponse: _TypeAlias = ListSchedulesResponse  # noqa: Y015
+
+@_typing.final
+class RemoveScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveScheduleRequest: _TypeAlias = RemoveScheduleRequest  # noqa: Y015
+
+@_typing.final
+class RemoveScheduleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveScheduleResponse: _TypeAlias = RemoveScheduleResponse  # noqa: Y015

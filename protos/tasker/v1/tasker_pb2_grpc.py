@@ -135,6 +135,31 @@ class TaskerStub:
                 request_serializer=tasker_dot_v1_dot_tasker__pb2.SignalRequest.SerializeToString,
                 response_deserializer=tasker_dot_v1_dot_tasker__pb2.SignalResponse.FromString,
                 _registered_method=True)
+        self.Restart = channel.unary_unary(
+                '/tasker.v1.Tasker/Restart',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.RestartRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.RestartResponse.FromString,
+                _registered_method=True)
+        self.Edit = channel.unary_unary(
+                '/tasker.v1.Tasker/Edit',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.EditRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.Task.FromString,
+                _registered_method=True)
+        self.AddSchedule = channel.unary_unary(
+                '/tasker.v1.Tasker/AddSchedule',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.AddScheduleRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/tasker.v1.Tasker/ListSchedules',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.RemoveSchedule = channel.unary_unary(
+                '/tasker.v1.Tasker/RemoveSchedule',
+                request_serializer=tasker_dot_v1_dot_tasker__pb2.RemoveScheduleRequest.SerializeToString,
+                response_deserializer=tasker_dot_v1_dot_tasker__pb2.RemoveScheduleResponse.FromString,
+                _registered_method=True)
 
 
 class TaskerServicer:
@@ -332,6 +357,49 @@ class TaskerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Restart(self, request, context):
+        """Submits finished tasks again as new tasks with the same spec (argv, env,
+        cwd, stdin, priority, group, labels, timeouts, retries, once, on_finish;
+        not `after` nor `start_at`), each linked to its original
+        (Task.restarted_from). NOT_FOUND for an unknown id, FAILED_PRECONDITION
+        (and nothing submitted) if any is unfinished. Admitted as Submit is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Edit(self, request, context):
+        """Changes fields of a task that has not started: queued, stashed, waiting or
+        scheduled. FAILED_PRECONDITION for a running or finished task. The task
+        keeps its id and its place in the queue (a new priority moves it as
+        SetPriority does).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddSchedule(self, request, context):
+        """Creates a recurring schedule: a new task from `task` at every occurrence.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Every schedule, by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSchedule(self, request, context):
+        """Removes a schedule. Its tasks already submitted are not touched.
+        NOT_FOUND "schedule N not found" for an unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -434,6 +502,31 @@ def add_TaskerServicer_to_server(servicer, server):
                     servicer.Signal,
                     request_deserializer=tasker_dot_v1_dot_tasker__pb2.SignalRequest.FromString,
                     response_serializer=tasker_dot_v1_dot_tasker__pb2.SignalResponse.SerializeToString,
+            ),
+            'Restart': grpc.unary_unary_rpc_method_handler(
+                    servicer.Restart,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.RestartRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.RestartResponse.SerializeToString,
+            ),
+            'Edit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Edit,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.EditRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.Task.SerializeToString,
+            ),
+            'AddSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddSchedule,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.AddScheduleRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.Schedule.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'RemoveSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSchedule,
+                    request_deserializer=tasker_dot_v1_dot_tasker__pb2.RemoveScheduleRequest.FromString,
+                    response_serializer=tasker_dot_v1_dot_tasker__pb2.RemoveScheduleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -977,6 +1070,141 @@ class Tasker:
             '/tasker.v1.Tasker/Signal',
             tasker_dot_v1_dot_tasker__pb2.SignalRequest.SerializeToString,
             tasker_dot_v1_dot_tasker__pb2.SignalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/Restart',
+            tasker_dot_v1_dot_tasker__pb2.RestartRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.RestartResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Edit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/Edit',
+            tasker_dot_v1_dot_tasker__pb2.EditRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/AddSchedule',
+            tasker_dot_v1_dot_tasker__pb2.AddScheduleRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/ListSchedules',
+            tasker_dot_v1_dot_tasker__pb2.ListSchedulesRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tasker.v1.Tasker/RemoveSchedule',
+            tasker_dot_v1_dot_tasker__pb2.RemoveScheduleRequest.SerializeToString,
+            tasker_dot_v1_dot_tasker__pb2.RemoveScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,11 +17,12 @@ Errors use the standard gRPC status codes:
                       not in a state the verb applies to ("task 7 is
                       RUNNING: only queued or stashed tasks ...").
 
-API level. A client sends the metadata `tasker-api: 2` on its calls to get
-the states PAUSED and STASHED and the `state_changed` event (taskerctl, its
-Python clients and the Node example do). To a call without it, the daemon
-answers as clients written before them expect: a paused task shows RUNNING,
-a stashed one QUEUED, and streams carry no `state_changed` event.
+API level. A client sends the metadata `tasker-api: 3` on its calls to get
+every state (taskerctl, its Python clients and the Node example do). Level
+2 added PAUSED, STASHED and the `state_changed` event; level 3 WAITING and
+SCHEDULED. To a call that announces less, the daemon answers as clients
+written before them expect: a paused task shows RUNNING, a stashed, waiting
+or scheduled one QUEUED, and (below 2) streams carry no `state_changed`.
 """
 
 from collections import abc as _abc
@@ -158,6 +159,27 @@ class TaskerStub:
     process group. INVALID_ARGUMENT "signal: ..." for an unknown signal,
     FAILED_PRECONDITION if the task is not running.
     """
+    Restart: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.RestartRequest, _tasker_pb2.RestartResponse]
+    """Submits finished tasks again as new tasks with the same spec (argv, env,
+    cwd, stdin, priority, group, labels, timeouts, retries, once, on_finish;
+    not `after` nor `start_at`), each linked to its original
+    (Task.restarted_from). NOT_FOUND for an unknown id, FAILED_PRECONDITION
+    (and nothing submitted) if any is unfinished. Admitted as Submit is.
+    """
+    Edit: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.EditRequest, _tasker_pb2.Task]
+    """Changes fields of a task that has not started: queued, stashed, waiting or
+    scheduled. FAILED_PRECONDITION for a running or finished task. The task
+    keeps its id and its place in the queue (a new priority moves it as
+    SetPriority does).
+    """
+    AddSchedule: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.AddScheduleRequest, _tasker_pb2.Schedule]
+    """Creates a recurring schedule: a new task from `task` at every occurrence."""
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.ListSchedulesRequest, _tasker_pb2.ListSchedulesResponse]
+    """Every schedule, by id."""
+    RemoveSchedule: _grpc.UnaryUnaryMultiCallable[_tasker_pb2.RemoveScheduleRequest, _tasker_pb2.RemoveScheduleResponse]
+    """Removes a schedule. Its tasks already submitted are not touched.
+    NOT_FOUND "schedule N not found" for an unknown id.
+    """
 
 @_typing.type_check_only
 class TaskerAsyncStub(TaskerStub):
@@ -267,6 +289,27 @@ class TaskerAsyncStub(TaskerStub):
     """Sends a signal to every process of a running (or paused) task: its
     process group. INVALID_ARGUMENT "signal: ..." for an unknown signal,
     FAILED_PRECONDITION if the task is not running.
+    """
+    Restart: _aio.UnaryUnaryMultiCallable[_tasker_pb2.RestartRequest, _tasker_pb2.RestartResponse]  # type: ignore[assignment]
+    """Submits finished tasks again as new tasks with the same spec (argv, env,
+    cwd, stdin, priority, group, labels, timeouts, retries, once, on_finish;
+    not `after` nor `start_at`), each linked to its original
+    (Task.restarted_from). NOT_FOUND for an unknown id, FAILED_PRECONDITION
+    (and nothing submitted) if any is unfinished. Admitted as Submit is.
+    """
+    Edit: _aio.UnaryUnaryMultiCallable[_tasker_pb2.EditRequest, _tasker_pb2.Task]  # type: ignore[assignment]
+    """Changes fields of a task that has not started: queued, stashed, waiting or
+    scheduled. FAILED_PRECONDITION for a running or finished task. The task
+    keeps its id and its place in the queue (a new priority moves it as
+    SetPriority does).
+    """
+    AddSchedule: _aio.UnaryUnaryMultiCallable[_tasker_pb2.AddScheduleRequest, _tasker_pb2.Schedule]  # type: ignore[assignment]
+    """Creates a recurring schedule: a new task from `task` at every occurrence."""
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_tasker_pb2.ListSchedulesRequest, _tasker_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    """Every schedule, by id."""
+    RemoveSchedule: _aio.UnaryUnaryMultiCallable[_tasker_pb2.RemoveScheduleRequest, _tasker_pb2.RemoveScheduleResponse]  # type: ignore[assignment]
+    """Removes a schedule. Its tasks already submitted are not touched.
+    NOT_FOUND "schedule N not found" for an unknown id.
     """
 
 class TaskerServicer(metaclass=_abc_1.ABCMeta):
@@ -494,6 +537,57 @@ class TaskerServicer(metaclass=_abc_1.ABCMeta):
         """Sends a signal to every process of a running (or paused) task: its
         process group. INVALID_ARGUMENT "signal: ..." for an unknown signal,
         FAILED_PRECONDITION if the task is not running.
+        """
+
+    @_abc_1.abstractmethod
+    def Restart(
+        self,
+        request: _tasker_pb2.RestartRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.RestartResponse, _abc.Awaitable[_tasker_pb2.RestartResponse]]:
+        """Submits finished tasks again as new tasks with the same spec (argv, env,
+        cwd, stdin, priority, group, labels, timeouts, retries, once, on_finish;
+        not `after` nor `start_at`), each linked to its original
+        (Task.restarted_from). NOT_FOUND for an unknown id, FAILED_PRECONDITION
+        (and nothing submitted) if any is unfinished. Admitted as Submit is.
+        """
+
+    @_abc_1.abstractmethod
+    def Edit(
+        self,
+        request: _tasker_pb2.EditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.Task, _abc.Awaitable[_tasker_pb2.Task]]:
+        """Changes fields of a task that has not started: queued, stashed, waiting or
+        scheduled. FAILED_PRECONDITION for a running or finished task. The task
+        keeps its id and its place in the queue (a new priority moves it as
+        SetPriority does).
+        """
+
+    @_abc_1.abstractmethod
+    def AddSchedule(
+        self,
+        request: _tasker_pb2.AddScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.Schedule, _abc.Awaitable[_tasker_pb2.Schedule]]:
+        """Creates a recurring schedule: a new task from `task` at every occurrence."""
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _tasker_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.ListSchedulesResponse, _abc.Awaitable[_tasker_pb2.ListSchedulesResponse]]:
+        """Every schedule, by id."""
+
+    @_abc_1.abstractmethod
+    def RemoveSchedule(
+        self,
+        request: _tasker_pb2.RemoveScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasker_pb2.RemoveScheduleResponse, _abc.Awaitable[_tasker_pb2.RemoveScheduleResponse]]:
+        """Removes a schedule. Its tasks already submitted are not touched.
+        NOT_FOUND "schedule N not found" for an unknown id.
         """
 
 def add_TaskerServicer_to_server(servicer: TaskerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
