@@ -14,7 +14,7 @@ from tasker.durations import format_duration, parse_duration
 from tasker.paths import default_socket_path
 
 #: Keys whose TOML value is a duration ("5s", "1m30s" or a number of seconds).
-_DURATIONS = {"kill_grace", "stop_timeout", "keep_for", "burst_interval"}
+_DURATIONS = {"kill_grace", "stop_timeout", "keep_for", "burst_interval", "on_finish_timeout"}
 _SYNC_MODES = ("normal", "full")
 _LEVELS = ("debug", "info", "warning", "error")
 _CGROUP_MODES = ("auto", "off")
@@ -65,6 +65,11 @@ class DaemonConfig:
     unhealthy_exit_codes: list[int] = field(default_factory=list)
     on_create: str = ""
     on_destroy: str = ""
+    # A shell command run after every task ends (see taskerd.hooks): at most
+    # on_finish_concurrency at once, each stopped after on_finish_timeout.
+    on_finish: str = ""
+    on_finish_timeout: float = 60.0
+    on_finish_concurrency: int = 4
     keep_finished: int = 10_000
     keep_for: float = 7 * 86400.0
     cgroups: str = "auto"  # "auto": a cgroup per run where cgroup v2 is writable; "off": never
@@ -93,6 +98,8 @@ class DaemonConfig:
             (all(0 <= c <= 255 for c in self.unhealthy_exit_codes),
              "unhealthy_exit_codes must be exit statuses 0..255"),
             (self.keep_finished >= 0, "keep_finished must be >= 0"),
+            (self.on_finish_timeout > 0, "on_finish_timeout must be > 0"),
+            (1 <= self.on_finish_concurrency <= 64, "on_finish_concurrency must be 1 to 64"),
             (self.keep_for > 0, "keep_for must be > 0"),
             (self.cgroups in _CGROUP_MODES, "cgroups must be 'auto' or 'off'"),
         ]  # fmt: skip
