@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) bench/latency.py
 	$(PY) bench/scale.py
 	$(PY) bench/cli.py
+	$(PY) bench/control.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

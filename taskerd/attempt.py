@@ -79,6 +79,9 @@ class Host(Protocol):
     def failed_attempt(self, live: Live, reason: str) -> None:
         """An attempt failed and the task runs again at once (``TaskSpec.retries``)."""
 
+    def ended(self, live: Live, ending: Ending) -> None:
+        """The task's end is announced: what follows from it (dependants, hooks)."""
+
 
 class Attempt:
     """One run of one task's command; the engine calls it with the worker's context."""
@@ -347,6 +350,8 @@ def announce(host: Host, live: Live, ending: Ending) -> None:
     live.seq += 1
     seq, capture, result, state = live.seq, live.capture, ending.result, ending.state
     spec, keep_output = ending.spec, ending.keep_output
+    extra = live.extra
+    links = (extra.restarted_from, extra.schedule_id) if extra is not None else (0, 0)
 
     def make(output: bool) -> pb.TaskEvent:  # called only if someone watches
         task = task_record(
@@ -354,13 +359,15 @@ def announce(host: Host, live: Live, ending: Ending) -> None:
             ended_at=ending.now, attempts=live.attempts, pid=live.pid, worker=live.worker,
             exit_code=result.exit_code if result else None,
             signal=result.signal if result else None, error=ending.message,
-            spec=spec if spec is not None else pb.TaskSpec(),
+            spec=spec if spec is not None else pb.TaskSpec(), group=live.group.name,
+            restarted_from=links[0], schedule_id=links[1],
         )  # fmt: skip
         if output and capture is not None and keep_output:
             output_into(task, capture)
         return event(live.id, seq, finished=pb.TaskEvent.Finished(task=task))
 
     host.hub.publish(live.id, make, is_final=True)
+    host.ended(live, ending)
     if log.isEnabledFor(logging.INFO):
         took = format_duration(ending.now - live.started_at) if live.started_at else "-"
         log.info("task %d %s in %s%s", live.id, pb.TaskState.Name(state)[11:], took,

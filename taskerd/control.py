@@ -20,7 +20,7 @@ from taskerd import procs
 from taskerd.core import ENGINE_PRIORITY, Core, journal_failure
 from taskerd.errors import InvalidArgument, NotFound, NotNow, ShuttingDown
 from taskerd.groups import Group, check_name, check_slots
-from taskerd.live import ACTIVE, LIVE, PAUSED, QUEUED, RUNNING, STASHED, Live, State
+from taskerd.live import ACTIVE, HELD, LIVE, PAUSED, QUEUED, RUNNING, STASHED, Live, State
 from taskerd.store import JournalError
 
 log = logging.getLogger("taskerd")
@@ -232,7 +232,7 @@ async def resume(core: Core, ids: Sequence[int], names: Sequence[str], every: bo
 
 async def set_priority(core: Core, ids: Sequence[int], priority: pb.Priority.ValueType) -> None:
     """Move queued or stashed tasks to ``priority``, each keeping its submission order."""
-    chosen = await lives(core, ids, (QUEUED, STASHED), "only a queued or stashed task can "
+    chosen = await lives(core, ids, (QUEUED, *HELD), "only a task that has not started can "
                          "change priority")  # fmt: skip
     level = priority or pb.PRIORITY_NORMAL
     try:
@@ -241,7 +241,7 @@ async def set_priority(core: Core, ids: Sequence[int], priority: pb.Priority.Val
         raise journal_failure(exc) from None
     by_group: dict[Group, list[Live]] = {}
     for live in chosen:
-        if core.live.get(live.id) is not live or live.state not in (QUEUED, STASHED):
+        if core.live.get(live.id) is not live or not (live.state == QUEUED or live.state in HELD):
             continue  # it started or ended meanwhile: the journal's end or start corrects it
         live.priority = level
         if live.spec is not None:
@@ -288,6 +288,10 @@ async def remove(core: Core, ids: Sequence[int]) -> int:
         for task_id in unique:
             if task_id not in known:
                 raise NotFound(task_id)
+        needed = await core.store.dependents_waiting(unique)
+        if needed:
+            raise NotNow(f"task {min(needed)} is a dependency of a waiting task: remove it once "
+                         "that one has ended")  # fmt: skip
         removed = await core.store.remove(unique)
     except JournalError as exc:
         raise journal_failure(exc) from None

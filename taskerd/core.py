@@ -21,8 +21,16 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Collection, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass, field
 from functools import cache, partial
 from typing import Any
 
@@ -44,27 +52,33 @@ from taskerd.errors import (
 from taskerd.events import MANY_MAX, EventHub, Watcher
 from taskerd.groups import DEFAULT_GROUP, Counters, Group
 from taskerd.heap import Heap
+from taskerd.hooks import Finished, HookRunner
 from taskerd.live import (
     ACTIVE,
     CANCELLED,
     FAILED,
+    HELD,
     LIVE,
     LOST,
     PAUSED,
     QUEUED,
     RUNNING,
+    SCHEDULED,
     STASHED,
     SUCCEEDED,
     TERMINAL,
     TIMED_OUT,
+    WAITING,
     Live,
     State,
     backlog,
     event,
+    held_reason,
     record,
 )
 from taskerd.runner import Exit, run_hook
 from taskerd.store import JournalError, Store, Unfinished
+from taskerd.workflows import Holds
 
 log = logging.getLogger("taskerd")
 
@@ -76,6 +90,8 @@ RECOVERY_PAGE = 20_000  # tasks read from the journal per step of recovery
 ENDED_WAIT = 5.0
 #: Ended tasks per ``finished_many`` event (StreamResultsRequest.batch).
 BATCH = MANY_MAX
+#: How long a shutdown lets on-finish hooks that still run (or wait) go on.
+HOOKS_GRACE = 5.0
 #: How often a read is tried again when a task changed under it (see ``Core.get``).
 READ_TRIES = 5
 
@@ -96,6 +112,26 @@ def seconds(d: Duration) -> float:
 def journal_failure(exc: JournalError) -> RequestError:
     """The status a request gets when the journal refused it."""
     return JournalFull() if exc.full else JournalUnavailable(str(exc))
+
+
+@dataclass(slots=True)
+class Plan:
+    """How the tasks of a request begin: each one's first state and dependencies (ids, or
+    ``-(k + 1)`` for the k-th task of the request), and the states of those read from the
+    journal."""
+
+    states: list[State] = field(default_factory=list)
+    deps: list[list[int]] = field(default_factory=list)
+    known: dict[int, int] = field(default_factory=dict)
+
+
+def _holds_any(specs: Sequence[pb.TaskSpec]) -> bool:
+    """Whether any spec has dependencies or a start time (the plain path has neither)."""
+    return any(spec.after or spec.after_tasks or spec.HasField("start_at") for spec in specs)
+
+
+def _all_succeeded(ids: Iterable[int], known: Mapping[int, int]) -> bool:
+    return all(known.get(i) == SUCCEEDED for i in ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +161,15 @@ class Core:
         self._finishing: set[asyncio.Future[Any]] = set()  # ends being journaled
         # Ends of tasks that never ran, gathered in this step: (state, error) -> the tasks.
         self._unrun: dict[tuple[State, str], list[tuple[Live, Ending]]] = {}
+        # Dependencies of the waiting tasks; held tasks moving on in this step, by their target.
+        self.holds = Holds(self.advance, self._dependency_failed)
+        #: Called (and awaited) as a shutdown begins, before the engines stop: the scheduler.
+        self.before_stop: list[Callable[[], Awaitable[None]]] = []
+        self.hooks = HookRunner(
+            config.on_finish, timeout=config.on_finish_timeout,
+            concurrency=config.on_finish_concurrency,
+        )  # fmt: skip
+        self._advancing: dict[State, list[Live]] = {}
         self._closed = asyncio.Event()
         self._stopping_runs: asyncio.Task[None] | None = None
         self._attempt_fn = self._attempt  # one bound method, so the engine sees the same fn
@@ -210,11 +255,11 @@ class Core:
         except JournalError as exc:
             raise journal_failure(exc) from None
 
-    def group(self, name: str, field: str = "group") -> Group:
-        """The group named ``name`` (empty: default); INVALID_ARGUMENT naming ``field`` if none."""
+    def group(self, name: str, where: str = "group") -> Group:
+        """The group named ``name`` (empty: default); INVALID_ARGUMENT naming ``where`` if none."""
         group = self.groups.get(name or DEFAULT_GROUP)
         if group is None or group.removing:
-            raise InvalidArgument(field, f"no group named {name!r}")
+            raise InvalidArgument(where, f"no group named {name!r}")
         return group
 
     # ----------------------------------------------------------------- worker resources
@@ -318,17 +363,36 @@ class Core:
                 by_group[group] = by_group.get(group, 0) + 1
         for group, count in by_group.items():  # accepted before: over the bound too
             group.engine.reserve(count, force=True)
+        # What the held tasks wait for, read before any of them enters memory: their timers
+        # and dependencies then start in one step.
+        held_ids = [t.id for t in unfinished if t.state in HELD]
+        deps = await self.store.deps_of(held_ids) if held_ids else {}
+        unfinished_ids = {t.id for t in unfinished} - ended
+        outside = sorted({d for ds in deps.values() for d in ds} - unfinished_ids)
+        known = await self.store.states_of(outside) if outside else {}
         mono = time.monotonic()
         default = self.default
+        held: list[tuple[Live, list[int]]] = []
         for task in unfinished:
             if task.id not in ended:
                 group = groups.get(task.group, default)
                 spec = parse(task.spec)
-                if task.state == STASHED:
-                    self._stash(task.id, spec, task.queued_at, group, task.enqueue_at)
+                if task.state in HELD:
+                    state: State = task.state  # type: ignore[assignment]
+                    live = self._hold(task.id, spec, task.queued_at, group, state,
+                                      enqueue_at=task.enqueue_at)  # fmt: skip
+                    held.append((live, deps.get(task.id, [])))
                 else:
                     self._enqueue(task.id, spec, task.queued_at, task.attempts, group,
                                   submitted=mono)  # fmt: skip
+        for live, ids in held:
+            pending = [d for d in ids if d in self.live]
+            # A dependency gone from the journal had ended before it was removed: satisfied.
+            gone = [(d, known.get(d, SUCCEEDED)) for d in ids if d not in self.live]
+            if ids:
+                self.holds.add(live, pending, gone)
+            elif live.state == WAITING:  # nothing left to wait for
+                self.advance(live)
         if unfinished:
             log.info(
                 "recovered journal: %d queued, %d re-queued, %d lost, %d failed, in %.2f s "
@@ -344,6 +408,11 @@ class Core:
             if task.id in chosen:
                 group = self.groups.get(task.group, self.default)
                 group.counters.by_state[state] += 1
+
+    def max_retries_left(self, live: Live) -> int:
+        """How many more times the engine may re-queue the task (its spec is in memory)."""
+        assert live.spec is not None
+        return max(0, self._max_retries(live.spec) - live.attempts)
 
     def _max_retries(self, spec: pb.TaskSpec) -> int:
         return spec.max_retries if spec.HasField("max_retries") else self.config.max_retries
@@ -384,10 +453,16 @@ class Core:
 
     async def _journal_new(
         self, specs: Sequence[pb.TaskSpec], now: float, env: Mapping[str, str] | None,
-        *, stashed: bool = False,
+        *, plan: Plan | None = None, restarted_from: Sequence[int] | None = None,
+        schedule_id: int = 0,
     ) -> list[int]:  # fmt: skip
         """Journal new tasks; if the caller gives up meanwhile, nothing of them is kept."""
-        add = self.store.queue_add(specs, now=now, env=env, stashed=stashed)
+        add = self.store.queue_add(
+            specs, now=now, env=env,
+            states=plan.states if plan is not None else None,
+            deps=plan.deps if plan is not None and any(plan.deps) else None,
+            restarted_from=restarted_from, schedule_id=schedule_id,
+        )  # fmt: skip
         try:
             return await asyncio.shield(add)
         except asyncio.CancelledError:
@@ -419,13 +494,17 @@ class Core:
         *,
         env: Mapping[str, str] | None = None,
         stashed: bool = False,
+        restarted_from: Sequence[int] | None = None,
+        schedule_id: int = 0,
     ) -> list[int]:
-        """Admit, journal and queue (or stash) the (validated) specs; answers with their ids.
+        """Admit, journal and queue (or hold) the (validated) specs; answers with their ids.
 
         ``env`` is the environment of the specs whose own env is empty. Any error means that
-        none of them exists.
+        none of them exists. ``restarted_from`` links each to the task it re-runs, and
+        ``schedule_id`` to the schedule that submitted it.
         """
         groups = self._groups_of(specs)
+        plan = await self._plan(specs, stashed) if stashed or _holds_any(specs) else None
         wanted: dict[Group, int] = {}
         for group in groups:
             wanted[group] = wanted.get(group, 0) + 1
@@ -436,20 +515,27 @@ class Core:
             # map copies thirty times slower.
             env = dict(env) if env else None
             try:
-                ids = await self._journal_new(specs, now, env, stashed=stashed)
+                ids = await self._journal_new(
+                    specs, now, env, plan=plan, restarted_from=restarted_from,
+                    schedule_id=schedule_id,
+                )  # fmt: skip
             except BaseException:
                 for group, count in wanted.items():
                     group.engine.release(count)
                 raise
-            if stashed:
-                for task_id, spec, group in zip(ids, specs, groups, strict=True):
-                    self._stash(task_id, spec, now, group, None, env=env)
-            else:
+            if plan is None:
                 keep = len(self.live) < KEEP_SPECS
                 mono = time.monotonic()
                 for task_id, spec, group in zip(ids, specs, groups, strict=True):
                     self._enqueue(task_id, spec, now, 0, group, keep=keep, env=env,
                                   submitted=mono)  # fmt: skip
+            else:
+                self._admit_planned(plan, ids, specs, groups, now, env)
+            if restarted_from or schedule_id:
+                for i, task_id in enumerate(ids):
+                    extra = self.live[task_id].more()
+                    extra.restarted_from = restarted_from[i] if restarted_from else 0
+                    extra.schedule_id = schedule_id
         finally:
             self._admission_over()
         if len(ids) == 1:
@@ -457,6 +543,72 @@ class Core:
         else:
             log.info("tasks %d..%d accepted (%d)", ids[0], ids[-1], len(ids))
         return ids
+
+    async def _plan(self, specs: Sequence[pb.TaskSpec], stashed: bool) -> Plan:
+        """Each task's first state and dependencies; INVALID_ARGUMENT "tasks[i].after" for a
+        dependency on no task. Dependencies that ended count as they ended."""
+        known: dict[int, int] = {}
+        named = {d for spec in specs for d in spec.after}
+        was_live = {d for d in named if d in self.live}  # may end during the read below
+        wanted = named - was_live
+        if wanted:
+            try:
+                known = await self.store.states_of(sorted(wanted))
+            except JournalError as exc:
+                raise journal_failure(exc) from None
+        plan = Plan()
+        now = time.time()
+        for i, spec in enumerate(specs):
+            for dep in spec.after:
+                if dep not in was_live and dep not in known:
+                    raise InvalidArgument(f"tasks[{i}].after", f"no task {dep}")
+            deps = [*spec.after, *(-(k + 1) for k in spec.after_tasks)]
+            if stashed:
+                state = STASHED
+            elif spec.HasField("start_at") and spec.start_at.ToNanoseconds() / 1e9 > now:
+                state = SCHEDULED
+            elif deps and not (not spec.after_tasks and _all_succeeded(spec.after, known)):
+                state = WAITING
+            else:
+                state = QUEUED
+            plan.states.append(state)
+            plan.deps.append(deps)
+        plan.known = known
+        return plan
+
+    def _admit_planned(
+        self, plan: Plan, ids: Sequence[int], specs: Sequence[pb.TaskSpec],
+        groups: Sequence[Group], now: float, env: Mapping[str, str] | None,
+    ) -> None:  # fmt: skip
+        """Journaled tasks of a planned request enter memory: queued, or held (their
+        dependencies registered once all of the request are in memory)."""
+        mono = time.monotonic()
+        held: list[tuple[Live, list[int]]] = []
+        for task_id, spec, group, state, deps in zip(
+            ids, specs, groups, plan.states, plan.deps, strict=True
+        ):
+            if state == QUEUED:
+                self._enqueue(task_id, spec, now, 0, group, keep=True, env=env, submitted=mono)
+            else:
+                live = self._hold(task_id, spec, now, group, state, env=env)
+                if deps:
+                    held.append((live, [d if d > 0 else ids[-d - 1] for d in deps]))
+        late: list[tuple[Live, list[int]]] = []
+        for live, deps in held:
+            pending = [d for d in deps if d in self.live]
+            ended = [(d, plan.known[d]) for d in deps if d not in self.live and d in plan.known
+                     and plan.known[d] in TERMINAL]  # fmt: skip
+            gone = [d for d in deps if d not in self.live and plan.known.get(d) not in TERMINAL]
+            self.holds.add(live, pending, ended)
+            if gone:  # live when read, ended since: their ends are in the journal now
+                late.append((live, gone))
+        if late:
+            self._background(self._resolve_late(late))
+
+    async def _resolve_late(self, late: list[tuple[Live, list[int]]]) -> None:
+        states = await self.store.states_of(sorted({d for _, deps in late for d in deps}))
+        for live, deps in late:
+            self.holds.resolve(live, [(d, states[d]) for d in deps if d in states])
 
     def _enqueue(
         self,
@@ -478,6 +630,8 @@ class Core:
         priority = spec.priority
         live = Live(task_id, group, priority or NORMAL, queued_at, timeout, queue_timeout, attempts)
         live.once = spec.once
+        if spec.on_finish:
+            live.more().on_finish = spec.on_finish
         if spec.labels:
             live.labels = dict(spec.labels)
         if keep:
@@ -485,66 +639,152 @@ class Core:
         self._queue(live, spec, submitted)
         self._adopt(live)
 
-    def _stash(
-        self, task_id: int, spec: pb.TaskSpec, queued_at: float, group: Group,
-        enqueue_at: float | None, *, env: Mapping[str, str] | None = None,
-    ) -> None:  # fmt: skip
-        """A journaled stashed task enters memory (its spec kept: it is queued from memory)."""
+    def _hold(
+        self, task_id: int, spec: pb.TaskSpec, queued_at: float, group: Group, state: State,
+        *, env: Mapping[str, str] | None = None, enqueue_at: float | None = None,
+    ) -> Live:  # fmt: skip
+        """A journaled task enters memory held out of the queue (STASHED, WAITING or
+        SCHEDULED), its spec kept: it is queued from memory."""
         has = spec.HasField
         live = Live(
             task_id, group, spec.priority or NORMAL, queued_at,
             seconds(spec.timeout) if has("timeout") else None,
             seconds(spec.queue_timeout) if has("queue_timeout") else None, 0,
             once=spec.once, labels=dict(spec.labels) if spec.labels else None,
-            state=STASHED, spec=spec, env=env,
+            state=state, spec=spec, env=env,
         )  # fmt: skip
+        extra = live.more()
+        extra.after_any, extra.on_finish = spec.after_any, spec.on_finish
+        if has("start_at"):
+            extra.start_at = spec.start_at.ToNanoseconds() / 1e9
         self.live[task_id] = live
-        self.counters.stashed += 1
-        group.counters.stashed += 1
-        live.seq += 1
-        if self.hub.watched(task_id):
-            changed = pb.TaskEvent.StateChanged(state=STASHED, reason="submitted stashed")
-            seq = live.seq
-            self.hub.publish(task_id, lambda _: event(task_id, seq, state_changed=changed))
+        self.counters.add(state, 1)
+        group.counters.add(state, 1)
+        self.state_changed(live, state, held_reason(state))
         if enqueue_at is not None:
             self.plan_enqueue(live, enqueue_at)
+        elif state == SCHEDULED:
+            assert extra.start_at is not None
+            self._timer(live, extra.start_at)
+        return live
+
+    def _timer(self, live: Live, at: float) -> None:
+        extra = live.more()
+        if extra.timer is not None:
+            extra.timer.cancel()
+        delay = max(0.0, at - time.time())
+        extra.timer = asyncio.get_running_loop().call_later(delay, self._due, live)
 
     def plan_enqueue(self, live: Live, at: float) -> None:
-        """Queue a stashed task at ``at`` (epoch seconds; the journal holds the time)."""
-        live.enqueue_at = at
-        if live.enqueue_timer is not None:
-            live.enqueue_timer.cancel()
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, at - time.time())
-        live.enqueue_timer = loop.call_later(delay, self._enqueue_due, live)
+        """Enqueue a stashed task at ``at`` (epoch seconds; the journal holds the time)."""
+        live.more().enqueue_at = at
+        self._timer(live, at)
 
-    def _enqueue_due(self, live: Live) -> None:
-        live.enqueue_timer = None
-        if self.live.get(live.id) is live and live.state == STASHED:
+    def _due(self, live: Live) -> None:
+        """A held task's timer: a stashed task's planned Enqueue, or a scheduled one's start."""
+        live.more().timer = None
+        if self.live.get(live.id) is not live:
+            return
+        if live.state == STASHED:
             self._background(self.enqueue_stashed([live]))
+        else:
+            self.advance(live)
 
     async def enqueue_stashed(self, lives: Sequence[Live]) -> None:
-        """Journal stashed tasks as queued, then queue them (in room reserved at submission)."""
-        lives = [v for v in lives if self.live.get(v.id) is v and v.state == STASHED]
-        if not lives:
+        """Stashed tasks move on (queued, or SCHEDULED/WAITING for what they still wait for),
+        journaled before the answer."""
+        moves = [(v, self._target(v)) for v in lives if self.live.get(v.id) is v
+                 and v.state == STASHED and v.outcome is None]  # fmt: skip
+        for live, _ in moves:
+            extra = live.more()
+            if extra.timer is not None:
+                extra.timer.cancel()
+                extra.timer = None
+            extra.enqueue_at = None
+        by_state: dict[State, list[Live]] = {}
+        for live, target in moves:
+            by_state.setdefault(target, []).append(live)
+        for target, chosen in by_state.items():
+            try:
+                await self.store.set_state([v.id for v in chosen], target)
+            except JournalError as exc:
+                raise journal_failure(exc) from None
+            self._moved(chosen, target)
+
+    def _target(self, live: Live) -> State:
+        """Where a held task goes next: SCHEDULED before its start, WAITING while any of its
+        dependencies has not ended, else QUEUED."""
+        start = live.extra.start_at if live.extra is not None else None
+        if start is not None and start > time.time():
+            return SCHEDULED
+        if live.id in self.holds:
+            return WAITING
+        return QUEUED
+
+    def advance(self, live: Live) -> None:
+        """A held task's time came, or its dependencies were satisfied: journal its next state
+        (several tasks of one step in one write), then move it."""
+        if self.live.get(live.id) is not live or live.state not in (WAITING, SCHEDULED):
             return
-        try:
-            await self.store.enqueue([v.id for v in lives], enqueue_at=None)
-        except JournalError as exc:
-            raise journal_failure(exc) from None
+        if live.outcome is not None or self.shutdown_mode is not None:
+            return  # a stopping daemon starts nothing more: the next start decides again
+        target = self._target(live)
+        if target == live.state:
+            return
+        if target == SCHEDULED:
+            assert live.extra is not None and live.extra.start_at is not None
+            self._timer(live, live.extra.start_at)
+            return
+        if not self._advancing:
+            asyncio.get_running_loop().call_soon(self._write_advances)
+        self._advancing.setdefault(target, []).append(live)
+
+    def _write_advances(self) -> None:
+        moves, self._advancing = self._advancing, {}
+        for target, lives in moves.items():
+            try:
+                written = self.store.set_state([v.id for v in lives], target)
+            except Exception:  # the journal is closed: the next start decides again
+                log.exception("%d held tasks could not move on", len(lives))
+                continue
+            self._finishing.add(written)
+            written.add_done_callback(partial(self._advanced, lives, target))
+
+    def _advanced(self, lives: list[Live], target: State, written: asyncio.Future[Any]) -> None:
+        self._finishing.discard(written)
+        if written.cancelled() or written.exception() is not None:
+            if not written.cancelled():
+                log.error("held tasks could not move on: %s", written.exception())
+            return  # still held in the journal: the next start decides again
+        self._moved(lives, target)
+
+    def _moved(self, lives: Sequence[Live], target: State) -> None:
+        """Held tasks whose next state is journaled take it (unless they ended meanwhile)."""
         mono = time.monotonic()
         for live in lives:
-            if self.live.get(live.id) is not live or live.state != STASHED:
-                continue  # cancelled meanwhile
-            if live.enqueue_timer is not None:
-                live.enqueue_timer.cancel()
-                live.enqueue_timer = None
-            live.enqueue_at = None
-            self.move(live, QUEUED)
-            assert live.spec is not None
-            self._queue(live, live.spec, mono)
-            live.seq += 1
-            self.publish_queued(live)
+            if self.live.get(live.id) is not live or live.outcome is not None:
+                continue
+            if self.shutdown_mode is not None and target == QUEUED:
+                continue  # journaled queued: the next start queues it
+            if live.state not in HELD or live.state == target:
+                continue
+            self.move(live, target)
+            if target == QUEUED:
+                assert live.spec is not None
+                self._queue(live, live.spec, mono)
+                live.seq += 1
+                self.publish_queued(live)
+            else:
+                self.state_changed(live, target, held_reason(target))
+            again = self._target(live)  # a dependency ended, or time passed, meanwhile
+            if again != target and target != QUEUED:
+                self.advance(live)
+
+    def _dependency_failed(self, live: Live, reason: str) -> None:
+        """A dependency of a held task ended otherwise than it needed: the task ends."""
+        if self.live.get(live.id) is live and live.outcome is None and live.state in HELD:
+            live.cancel_reason = reason
+            self.unstash(live, engine.TaskCancelled(reason))
 
     def _queue(self, live: Live, spec: pb.TaskSpec, submitted: float | None) -> None:
         """Hand a task to its group's engine, in room reserved for it."""
@@ -602,6 +842,8 @@ class Core:
                 labels=dict(spec.labels) if spec.labels else None,
                 spec=spec,
             )
+            if spec.on_finish:
+                live.more().on_finish = spec.on_finish
             watcher = self.hub.subscribe([task_id], output=True)
             self._adopt(live)
             live.run_task = asyncio.get_running_loop().create_task(self._run_now(live))
@@ -680,7 +922,7 @@ class Core:
                 self._let_go(live, ended=False)
             elif ending.spec is None and self.hub.watched(live.id):
                 self._background(self._conclude(live, ending, None))
-            elif live.state in (QUEUED, STASHED) and live.capture is None:
+            elif (live.state == QUEUED or live.state in HELD) and live.capture is None:
                 # It never ran (a cancel, a kill, a queue timeout): such ends of this step go
                 # to the journal together, one statement for thousands.
                 self._never_ran(live, ending)
@@ -767,6 +1009,19 @@ class Core:
         if not ended:
             self._leave(live)
 
+    def ended(self, live: Live, ending: Ending) -> None:
+        """A task's end was announced: its waiting dependants go on (or end), hooks run."""
+        self.holds.ended(live.id, ending.state)
+        if self.hooks.command or (live.extra is not None and live.extra.on_finish):
+            result = ending.result
+            self.hooks.finished(Finished(
+                live.id, ending.state,
+                result.exit_code if result else None, result.signal if result else None,
+                live.group.name,
+                ending.now - live.started_at if live.started_at is not None else None,
+                live.labels or {}, live.on_finish,
+            ))  # fmt: skip
+
     def failed_attempt(self, live: Live, reason: str) -> None:
         """An attempt failed and runs again at once (``TaskSpec.retries``): count, announce."""
         self.counters.retried += 1
@@ -816,13 +1071,20 @@ class Core:
             if row is None:
                 raise NotFound(task_id)
             if live is not None:
-                return record(live, row, output=output)
+                return self.record(live, row, output=output)
             if row.state in TERMINAL or not tries_left:
                 return row
             # Neither in memory nor ended: it is being admitted, or it went live and ended
             # after this read. Read again.
             await asyncio.sleep(0)
         raise AssertionError("unreachable")
+
+    def record(self, live: Live, row: pb.Task, *, output: bool = False) -> pb.Task:
+        """A live task's record (see :func:`taskerd.live.record`), with what it waits on."""
+        task = record(live, row, output=output)
+        if live.state in HELD and live.id in self.holds:
+            task.waiting_on.extend(self.holds.waiting_on(live.id))
+        return task
 
     async def list(
         self, *, states: Collection[int], labels: Mapping[str, str], limit: int,
@@ -850,7 +1112,7 @@ class Core:
             chosen = self._live_page(live_wanted, labels, limit, before_id, chosen_group)
             if tries_left and any(i not in rows for i in chosen):
                 continue  # a task went live meanwhile: fetch its row too
-            page = [record(self.live[i], rows[i]) for i in chosen if i in rows]
+            page = [self.record(self.live[i], rows[i]) for i in chosen if i in rows]
             page += (t for t in read.terminal if t.id not in self.live)
             page.sort(key=lambda t: t.id, reverse=True)
             return page[:limit]
@@ -961,7 +1223,7 @@ class Core:
             if task_id not in self.live and task_id not in known:
                 raise NotFound(task_id)
         lives = [self.live[i] for i in unique if i in self.live]
-        queued = [live for live in lives if live.state in (QUEUED, STASHED)]
+        queued = [live for live in lives if live.state == QUEUED or live.state in HELD]
         running = [live for live in lives if live.state in ACTIVE]
         results: dict[int, CancelResult] = {}
         for live in (*queued, *running):
@@ -972,13 +1234,13 @@ class Core:
             was = live.state
             if was == PAUSED:  # its processes must run to take the SIGTERM
                 self.wake(live, "resumed to be cancelled")
-            if was == STASHED:
+            if was in HELD:
                 self.unstash(live, engine.TaskCancelled(live.cancel_reason))
             elif live.handle is not None:
                 live.handle.cancel()
             elif live.run_task is not None:
                 live.run_task.cancel()
-            never_ran = was in (QUEUED, STASHED)
+            never_ran = was == QUEUED or was in HELD
             results[live.id] = CancelResult(live.id, True, CANCELLED if never_ran else RUNNING)
             log.info("task %d cancel requested (%s)", live.id, pb.TaskState.Name(was)[11:])
         await self._ended([live for live in queued if results[live.id].cancelled])
@@ -991,10 +1253,11 @@ class Core:
         return answer
 
     def unstash(self, live: Live, error: BaseException) -> None:
-        """End a stashed task that never ran, giving back the room reserved for it."""
-        if live.enqueue_timer is not None:
-            live.enqueue_timer.cancel()
-            live.enqueue_timer = None
+        """End a held task that never ran, giving back the room reserved for it."""
+        self.holds.forget(live)
+        if live.extra is not None and live.extra.timer is not None:
+            live.extra.timer.cancel()
+            live.extra.timer = None
         live.group.engine.release(1)
         live.outcome = (None, error)
         self.settle(live)
@@ -1059,6 +1322,8 @@ class Core:
             queue_usage=(c.queued + c.stashed) / capacity,
             paused=c.paused,
             stashed=c.stashed,
+            waiting=c.waiting,
+            scheduled=c.scheduled,
             groups=[g.record() for g in groups],
             succeeded=c.by_state[SUCCEEDED],
             failed=c.by_state[FAILED],
@@ -1149,6 +1414,8 @@ class Core:
             return
         self.shutdown_mode = mode
         log.info("shutting down (%s)", pb.ShutdownMode.Name(mode)[14:])
+        for stop in self.before_stop:
+            await stop()
         await self._admitted.wait()  # requests already admitted are queued (and answered OK)
         await self._stop_engine(mode)
         # Run tasks bypass the queue: they get the same treatment as running ones.
@@ -1167,6 +1434,7 @@ class Core:
                 await asyncio.gather(*late, return_exceptions=True)
             grace = 1.0
         self.hub.close()
+        await self.hooks.close(HOOKS_GRACE)
         self._closed.set()
 
     async def _stop_engine(self, mode: pb.ShutdownMode.ValueType) -> None:

@@ -38,6 +38,8 @@ class Counters:
     running: int = 0
     paused: int = 0
     stashed: int = 0
+    waiting: int = 0
+    scheduled: int = 0
     by_state: dict[State, int] = field(default_factory=lambda: dict.fromkeys(_TERMINAL, 0))
     rejected: int = 0
     retried: int = 0  # failed attempts run again (``TaskSpec.retries``)
@@ -52,6 +54,10 @@ class Counters:
             self.paused += n
         elif state == pb.TASK_STATE_STASHED:
             self.stashed += n
+        elif state == pb.TASK_STATE_WAITING:
+            self.waiting += n
+        elif state == pb.TASK_STATE_SCHEDULED:
+            self.scheduled += n
 
 
 @dataclass(slots=True, eq=False)
@@ -79,7 +85,7 @@ class Group:
     def unfinished(self) -> int:
         """Tasks of the group that have not ended."""
         c = self.counters
-        return c.queued + c.running + c.paused + c.stashed
+        return c.queued + c.running + c.paused + c.stashed + c.waiting + c.scheduled
 
     def record(self) -> pb.Group:
         """The group as the API shows it."""

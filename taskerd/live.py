@@ -30,14 +30,33 @@ CANCELLED = pb.TASK_STATE_CANCELLED
 LOST = pb.TASK_STATE_LOST
 PAUSED = pb.TASK_STATE_PAUSED
 STASHED = pb.TASK_STATE_STASHED
+WAITING = pb.TASK_STATE_WAITING
+SCHEDULED = pb.TASK_STATE_SCHEDULED
 TERMINAL = frozenset((SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, LOST))
 #: The live states: a task in one of them is in memory.
-LIVE = frozenset((QUEUED, RUNNING, PAUSED, STASHED))
+LIVE = frozenset((QUEUED, RUNNING, PAUSED, STASHED, WAITING, SCHEDULED))
+#: Live states held out of the queue: nothing of them runs, and room in the queue is kept.
+HELD = frozenset((STASHED, WAITING, SCHEDULED))
 #: Live states in which an attempt runs (its processes exist, or are being spawned).
 ACTIVE = frozenset((RUNNING, PAUSED))
 
 #: The engine's outcome for a task: its result, or the error it ended with.
 Outcome: TypeAlias = tuple[Exit | None, BaseException | None]
+
+
+@dataclass(slots=True)
+class Extra:
+    """What few live tasks have, kept apart so that a plain task pays one pointer for all of it
+    (a million queued tasks are held in memory)."""
+
+    # A stashed task's planned Enqueue, or a scheduled one's start; the timer that does it.
+    enqueue_at: float | None = None
+    start_at: float | None = None  # TaskSpec.start_at
+    timer: asyncio.TimerHandle | None = None
+    after_any: bool = False  # its dependencies release it however they end
+    on_finish: str = ""  # its own on-finish hook
+    restarted_from: int = 0
+    schedule_id: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -73,9 +92,18 @@ class Live:
     in_attempt: bool = False
     finishing: bool = False
     ended: asyncio.Future[None] | None = field(default=None)  # made by whoever waits for the end
-    # A stashed task's planned Enqueue, and the timer that does it.
-    enqueue_at: float | None = None
-    enqueue_timer: asyncio.TimerHandle | None = None
+    extra: Extra | None = None  # what few tasks have, in one object (see ``more``)
+
+    def more(self) -> Extra:
+        """The task's :class:`Extra`, made on first use."""
+        if self.extra is None:
+            self.extra = Extra()
+        return self.extra
+
+    @property
+    def on_finish(self) -> str:
+        """The task's own on-finish hook ("" for none)."""
+        return self.extra.on_finish if self.extra is not None else ""
 
     def matches(
         self, states: frozenset[int], labels: Mapping[str, str], group: Group | None = None
@@ -109,11 +137,25 @@ def record(live: Live, row: pb.Task, *, output: bool = False) -> pb.Task:
         spec=row.spec,
     )
     task.group = live.group.name
-    if live.enqueue_at is not None:
-        task.enqueue_at.FromNanoseconds(int(live.enqueue_at * 1e9))
+    task.restarted_from, task.schedule_id = row.restarted_from, row.schedule_id
+    extra = live.extra
+    if extra is not None and extra.enqueue_at is not None and live.state == STASHED:
+        task.enqueue_at.FromNanoseconds(int(extra.enqueue_at * 1e9))
     if output and running and live.capture is not None:
         output_into(task, live.capture)
     return task
+
+
+_HELD_REASON = {
+    STASHED: "submitted stashed",
+    WAITING: "waiting for its dependencies",
+    SCHEDULED: "scheduled",
+}
+
+
+def held_reason(state: State) -> str:
+    """Why a held task is not queued, for its ``state_changed`` event."""
+    return _HELD_REASON[state]
 
 
 def output_into(task: pb.Task, capture: Capture) -> None:
@@ -132,9 +174,9 @@ def event(task_id: int, seq: int, **kind: Any) -> pb.TaskEvent:
 
 def backlog(live: Live, *, output: bool) -> list[pb.TaskEvent]:
     """Events a late watcher of a live task missed, rebuilt from what the daemon holds."""
-    if live.state == STASHED:
-        stashed = pb.TaskEvent.StateChanged(state=STASHED, reason="submitted stashed")
-        return [event(live.id, 1, state_changed=stashed)]
+    if live.state in HELD:
+        held = pb.TaskEvent.StateChanged(state=live.state, reason=_HELD_REASON[live.state])
+        return [event(live.id, 1, state_changed=held)]
     events = [event(live.id, 1, queued=pb.TaskEvent.Queued(priority=live.priority))]  # type: ignore[arg-type]
     if live.state in ACTIVE and live.pid:
         started = pb.TaskEvent.Started(pid=live.pid, worker=live.worker, attempt=live.attempts)

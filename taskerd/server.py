@@ -32,6 +32,7 @@ from taskerd.config import DaemonConfig
 from taskerd.core import Core
 from taskerd.notify import notify
 from taskerd.runner import become_subreaper, install_child_watcher, reap_orphans_forever
+from taskerd.schedules import Scheduler
 from taskerd.service import Service, add_to_server
 from taskerd.store import JournalOpenError, Store
 
@@ -260,6 +261,9 @@ class Daemon:
             if self.mode is not None:  # a signal while the journal opened: do not even recover
                 return
             self.core = core = await Core.start(config, store)
+            scheduler = Scheduler(core)
+            await scheduler.start()
+            core.before_stop.append(scheduler.close)
             if self.mode is not None:  # a signal during recovery: stop before serving
                 self._shut_down(core, self.mode)
                 await self.stopping.wait()
@@ -271,7 +275,7 @@ class Daemon:
                     ("grpc.so_reuseport", 0),
                 ]
             )
-            add_to_server(Service(core, self.request_shutdown), server)
+            add_to_server(Service(core, scheduler, self.request_shutdown), server)
             health_servicer = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             reflection.enable_server_reflection(

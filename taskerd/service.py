@@ -21,9 +21,10 @@ from google.protobuf.message_factory import GetMessageClass
 from tasker.events import ended_ids
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
-from taskerd import compat, control, validate
+from taskerd import compat, control, editing, validate
 from taskerd.core import Core
 from taskerd.errors import InvalidArgument, RequestError, clip
+from taskerd.schedules import Scheduler
 
 log = logging.getLogger("taskerd")
 
@@ -126,8 +127,14 @@ def streaming(
 class Service(pb_grpc.TaskerServicer):
     """The gRPC face of the daemon."""
 
-    def __init__(self, core: Core, on_shutdown: Callable[[pb.ShutdownMode.ValueType], Any]) -> None:
+    def __init__(
+        self,
+        core: Core,
+        scheduler: Scheduler,
+        on_shutdown: Callable[[pb.ShutdownMode.ValueType], Any],
+    ) -> None:
         self.core = core
+        self.scheduler = scheduler
         self._on_shutdown = on_shutdown
 
     @unary
@@ -323,3 +330,33 @@ class Service(pb_grpc.TaskerServicer):
         validate.ids("id", [request.id], required=True)
         await control.send_signal(self.core, request.id, request.signal)
         return pb.SignalResponse()
+
+    @unary
+    async def Restart(self, request: pb.RestartRequest, context: Context) -> pb.RestartResponse:
+        validate.ids("ids", request.ids)
+        ids = await editing.restart(self.core, request.ids, request.failed, request.specs)
+        return pb.RestartResponse(ids=ids)
+
+    @unary
+    async def Edit(self, request: pb.EditRequest, context: Context) -> pb.Task:
+        validate.ids("id", [request.id], required=True)
+        task = await editing.edit(self.core, request.id, request.spec, request.update_mask)
+        compat.tasks([task], compat.level(context))
+        return task
+
+    @unary
+    async def AddSchedule(self, request: pb.AddScheduleRequest, context: Context) -> pb.Schedule:
+        return await self.scheduler.add(request)
+
+    @unary
+    async def ListSchedules(
+        self, request: pb.ListSchedulesRequest, context: Context
+    ) -> pb.ListSchedulesResponse:
+        return pb.ListSchedulesResponse(schedules=self.scheduler.list())
+
+    @unary
+    async def RemoveSchedule(
+        self, request: pb.RemoveScheduleRequest, context: Context
+    ) -> pb.RemoveScheduleResponse:
+        await self.scheduler.remove(request.id)
+        return pb.RemoveScheduleResponse()

@@ -29,7 +29,10 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Literal, NamedTuple, TypeVar, cast
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from tasker.v1 import tasker_pb2 as pb
 
@@ -42,6 +45,7 @@ __all__ = [
     "JournalOpenError",
     "ListPage",
     "Run",
+    "ScheduleRow",
     "Store",
     "Unfinished",
     "task_record",
@@ -52,7 +56,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _Conn = sqlite3.Connection
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 TERMINAL_STATES: frozenset[int] = frozenset(
     {
         pb.TASK_STATE_SUCCEEDED,
@@ -65,9 +69,15 @@ TERMINAL_STATES: frozenset[int] = frozenset(
 _QUEUED = pb.TASK_STATE_QUEUED
 _RUNNING = pb.TASK_STATE_RUNNING
 _STASHED = pb.TASK_STATE_STASHED
+_WAITING = pb.TASK_STATE_WAITING
+_SCHEDULED = pb.TASK_STATE_SCHEDULED
 #: The states that are not terminal: clean, prune and remove never delete such a task. (PAUSED
 #: is memory's only: a paused task stays RUNNING in the journal.)
-UNFINISHED_STATES: frozenset[int] = frozenset({_QUEUED, _RUNNING, pb.TASK_STATE_PAUSED, _STASHED})
+UNFINISHED_STATES: frozenset[int] = frozenset(
+    {_QUEUED, _RUNNING, pb.TASK_STATE_PAUSED, _STASHED, _WAITING, _SCHEDULED}
+)
+#: The states of a task that has not started: what queue_add creates, set_state moves between.
+_NEW_STATES: frozenset[int] = frozenset({_QUEUED, _STASHED, _WAITING, _SCHEDULED})
 _ALL_STATES = sorted(TERMINAL_STATES | UNFINISHED_STATES)
 DEFAULT_GROUP = "default"
 
@@ -75,6 +85,13 @@ DEFAULT_GROUP = "default"
 _TERMINAL = f"state IN ({', '.join(str(s) for s in sorted(TERMINAL_STATES))})"
 _UNFINISHED = f"state IN ({', '.join(str(s) for s in sorted(UNFINISHED_STATES))})"
 _STARTABLE = f"state IN ({_QUEUED}, {_RUNNING})"  # what mark_started may change
+_NOT_STARTED = f"state IN ({', '.join(str(s) for s in sorted(_NEW_STATES))})"
+# A finished task is kept while a task that has not been queued yet depends on it (it needs the
+# dependency's end, also after a restart). ``{}``: the dependency's id column.
+_DEPENDED_ON = (
+    "EXISTS (SELECT 1 FROM deps d CROSS JOIN tasks w ON w.id = d.task_id WHERE d.dep_id = {} "
+    f"AND w.state IN ({_STASHED}, {_WAITING}, {_SCHEDULED}))"
+)
 
 MAX_BATCH_OPS = 4096  # operations per group-committed transaction
 DELETE_CHUNK = 5000  # tasks deleted per operation by clean/prune, so other writes interleave
@@ -84,7 +101,8 @@ _ENV_CACHE_MAX = 256  # distinct environments remembered by the writer (keyed by
 MAX_ID = 2**63 - 1
 _SQLITE_FULL = 13
 
-_TABLES = {"envs", "tasks", "stdins", "labels", "outputs"}  # and groups from v3
+_TABLES = {"envs", "tasks", "stdins", "labels", "outputs"}  # groups from v3, deps from v4...
+_TABLES_FROM = {3: {"groups"}, 4: {"deps", "schedules"}}
 
 _SCHEMA = f"""
 CREATE TABLE envs (
@@ -138,7 +156,8 @@ CREATE TABLE outputs (
 
 _COLS = (
     "t.id, t.state, t.queued_at, t.started_at, t.ended_at, t.attempts, t.pid, t.worker, "
-    "t.exit_code, t.signal, t.error, t.spec, t.grp, t.enqueue_at"
+    "t.exit_code, t.signal, t.error, t.spec, t.grp, t.enqueue_at, t.restarted_from, "
+    "t.schedule_id"
 )
 _GET = (
     f"SELECT {_COLS}, e.data, s.data FROM tasks t LEFT JOIN envs e ON e.id = t.env_id "
@@ -172,22 +191,57 @@ _MIGRATIONS: dict[int, str] = {
         max_queue    INTEGER
     );
     """,
+    4: """
+    ALTER TABLE tasks ADD COLUMN start_at REAL;
+    ALTER TABLE tasks ADD COLUMN restarted_from INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN schedule_id INTEGER NOT NULL DEFAULT 0;
+    -- task_id waits for dep_id; by dep_id: who depends on a task (retention keeps it for them)
+    CREATE TABLE deps (
+        task_id INTEGER NOT NULL,
+        dep_id  INTEGER NOT NULL,
+        PRIMARY KEY (task_id, dep_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX deps_dep ON deps (dep_id, task_id);
+    CREATE TABLE schedules (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        spec       BLOB NOT NULL,       -- the full TaskSpec (env and stdin included)
+        env        BLOB,                -- a TaskSpec holding only env (for an empty spec.env)
+        every      REAL,                -- seconds; NULL for a cron schedule
+        cron       TEXT NOT NULL,
+        overlap    INTEGER NOT NULL,
+        next_at    REAL NOT NULL,
+        last_task  INTEGER NOT NULL DEFAULT 0,
+        submitted  INTEGER NOT NULL DEFAULT 0,
+        skipped    INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    """,
 }
 
 
 _IDS_PER_UPDATE = 10_000  # within SQLite's 32,766 parameters a statement
 _ROWS_PER_INSERT = 4096  # 6 parameters a row: within SQLite's 32,766 parameters a statement
+_ROWS_PER_INSERT_EXTRA = 3600  # 9 parameters a row (with start_at, restarted_from, schedule_id)
+_DEPS_PER_INSERT = 16_000  # 2 parameters a row
+_IDS_PER_READ = 10_000
 
 
-@lru_cache(maxsize=8)
-def _insert_sql(rows: int, state: int) -> str:
+@lru_cache(maxsize=32)
+def _insert_sql(rows: int, state: int, extra: bool = False) -> str:
     """An INSERT of ``rows`` tasks in ``state`` (in order: their ids come out consecutive), all
-    of the group bound as ?1 (a parameter a row costs a third of the time of the insert)."""
+    of the group bound as ?1 (a parameter a row costs a third of the time of the insert);
+    ``extra``: with start_at, restarted_from and schedule_id."""
+    columns = "state, grp, priority, queued_at, once, max_retries, spec, env_id"
     row = f"({state}, ?1, ?, ?, ?, ?, ?, ?)"
-    return (
-        "INSERT INTO tasks (state, grp, priority, queued_at, once, max_retries, spec, env_id) "
-        "VALUES " + ", ".join([row] * rows)
-    )
+    if extra:
+        columns += ", start_at, restarted_from, schedule_id"
+        row = row[:-1] + ", ?, ?, ?)"
+    return f"INSERT INTO tasks ({columns}) VALUES " + ", ".join([row] * rows)
+
+
+@lru_cache(maxsize=4)
+def _deps_sql(rows: int) -> str:
+    return "INSERT OR IGNORE INTO deps (task_id, dep_id) VALUES " + ", ".join(["(?, ?)"] * rows)
 
 
 def _marks(n: int) -> str:
@@ -198,12 +252,31 @@ class Unfinished(NamedTuple):
     """A task recovery resumes (see :meth:`Store.unfinished`)."""
 
     id: int
-    state: int  # QUEUED, RUNNING or STASHED
+    state: int  # QUEUED, RUNNING, STASHED, WAITING or SCHEDULED
     queued_at: float
     attempts: int
     spec: bytes  # a serialized TaskSpec, without env and stdin
     group: str
     enqueue_at: float | None  # a stashed task's planned Enqueue
+    start_at: float | None  # not to start before (TaskSpec.start_at, or as set_state set it)
+    restarted_from: int  # 0 for none
+    schedule_id: int  # 0 for none
+
+
+class ScheduleRow(NamedTuple):
+    """A journaled schedule (see :meth:`Store.add_schedule`)."""
+
+    id: int
+    spec: pb.TaskSpec  # in full: env and stdin included
+    env: dict[str, str]  # the environment of a spec without env, as added (empty: none)
+    every: float | None  # seconds; None for a cron schedule
+    cron: str
+    overlap: bool
+    next_at: float
+    last_task: int  # 0: none yet
+    submitted: int
+    skipped: int
+    created_at: float
 
 
 class GroupRow(NamedTuple):
@@ -282,7 +355,7 @@ class _Op:
 class _NewTask:
     """A spec prepared on the caller's thread for insertion."""
 
-    state: int  # QUEUED or STASHED
+    state: int  # QUEUED, STASHED, WAITING or SCHEDULED
     group: str
     queued_at: float
     priority: int
@@ -292,13 +365,30 @@ class _NewTask:
     env: bytes  # a serialized TaskSpec holding only env; empty for no env
     stdin: bytes
     labels: list[tuple[str, str]]
+    more: _More | None = None  # None on the hot path: the shorter insert, no deps
+
+
+@dataclass(slots=True)
+class _More:
+    """What few new tasks have (see :meth:`Store.queue_add`)."""
+
+    start_at: float | None = None
+    restarted_from: int = 0
+    schedule_id: int = 0
+    deps: tuple[int, ...] = ()  # task ids, or -(k + 1) for the k-th task of its call
+    index: int = 0  # its place in its call, to resolve deps
+
+
+def _seconds(ts: Timestamp) -> float:
+    """A google.protobuf.Timestamp as seconds since the epoch."""
+    return ts.seconds + ts.nanos * 1e-9
 
 
 def _prepare(
     spec: pb.TaskSpec, queued_at: float, shared_env: bytes = b"", state: int = _QUEUED
 ) -> _NewTask:
     if not spec.env and not spec.stdin:  # the batch fast path: nothing to split off
-        return _NewTask(
+        new = _NewTask(
             state=state,
             group=spec.group or DEFAULT_GROUP,
             queued_at=queued_at,
@@ -310,30 +400,54 @@ def _prepare(
             stdin=b"",
             labels=list(spec.labels.items()) if spec.labels else [],
         )
-    light = pb.TaskSpec()
-    light.CopyFrom(spec)
-    light.ClearField("env")
-    light.ClearField("stdin")
-    env = shared_env
-    if spec.env:
-        only_env = pb.TaskSpec()
-        only_env.CopyFrom(spec)
-        for field, _ in only_env.ListFields():  # a copy then clearing is faster than building
-            if field.name != "env":
-                cast(Any, only_env).ClearField(field.name)
-        env = only_env.SerializeToString(deterministic=True)
-    return _NewTask(
-        state=state,
-        group=spec.group or DEFAULT_GROUP,
-        queued_at=queued_at,
-        priority=spec.priority or pb.PRIORITY_NORMAL,
-        once=spec.once,
-        max_retries=spec.max_retries if spec.HasField("max_retries") else None,
-        spec=light.SerializeToString(),
-        env=env,
-        stdin=spec.stdin,
-        labels=list(spec.labels.items()) if spec.labels else [],
-    )
+    else:
+        light = pb.TaskSpec()
+        light.CopyFrom(spec)
+        light.ClearField("env")
+        light.ClearField("stdin")
+        new = _NewTask(
+            state=state,
+            group=spec.group or DEFAULT_GROUP,
+            queued_at=queued_at,
+            priority=spec.priority or pb.PRIORITY_NORMAL,
+            once=spec.once,
+            max_retries=spec.max_retries if spec.HasField("max_retries") else None,
+            spec=light.SerializeToString(),
+            env=_env_blob(spec) if spec.env else shared_env,
+            stdin=spec.stdin,
+            labels=list(spec.labels.items()) if spec.labels else [],
+        )
+    if spec.HasField("start_at"):
+        new.more = _More(start_at=_seconds(spec.start_at))
+    return new
+
+
+def _env_blob(spec: pb.TaskSpec) -> bytes:
+    """A serialized TaskSpec holding only ``spec``'s env (deterministic: its envs row key)."""
+    only_env = pb.TaskSpec()
+    only_env.CopyFrom(spec)
+    for field, _ in only_env.ListFields():  # a copy then clearing is faster than building
+        if field.name != "env":
+            cast(Any, only_env).ClearField(field.name)
+    return only_env.SerializeToString(deterministic=True)
+
+
+def _spec_of(light: bytes, env: bytes | None, stdin: bytes | None) -> pb.TaskSpec:
+    """A full spec from its stored parts."""
+    spec = pb.TaskSpec.FromString(light)
+    if env is not None:
+        spec.MergeFromString(env)
+    if stdin is not None:
+        spec.stdin = stdin
+    return spec
+
+
+def _dep_refs(wanted: Sequence[int], k: int, n: int) -> tuple[int, ...]:
+    """Task ``k``'s dependencies (of a call of ``n`` tasks), checked, without repeats."""
+    refs = tuple(dict.fromkeys(wanted))
+    if max(refs) > MAX_ID or min(refs) < -n or 0 in refs or -(k + 1) in refs:
+        raise ValueError(f"deps[{k}]: not ids of other tasks: {list(refs)}")
+    return refs
 
 
 def _nanos(seconds: float) -> int:
@@ -356,6 +470,8 @@ def task_record(
     spec: bytes | pb.TaskSpec,
     group: str | None = None,
     enqueue_at: float | None = None,
+    restarted_from: int = 0,
+    schedule_id: int = 0,
 ) -> pb.Task:
     """The one builder of a ``pb.Task`` record, from the journal's row or the daemon's memory.
 
@@ -368,6 +484,8 @@ def task_record(
         pid=pid,
         worker=worker,
         error=error,
+        restarted_from=restarted_from,
+        schedule_id=schedule_id,
     )
     if isinstance(spec, bytes):
         task.spec.ParseFromString(spec)
@@ -396,21 +514,22 @@ def task_record(
 def _task(row: Sequence[Any], *, full: bool = False, output: bool = False) -> pb.Task:
     """Build a pb.Task from a row of ``_COLS`` (+ env, stdin when full, + outputs when output)."""
     (tid, state, queued_at, started_at, ended_at, attempts, pid, worker) = row[:8]
-    exit_code, sig, error, spec, group, enqueue_at = row[8:14]
+    exit_code, sig, error, spec, group, enqueue_at, restarted_from, schedule_id = row[8:16]
     task = task_record(
         tid, state=state, queued_at=queued_at, started_at=started_at, ended_at=ended_at,
         attempts=attempts, pid=pid, worker=worker, exit_code=exit_code, signal=sig, error=error,
-        spec=spec, group=group, enqueue_at=enqueue_at,
+        spec=spec, group=group, enqueue_at=enqueue_at, restarted_from=restarted_from,
+        schedule_id=schedule_id,
     )  # fmt: skip
     if full:
-        env, stdin = row[14:16]
+        env, stdin = row[16:18]
         if env is not None:
             task.spec.MergeFromString(env)
         if stdin is not None:
             task.spec.stdin = stdin
-    if output and row[16] is not None:
-        task.stdout, task.stderr = row[16], row[17]
-        task.stdout_truncated, task.stderr_truncated = bool(row[18]), bool(row[19])
+    if output and row[18] is not None:
+        task.stdout, task.stderr = row[18], row[19]
+        task.stdout_truncated, task.stderr_truncated = bool(row[20]), bool(row[21])
     return task
 
 
@@ -508,7 +627,7 @@ class Store:
                 f"{where}: journal schema v{version} is newer than this taskerd (v{SCHEMA_VERSION})"
             )
         tables.discard("sqlite_sequence")
-        needed = _TABLES | {"groups"} if version >= 3 else _TABLES
+        needed = _TABLES.union(*(t for v, t in _TABLES_FROM.items() if version >= v))
         if (version == 0 and tables) or (version > 0 and not tables >= needed):
             raise JournalOpenError(f"{where}: not a taskerd journal (tables: {sorted(tables)})")
         if version == 0:
@@ -760,14 +879,64 @@ class Store:
         now: float,
         env: Mapping[str, str] | None = None,
         stashed: bool = False,
+        states: Sequence[int] | None = None,
+        deps: Sequence[Sequence[int] | None] | None = None,
+        restarted_from: Sequence[int] | None = None,
+        schedule_id: int = 0,
+        schedule_next_at: float | None = None,
     ) -> asyncio.Future[builtins.list[int]]:
-        """:meth:`add`, queued at once: the future of its ids. ``stashed``: STASHED tasks."""
+        """:meth:`add`, queued at once: the future of its ids. ``stashed``: STASHED tasks.
+
+        One item per spec in each of these, when given: ``states``, each task's first state
+        (QUEUED, STASHED, WAITING or SCHEDULED; it overrides ``stashed``); ``deps``, the ids of
+        its dependencies, ``-(k + 1)`` naming the k-th task of this call; ``restarted_from``
+        (0: none). The column start_at is the spec's. ``schedule_id``: the schedule of every
+        task; with ``schedule_next_at``, that schedule's occurrence is counted in the same
+        transaction (next_at, last_task: the last new id, submitted + len(specs)).
+        """
+        n = len(specs)
+        for name, items in (("states", states), ("deps", deps), ("restarted_from", restarted_from)):
+            if items is not None and len(items) != n:
+                raise ValueError(f"{name}: must have one item per spec")
+        if schedule_next_at is not None and not schedule_id:
+            raise ValueError("schedule_next_at: needs schedule_id")
         if not specs:
             return _resolved([])
         shared = pb.TaskSpec(env=env).SerializeToString(deterministic=True) if env else b""
-        state = _STASHED if stashed else _QUEUED
-        rows = [_prepare(spec, now, shared, state) for spec in specs]
-        return self._queue_write(lambda conn: self._insert(conn, rows), rows)
+        if states is None:
+            state = _STASHED if stashed else _QUEUED
+            rows = [_prepare(spec, now, shared, state) for spec in specs]
+        else:
+            if not _NEW_STATES.issuperset(states):
+                raise ValueError(f"states: not a state for a new task: {set(states) - _NEW_STATES}")
+            rows = [_prepare(spec, now, shared, st) for spec, st in zip(specs, states, strict=True)]
+        if restarted_from is not None or schedule_id:
+            if not 0 <= schedule_id <= MAX_ID:
+                raise ValueError("schedule_id: must be a schedule id")
+            for row, origin in zip(rows, restarted_from or [0] * n, strict=True):
+                if not 0 <= origin <= MAX_ID:
+                    raise ValueError("restarted_from: must be task ids (0: none)")
+                if origin or schedule_id:
+                    more = row.more = row.more or _More()
+                    more.restarted_from, more.schedule_id = origin, schedule_id
+        if deps is not None:
+            for k, (row, wanted) in enumerate(zip(rows, deps, strict=True)):
+                if wanted:
+                    more = row.more = row.more or _More()
+                    more.deps, more.index = _dep_refs(wanted, k, n), k
+        if schedule_next_at is None:
+            return self._queue_write(lambda conn: self._insert(conn, rows), rows)
+
+        def write(conn: _Conn) -> builtins.list[int]:  # not merged: its own ids to count
+            ids = self._insert(conn, rows)
+            conn.execute(
+                "UPDATE schedules SET next_at = ?, last_task = ?, submitted = submitted + ? "
+                "WHERE id = ?",
+                (schedule_next_at, ids[-1], n, schedule_id),
+            )
+            return ids
+
+        return self._queue_write(write)
 
     def _env_id(self, conn: _Conn, env: bytes) -> int:
         # Keyed by content: a dict lookup of bytes keeps the GIL, where sha256 of 3 KB drops it
@@ -794,23 +963,43 @@ class Store:
                 env_ids[r.env] = self._env_id(conn, r.env)
         # Many rows to a statement: sqlite3 lets go of the GIL for each step, and a step per
         # row would hand it back and forth with the event loop thousands of times a batch.
-        # A statement for each run of rows of one state and group.
+        # A statement for each run of rows of one state and group (and shape: with more or not).
+        wide = False  # some rows have more
         at = 0
         while at < len(rows):
-            state, group = rows[at].state, rows[at].group
-            end, stop = at + 1, min(len(rows), at + _ROWS_PER_INSERT)
-            while end < stop and rows[end].group == group and rows[end].state == state:
+            state, group, plain = rows[at].state, rows[at].group, rows[at].more is None
+            end = at + 1
+            stop = min(len(rows), at + (_ROWS_PER_INSERT if plain else _ROWS_PER_INSERT_EXTRA))
+            while (
+                end < stop
+                and rows[end].group == group
+                and rows[end].state == state
+                and (rows[end].more is None) is plain
+            ):
                 end += 1
             values: builtins.list[Any] = [group]
-            values += [
-                x
-                for r in rows[at:end]
-                for x in (
-                    r.priority, r.queued_at, r.once, r.max_retries, r.spec,
-                    env_ids[r.env] if r.env else None,
-                )
-            ]  # fmt: skip
-            conn.execute(_insert_sql(end - at, state), values)
+            if plain:
+                values += [
+                    x
+                    for r in rows[at:end]
+                    for x in (
+                        r.priority, r.queued_at, r.once, r.max_retries, r.spec,
+                        env_ids[r.env] if r.env else None,
+                    )
+                ]  # fmt: skip
+            else:
+                wide = True
+                values += [
+                    x
+                    for r in rows[at:end]
+                    if (m := r.more) is not None
+                    for x in (
+                        r.priority, r.queued_at, r.once, r.max_retries, r.spec,
+                        env_ids[r.env] if r.env else None, m.start_at, m.restarted_from,
+                        m.schedule_id,
+                    )
+                ]  # fmt: skip
+            conn.execute(_insert_sql(end - at, state, not plain), values)
             at = end
         # One writer connection and AUTOINCREMENT: the rows just inserted have consecutive ids.
         last = cast(int, conn.execute("SELECT last_insert_rowid()").fetchone()[0])
@@ -821,7 +1010,24 @@ class Store:
         stdins = [(i, r.stdin) for i, r in zip(ids, rows, strict=True) if r.stdin]
         if stdins:
             conn.executemany("INSERT INTO stdins (task_id, data) VALUES (?, ?)", stdins)
+        if wide:
+            self._insert_deps(conn, rows, ids)
         return ids
+
+    @staticmethod
+    def _insert_deps(conn: _Conn, rows: Sequence[_NewTask], ids: Sequence[int]) -> None:
+        """The deps rows of the tasks just inserted (``rows``, which got ``ids``)."""
+        # A negative dependency -(k + 1) is the k-th task of the row's call: i - index + k.
+        pairs = [
+            x
+            for i, r in zip(ids, rows, strict=True)
+            if (m := r.more) is not None
+            for d in m.deps
+            for x in (i, d if d > 0 else i - m.index - d - 1)
+        ]
+        for lo in range(0, len(pairs), 2 * _DEPS_PER_INSERT):
+            part = pairs[lo : lo + 2 * _DEPS_PER_INSERT]
+            conn.execute(_deps_sql(len(part) // 2), part)
 
     def mark_started(
         self,
@@ -998,8 +1204,9 @@ class Store:
 
     def remove(self, task_ids: Collection[int]) -> asyncio.Future[int]:
         """Delete the finished (terminal) tasks among ``task_ids`` as :meth:`clean` does (their
-        labels, stdin, output, envs no task uses any more); others are left. Queued at once: the
-        future of how many were removed."""
+        labels, stdin, output, deps, envs no task uses any more); others are left, and so are
+        those :meth:`dependents_waiting` names. Queued at once: the future of how many were
+        removed."""
         ids = sorted({i for i in task_ids if 0 < i <= MAX_ID})
         if not ids:
             return _resolved(0)
@@ -1009,7 +1216,8 @@ class Store:
             for at in range(0, len(ids), _IDS_PER_UPDATE):
                 chunk = ids[at : at + _IDS_PER_UPDATE]
                 keys += conn.execute(
-                    f"SELECT id FROM tasks WHERE id IN ({_marks(len(chunk))}) AND {_TERMINAL}",
+                    f"SELECT id FROM tasks WHERE id IN ({_marks(len(chunk))}) AND {_TERMINAL} "
+                    f"AND NOT {_DEPENDED_ON.format('tasks.id')}",
                     chunk,
                 ).fetchall()
             if keys:
@@ -1018,6 +1226,153 @@ class Store:
             return len(keys)
 
         return self._queue_write(write)
+
+    def set_state(
+        self,
+        task_ids: Collection[int],
+        state: int,
+        *,
+        start_at: float | EllipsisType | None = ...,
+    ) -> asyncio.Future[int]:
+        """Tasks that have not started (QUEUED, STASHED, WAITING, SCHEDULED) to ``state`` (one of
+        these), and their start_at column to ``start_at`` when given (None clears it); leaving
+        STASHED drops enqueue_at. Others are left as they are. Queued at once: the future of how
+        many changed."""
+        if state not in _NEW_STATES:
+            raise ValueError(f"state: {state} is not a state of a task that has not started")
+        ids = sorted({i for i in task_ids if 0 < i <= MAX_ID})
+        if not ids:
+            return _resolved(0)
+        sets, where = "state = ?", "state != ?"
+        params: builtins.list[float | None] = [state, state]
+        if state != _STASHED:
+            sets += ", enqueue_at = NULL"
+        if not isinstance(start_at, EllipsisType):
+            sets += ", start_at = ?"
+            where += " OR start_at IS NOT ?"
+            params[1:1] = [start_at]
+            params.append(start_at)
+
+        def write(conn: _Conn) -> int:
+            changed = 0
+            for at in range(0, len(ids), _IDS_PER_UPDATE):
+                chunk = ids[at : at + _IDS_PER_UPDATE]
+                changed += conn.execute(
+                    f"UPDATE tasks SET {sets} WHERE {_NOT_STARTED} AND ({where}) "
+                    f"AND id IN ({_marks(len(chunk))})",
+                    (*params, *chunk),
+                ).rowcount
+            return changed
+
+        return self._queue_write(write)
+
+    def replace_spec(
+        self, task_id: int, spec: pb.TaskSpec, *, env: Mapping[str, str] | None = None
+    ) -> asyncio.Future[bool]:
+        """Edit: a task that has not started (QUEUED, STASHED, WAITING, SCHEDULED) gets ``spec``,
+        stored as :meth:`queue_add` stores it (``env``: for an empty ``spec.env``); its priority,
+        once and max_retries columns follow. Its group, state, start_at and place are kept.
+        Queued at once: the future of whether it changed a row."""
+        if not 0 < task_id <= MAX_ID:
+            return _resolved(False)
+        shared = pb.TaskSpec(env=env).SerializeToString(deterministic=True) if env else b""
+        new = _prepare(spec, 0.0, shared)
+
+        def write(conn: _Conn) -> bool:
+            found = conn.execute(
+                f"SELECT env_id FROM tasks WHERE id = ? AND {_NOT_STARTED}", (task_id,)
+            ).fetchone()
+            if found is None:
+                return False
+            env_id = self._env_id(conn, new.env) if new.env else None
+            conn.execute(
+                "UPDATE tasks SET priority = ?, once = ?, max_retries = ?, spec = ?, env_id = ? "
+                "WHERE id = ?",
+                (new.priority, new.once, new.max_retries, new.spec, env_id, task_id),
+            )
+            conn.execute("DELETE FROM labels WHERE task_id = ?", (task_id,))
+            if new.labels:
+                conn.executemany(
+                    "INSERT INTO labels (task_id, key, value) VALUES (?, ?, ?)",
+                    [(task_id, k, v) for k, v in new.labels],
+                )
+            conn.execute("DELETE FROM stdins WHERE task_id = ?", (task_id,))
+            if new.stdin:
+                conn.execute(
+                    "INSERT INTO stdins (task_id, data) VALUES (?, ?)", (task_id, new.stdin)
+                )
+            if found[0] is not None and found[0] != env_id:
+                self._drop_envs(conn, [found[0]])
+            return True
+
+        return self._queue_write(write)
+
+    def add_schedule(
+        self,
+        spec: pb.TaskSpec,
+        *,
+        every: float | None,
+        cron: str,
+        overlap: bool,
+        next_at: float,
+        now: float,
+        env: Mapping[str, str] | None = None,
+    ) -> asyncio.Future[int]:
+        """Journal a schedule: ``spec`` in full, and ``env`` (for an empty ``spec.env``); either
+        ``every`` (seconds) or ``cron``. Queued at once: the future of its id (never reused)."""
+        if bool(every) == bool(cron):
+            raise ValueError("every, cron: exactly one of them")
+        if every is not None and every < 0:
+            raise ValueError("every: must be > 0")
+        blob = spec.SerializeToString()
+        env_blob = pb.TaskSpec(env=env).SerializeToString(deterministic=True) if env else None
+
+        def write(conn: _Conn) -> int:
+            cursor = conn.execute(
+                "INSERT INTO schedules (spec, env, every, cron, overlap, next_at, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (blob, env_blob, every or None, cron, int(overlap), next_at, now),
+            )
+            return cast(int, cursor.lastrowid)
+
+        return self._queue_write(write)
+
+    def update_schedule(
+        self,
+        schedule_id: int,
+        *,
+        next_at: float,
+        last_task: int | None = None,
+        submitted_inc: int = 0,
+        skipped_inc: int = 0,
+    ) -> asyncio.Future[bool]:
+        """A schedule's next occurrence, last task (None: unchanged) and counts (added to).
+        Queued at once: the future of whether the schedule exists."""
+        if not 0 < schedule_id <= MAX_ID:
+            return _resolved(False)
+
+        def write(conn: _Conn) -> bool:
+            return (
+                conn.execute(
+                    "UPDATE schedules SET next_at = ?, last_task = COALESCE(?, last_task), "
+                    "submitted = submitted + ?, skipped = skipped + ? WHERE id = ?",
+                    (next_at, last_task, submitted_inc, skipped_inc, schedule_id),
+                ).rowcount
+                > 0
+            )
+
+        return self._queue_write(write)
+
+    def delete_schedule(self, schedule_id: int) -> asyncio.Future[bool]:
+        """Forget a schedule (its tasks stay); queued at once: the future of whether it was
+        journaled."""
+        if not 0 < schedule_id <= MAX_ID:
+            return _resolved(False)
+        return self._queue_write(
+            lambda conn: (
+                conn.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,)).rowcount > 0
+            )
+        )
 
     def save_group(
         self,
@@ -1059,8 +1414,9 @@ class Store:
 
     async def prune(self, *, keep_finished: int | None, keep_for: float | None, now: float) -> int:
         """Retention: keep at most keep_finished terminal tasks (newest by id) and none older than
-        keep_for seconds. Returns how many deleted. Efficient on large journals (indexed, and
-        batched so that other writes interleave)."""
+        keep_for seconds, but every one that :meth:`dependents_waiting` names. Returns how many
+        deleted. Efficient on large journals (indexed, and batched so that other writes
+        interleave)."""
         if keep_finished is None and keep_for is None:
             return 0
         if keep_finished is not None and keep_finished < 0:
@@ -1087,7 +1443,7 @@ class Store:
         if cutoff is not None:
             found = conn.execute(
                 f"SELECT id FROM tasks INDEXED BY tasks_ended WHERE {_TERMINAL} AND ended_at <= ? "
-                "LIMIT ?",
+                f"AND NOT {_DEPENDED_ON.format('tasks.id')} LIMIT ?",
                 (cutoff, DELETE_CHUNK),
             ).fetchall()
             victims.update(r[0] for r in found)
@@ -1101,7 +1457,7 @@ class Store:
             if edge is not None:
                 found = conn.execute(
                     f"SELECT id FROM tasks INDEXED BY tasks_done WHERE {_TERMINAL} AND id <= ? "
-                    "ORDER BY id LIMIT ?",
+                    f"AND NOT {_DEPENDED_ON.format('tasks.id')} ORDER BY id LIMIT ?",
                     (edge[0], DELETE_CHUNK),
                 ).fetchall()
                 victims.update(r[0] for r in found)
@@ -1113,12 +1469,20 @@ class Store:
         return len(keys), more
 
     def _delete(self, conn: _Conn, keys: Sequence[tuple[int]]) -> None:
-        """Delete tasks and everything attached; envs nobody uses any more."""
+        """Delete tasks and everything attached (their own deps rows too); envs nobody uses any
+        more."""
         env_ids = self._env_ids_of(conn, keys)
         conn.executemany("DELETE FROM labels WHERE task_id = ?", keys)
         conn.executemany("DELETE FROM outputs WHERE task_id = ?", keys)
         conn.executemany("DELETE FROM stdins WHERE task_id = ?", keys)
+        for lo in range(0, len(keys), _IDS_PER_UPDATE):  # one statement: usually no rows
+            part = [k[0] for k in keys[lo : lo + _IDS_PER_UPDATE]]
+            conn.execute(f"DELETE FROM deps WHERE task_id IN ({_marks(len(part))})", part)
         conn.executemany("DELETE FROM tasks WHERE id = ?", keys)
+        self._drop_envs(conn, env_ids)
+
+    def _drop_envs(self, conn: _Conn, env_ids: Collection[int]) -> None:
+        """Delete the envs rows among ``env_ids`` that no task uses any more."""
         if env_ids:
             gone = conn.executemany(
                 "DELETE FROM envs WHERE id = ?1 AND NOT EXISTS "
@@ -1195,15 +1559,69 @@ class Store:
                 (task_id,),
             )
         )
-        if not rows:
-            return None
-        light, env, stdin = rows[0]
-        spec = pb.TaskSpec.FromString(light)
-        if env is not None:
-            spec.MergeFromString(env)
-        if stdin is not None:
-            spec.stdin = stdin
-        return spec
+        return _spec_of(*rows[0]) if rows else None
+
+    async def full_specs(self, task_ids: Collection[int]) -> dict[int, pb.TaskSpec]:
+        """The full spec (env and stdin included) of each task that exists among ``task_ids``,
+        in one read (for Restart)."""
+        wanted = sorted({i for i in task_ids if 0 < i <= MAX_ID})
+
+        def read(conn: _Conn) -> dict[int, pb.TaskSpec]:
+            found: dict[int, pb.TaskSpec] = {}
+            for lo in range(0, len(wanted), 500):
+                part = wanted[lo : lo + 500]
+                for task_id, light, env, stdin in conn.execute(
+                    "SELECT t.id, t.spec, e.data, s.data FROM tasks t "
+                    "LEFT JOIN envs e ON e.id = t.env_id LEFT JOIN stdins s ON s.task_id = t.id "
+                    f"WHERE t.id IN ({_marks(len(part))})",
+                    part,
+                ):
+                    found[task_id] = _spec_of(light, env, stdin)
+            return found
+
+        return await self._read(read) if wanted else {}
+
+    async def failed_ids(self, limit: int) -> builtins.list[int]:
+        """Ids of up to ``limit`` tasks in state FAILED, oldest first (``restart --failed``)."""
+        rows = await self._read(
+            self._rows(
+                f"SELECT id FROM tasks WHERE state = {pb.TASK_STATE_FAILED} ORDER BY id LIMIT ?",
+                (limit,),
+            )
+        )
+        return [r[0] for r in rows]
+
+    async def deps_of(self, task_ids: Collection[int]) -> dict[int, builtins.list[int]]:
+        """The dependency ids (ascending) of each of ``task_ids`` that has any (recovery)."""
+        found: dict[int, builtins.list[int]] = {}
+        for task_id, dep_id in await self._by_ids(
+            task_ids, "SELECT task_id, dep_id FROM deps WHERE task_id IN ({}) ORDER BY 1, 2"
+        ):
+            found.setdefault(task_id, []).append(dep_id)
+        return found
+
+    async def states_of(self, task_ids: Collection[int]) -> dict[int, int]:
+        """The state of each of ``task_ids`` still in the journal."""
+        return dict(await self._by_ids(task_ids, "SELECT id, state FROM tasks WHERE id IN ({})"))
+
+    async def dependents_waiting(self, task_ids: Collection[int]) -> set[int]:
+        """The tasks among ``task_ids`` that a task not queued yet (WAITING, SCHEDULED or
+        STASHED) depends on: retention keeps them, and Remove must refuse them."""
+        sql = f"SELECT id FROM tasks WHERE id IN ({{}}) AND {_DEPENDED_ON.format('tasks.id')}"
+        return {r[0] for r in await self._by_ids(task_ids, sql)}
+
+    async def _by_ids(self, task_ids: Collection[int], sql: str) -> builtins.list[Any]:
+        """The rows of ``sql`` over ``task_ids``, in chunks (its ``{}``: their marks)."""
+        wanted = sorted({i for i in task_ids if 0 < i <= MAX_ID})
+
+        def read(conn: _Conn) -> builtins.list[Any]:
+            rows: builtins.list[Any] = []
+            for lo in range(0, len(wanted), _IDS_PER_READ):
+                part = wanted[lo : lo + _IDS_PER_READ]
+                rows += conn.execute(sql.format(_marks(len(part))), part).fetchall()
+            return rows
+
+        return await self._read(read) if wanted else []
 
     async def list(
         self,
@@ -1246,16 +1664,17 @@ class Store:
         return await self._read(read)
 
     async def unfinished(self, *, after: int = 0, limit: int = -1) -> builtins.list[Unfinished]:
-        """Unfinished (QUEUED, RUNNING, STASHED) tasks ordered by id, from past ``after`` (up to
-        ``limit``), for recovery: what queueing them needs, and their spec (without env or
-        stdin) unparsed. Tasks of one group share one str for its name."""
+        """Unfinished (QUEUED, RUNNING, STASHED, WAITING, SCHEDULED) tasks ordered by id, from
+        past ``after`` (up to ``limit``), for recovery: what queueing them needs, and their spec
+        (without env or stdin) unparsed. Tasks of one group share one str for its name."""
 
         def read(conn: _Conn) -> builtins.list[Unfinished]:
             conn.text_factory = self._groups_text.__getitem__  # grp is the only text read
             try:
                 rows = conn.execute(
                     # In rowid order, page by page: an index on state would sort each page anew.
-                    "SELECT id, state, queued_at, attempts, spec, grp, enqueue_at FROM tasks "
+                    "SELECT id, state, queued_at, attempts, spec, grp, enqueue_at, start_at, "
+                    "restarted_from, schedule_id FROM tasks "
                     f"NOT INDEXED WHERE id > ? AND {_UNFINISHED} ORDER BY id LIMIT ?",
                     (after, limit),
                 ).fetchall()
@@ -1283,6 +1702,21 @@ class Store:
             )
         )
         return [GroupRow(n, p, m, bool(z), q) for n, p, m, z, q in rows]
+
+    async def schedules(self) -> builtins.list[ScheduleRow]:
+        """The journaled schedules, by id."""
+        rows = await self._read(
+            self._rows(
+                "SELECT id, spec, env, every, cron, overlap, next_at, last_task, submitted, "
+                "skipped, created_at FROM schedules ORDER BY id"
+            )
+        )
+        found = []
+        for sid, spec, env, every, cron, overlap, *counts in rows:
+            env_map = dict(pb.TaskSpec.FromString(env).env) if env else {}
+            spec_pb = pb.TaskSpec.FromString(spec)
+            found.append(ScheduleRow(sid, spec_pb, env_map, every, cron, bool(overlap), *counts))
+        return found
 
     async def last_id(self) -> int:
         """The highest id ever given (0 for a new journal); ids are never reused."""

@@ -8,6 +8,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import lru_cache
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from tasker.v1 import tasker_pb2 as pb
 from taskerd.config import GROUP_NAME
@@ -24,6 +25,8 @@ MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 256
 MAX_BATCH = 10_000
 MAX_PAGE_SIZE = 1000
+MAX_HOOK = 64 << 10  # bytes of a task's on_finish command
+MAX_EPOCH = 253_402_300_799  # 9999-12-31T23:59:59Z
 #: The journal's (SQLite's) largest integer: no task has a larger id.
 MAX_ID = 2**63 - 1
 #: Linux's PATH_MAX, counting the final NUL: no longer path can be a working directory.
@@ -106,12 +109,15 @@ def labels(field: str, values: Mapping[str, str]) -> None:
     _joined(field, values.values())
 
 
-def spec(s: pb.TaskSpec, where: str, shared_env: int = 0, good_cwd: str = "") -> None:
+def spec(
+    s: pb.TaskSpec, where: str, shared_env: int = 0, good_cwd: str = "", index: int = 0
+) -> None:
     """Validate one task spec; ``where`` prefixes field names (``tasks[3]``).
 
     ``shared_env`` is the size of the environment the task gets when its own is empty (the
     Submit request's ``env``): it counts toward the 1 MiB of argv and env. ``good_cwd`` is a
-    cwd already found good (the previous task's, in a batch).
+    cwd already found good (the previous task's, in a batch). ``index`` is the task's place in
+    its request (``after_tasks`` may only name earlier ones).
     """
     argv = s.argv
     if not argv or not argv[0] or len(argv) > MAX_ARGV_ITEMS:
@@ -150,6 +156,36 @@ def spec(s: pb.TaskSpec, where: str, shared_env: int = 0, good_cwd: str = "") ->
         labels(f"{where}.labels", s.labels)
     if s.group and GROUP_NAME.fullmatch(s.group) is None:
         raise InvalidArgument(f"{where}.group", f"no group named {quote(s.group)}")
+    if s.after or s.after_tasks or s.HasField("start_at") or s.on_finish:
+        _workflow(s, where, index)
+
+
+def _workflow(s: pb.TaskSpec, where: str, index: int) -> None:
+    """The fields of issue 12: dependencies, start time, on-finish hook."""
+    if len(s.after) + len(s.after_tasks) > MAX_BATCH:
+        raise InvalidArgument(f"{where}.after", f"at most {MAX_BATCH} dependencies")
+    if s.after:
+        ids(f"{where}.after", s.after)
+    for k in s.after_tasks:
+        if k >= index:
+            raise InvalidArgument(
+                f"{where}.after_tasks",
+                f"{k} is not an earlier task of the request (this is {index})",
+            )
+    if s.HasField("start_at"):
+        timestamp(f"{where}.start_at", s.start_at)
+    if s.on_finish:
+        if len(s.on_finish) > MAX_HOOK:
+            raise InvalidArgument(f"{where}.on_finish", "at most 64 KiB")
+        if "\0" in s.on_finish:
+            raise InvalidArgument(f"{where}.on_finish", "must not contain NUL bytes")
+
+
+def timestamp(field: str, t: Timestamp) -> float:
+    """A time between 1970 and 9999, in epoch seconds."""
+    if not (0 <= t.seconds <= MAX_EPOCH and 0 <= t.nanos < 1_000_000_000):
+        raise InvalidArgument(field, "not a time between 1970 and 9999")
+    return t.seconds + t.nanos / 1e9
 
 
 def priority(field: str, value: int) -> None:
@@ -167,7 +203,7 @@ def submit(request: pb.SubmitRequest) -> None:
     shared_env = env("env", request.env)
     good_cwd = ""
     for i, task in enumerate(request.tasks):
-        spec(task, f"tasks[{i}]", shared_env, good_cwd)
+        spec(task, f"tasks[{i}]", shared_env, good_cwd, i)
         good_cwd = task.cwd
 
 

@@ -1250,6 +1250,15 @@ class TaskManager(Generic[R, E]):
         self._debt[1] = min(self._debt[1], burst)
         self._retire(burst - self._debt[1] - (max_workers - base), burst=True)
 
+    def retune(self, handle: TaskHandle[E], *, timeout: float | None, max_retries: int) -> bool:
+        """Change a QUEUED task's timeout and retry budget (both apply from its next start);
+        False (nothing changed) for a task that is not queued here."""
+        if handle._manager is not self or handle._state is not QUEUED:
+            return False
+        handle._timeout = timeout
+        handle._max_retries = max_retries
+        return True
+
     def _retire(self, count: int, burst: bool) -> None:
         """Retire ``count`` base or burst workers: idle ones now, busy ones after their task."""
         if count <= 0:

@@ -248,7 +248,7 @@ class _Loud(Service):
 
 async def test_every_status_message_is_capped(tmp_path: Path) -> None:
     server = grpc.aio.server()
-    add_to_server(_Loud(None, lambda mode: None), server)  # type: ignore[arg-type]
+    add_to_server(_Loud(None, None, lambda mode: None), server)  # type: ignore[arg-type]
     target = f"unix:{tmp_path}/loud.sock"
     server.add_insecure_port(target)
     await server.start()
@@ -304,7 +304,7 @@ def test_durations_at_the_bounds(shared: Daemon) -> None:
 
 def test_unknown_enums_and_limits(shared: Daemon) -> None:
     stub = shared.stub
-    for value in (-1, 10, 2**31 - 1):  # unknown to Priority, TaskState and ShutdownMode
+    for value in (-1, 12, 2**31 - 1):  # unknown to Priority, TaskState and ShutdownMode
         task = pb.TaskSpec(argv=["true"], priority=value)  # type: ignore[arg-type]
         _invalid(lambda t=task: submit(stub, t), "tasks[0].priority")
         _invalid(lambda v=value: stub.List(pb.ListRequest(states=[v])), "states")

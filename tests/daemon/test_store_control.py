@@ -48,7 +48,7 @@ async def test_v2_journal_migrates(tmp_path: Path) -> None:
     assert raw(path, "PRAGMA user_version") == [(2,)]
     s = await Store.open(path)
     try:
-        assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
+        assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(4,)]
         unfinished = await s.unfinished()
         assert [(u.id, u.state, u.group, u.enqueue_at) for u in unfinished] == [
             (5, R, "default", None),

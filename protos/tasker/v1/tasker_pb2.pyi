@@ -1178,6 +1178,8 @@ class StatsResponse(_message.Message):
     PAUSED_FIELD_NUMBER: _builtins.int
     STASHED_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FIELD_NUMBER: _builtins.int
     base_workers: _builtins.int
     """Workers: the base count, those alive now, and those of them that are
     burst workers.
@@ -1213,6 +1215,9 @@ class StatsResponse(_message.Message):
     paused: _builtins.int
     """Tasks paused and stashed now."""
     stashed: _builtins.int
+    waiting: _builtins.int
+    """Tasks waiting for their dependencies, and scheduled for later, now."""
+    scheduled: _builtins.int
     @_builtins.property
     def uptime(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -1247,10 +1252,12 @@ class StatsResponse(_message.Message):
         paused: _builtins.int = ...,
         stashed: _builtins.int = ...,
         groups: _abc.Iterable[Global___Group] | None = ...,
+        waiting: _builtins.int = ...,
+        scheduled: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_workers", b"active_workers", "available_resources", b"available_resources", "base_workers", b"base_workers", "burst_workers", b"burst_workers", "cancelled", b"cancelled", "failed", b"failed", "groups", b"groups", "lost", b"lost", "max_workers", b"max_workers", "paused", b"paused", "queue_capacity", b"queue_capacity", "queue_usage", b"queue_usage", "queued", b"queued", "queued_critical", b"queued_critical", "queued_high", b"queued_high", "queued_low", b"queued_low", "queued_normal", b"queued_normal", "rejected", b"rejected", "running", b"running", "shutting_down", b"shutting_down", "stashed", b"stashed", "succeeded", b"succeeded", "timed_out", b"timed_out", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_workers", b"active_workers", "available_resources", b"available_resources", "base_workers", b"base_workers", "burst_workers", b"burst_workers", "cancelled", b"cancelled", "failed", b"failed", "groups", b"groups", "lost", b"lost", "max_workers", b"max_workers", "paused", b"paused", "queue_capacity", b"queue_capacity", "queue_usage", b"queue_usage", "queued", b"queued", "queued_critical", b"queued_critical", "queued_high", b"queued_high", "queued_low", b"queued_low", "queued_normal", b"queued_normal", "rejected", b"rejected", "running", b"running", "scheduled", b"scheduled", "shutting_down", b"shutting_down", "stashed", b"stashed", "succeeded", b"succeeded", "timed_out", b"timed_out", "uptime", b"uptime", "version", b"version", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
