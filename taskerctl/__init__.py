@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "Stats": "taskerctl.models",
     "Metrics": "taskerctl.models",
     "Group": "taskerctl.models",
+    "Schedule": "taskerctl.models",
     "TaskerError": "taskerctl.errors",
     "DaemonUnavailable": "taskerctl.errors",
     "QueueFull": "taskerctl.errors",
@@ -51,6 +52,7 @@ __all__ = [
     "Metrics",
     "Priority",
     "QueueFull",
+    "Schedule",
     "ShuttingDown",
     "Stats",
     "StreamFellBehind",
@@ -86,7 +88,16 @@ if TYPE_CHECKING:
         Unsupported,
         WrongState,
     )
-    from taskerctl.models import Group, Metrics, Priority, Stats, TaskEvent, TaskResult, TaskState
+    from taskerctl.models import (
+        Group,
+        Metrics,
+        Priority,
+        Schedule,
+        Stats,
+        TaskEvent,
+        TaskResult,
+        TaskState,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
@@ -27,7 +28,7 @@ from taskerctl.errors import EXIT_OTHER, EXIT_USAGE, DaemonUnavailable, TaskerEr
 if TYPE_CHECKING:
     from taskerctl._sync import Client
     from taskerctl.models import Group as TaskGroup
-    from taskerctl.models import Stats, TaskOptions, TaskResult
+    from taskerctl.models import Schedule, SpecOptions, Stats, TaskOptions, TaskResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,8 +37,9 @@ Exit status: the task's own code when it ran (--wait, --follow, run, logs -f); 1
 128+N killed by signal N; 125 cancelled; 123 lost; 127 could not be started; 122 failed without
 an exit status of its own; 130 interrupted (Ctrl-C); 2 usage error; 69 daemon unreachable;
 75 queue full; 74 stream fell behind (read too slowly); 1 other errors, such as a task or group
-not in a state the command applies to. A paused or stashed task has not ended: wait and -f name
-it on stderr and wait on, until it is resumed or enqueued and ends."""
+not in a state the command applies to. A paused or stashed task (or a waiting or scheduled one)
+has not ended: wait and -f name it on stderr and wait on, until it is resumed, enqueued, or due,
+and ends."""
 
 _EPILOG = EXIT_CODES_HELP.replace("\n", " ")
 
@@ -109,11 +111,23 @@ class Group(_Help, click.Group):
         return list(self.commands)  # in the order they were added
 
 
+def _help_if_bare(ctx: click.Context) -> None:
+    """A group run without a command prints its help (once) and exits 2."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(EXIT_USAGE)
+
+
 # -- parameter types: metavars and messages a person reads -----------------------------------
 
 
 class TaskId(click.ParamType[int]):
+    """A task's id (``what``: a schedule's)."""
+
     name = "id"
+
+    def __init__(self, what: str = "task") -> None:
+        self.what = what
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
@@ -121,7 +135,36 @@ class TaskId(click.ParamType[int]):
         text = str(value).strip()
         if text.isdecimal() and 0 < int(text) < 1 << 64:
             return int(text)
-        self.fail(f"{value!r} is not a task id (ids are whole numbers from 1)", param, ctx)
+        self.fail(f"{value!r} is not a {self.what} id (ids are whole numbers from 1)", param, ctx)
+
+
+class TaskIds(click.ParamType[tuple[int, ...]]):
+    """``ID[,ID...]``: task ids, comma-separated."""
+
+    name = "ids"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        return tuple(TaskId().convert(v, param, ctx) for v in str(value).split(","))
+
+
+class When(click.ParamType[datetime]):
+    """``HH:MM`` (today, or tomorrow once past), ISO 8601, or seconds since the epoch."""
+
+    name = "time"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        from taskerctl.models import parse_time
+
+        try:  # the models' parser, as the clients' start_at
+            return value if isinstance(value, datetime) else parse_time(str(value))
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
 
 
 #: What a google.protobuf.Duration carries: 10,000 years.
@@ -222,8 +265,8 @@ def _parse_live_state(text: str) -> Any:
     state = _parse_state(text)
     if state not in LIVE_STATES:
         raise ValueError(
-            f"invalid state {text!r}: only queued or running (or paused, or stashed) tasks can "
-            "be cancelled"
+            f"invalid state {text!r}: only queued or running (or paused, stashed, waiting or "
+            "scheduled) tasks can be cancelled"
         )
     return state
 
@@ -335,15 +378,39 @@ def _show_completion(ctx: click.Context, param: click.Parameter, value: str | No
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     ctx.ensure_object(Globals)
-    if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
-        ctx.exit(EXIT_USAGE)
+    _help_if_bare(ctx)
 
 
 # -- submit and run ------------------------------------------------------------------------------
 
 _COMMAND_LINE = "[OPTIONS] [--] COMMAND [ARG]..."
 _PASS_COMMAND = {"allow_interspersed_args": False}
+
+
+#: The help of submit's workflow options.
+_HELP = {
+    "after": "Queue it once these tasks have all succeeded (repeatable); until then it is "
+    "waiting. If one ends otherwise, it is cancelled.",
+    "after_any": "Queue it once these tasks have ended, however they ended (repeatable). Not "
+    "with --after: a task waits on all its dependencies one way.",
+    "delay": "Do not start it before this long from now (scheduled until then).",
+    "at": "Do not start it before TIME: HH:MM (local; today, or tomorrow once past), ISO 8601 "
+    "(2026-12-24T18:00) or seconds since the epoch.",
+    "every": "Make a schedule rather than a task: a new task every DUR (from now, or from --at "
+    "or --delay); print the schedule's id.",
+    "cron": "Make a schedule: a new task at each match of a cron expression in local time "
+    "('*/5 * * * *'); print the schedule's id.",
+    "overlap": "With --every or --cron: also start an occurrence while the previous one has not "
+    "ended (default: skip it).",
+}
+
+
+def _ids_option(name: str) -> Callable[[F], F]:
+    """``--after`` or ``--after-any``: task ids, comma-separated, repeatable."""
+    key = name.lstrip("-").replace("-", "_")
+    return click.option(
+        name, key, type=TaskIds(), multiple=True, metavar="ID[,ID...]", help=_HELP[key]
+    )
 
 
 def _task_options(*, submit: bool) -> Callable[[F], F]:
@@ -405,6 +472,10 @@ def _task_options(*, submit: bool) -> Callable[[F], F]:
             help="Do not pass piped standard input to the task (run, --wait, --follow pass it "
             "when it is not a terminal, up to 1 MiB).",
         ),
+        click.option(
+            "--on-finish", metavar="CMD",
+            help="A shell command to run once the task has ended (besides the daemon's).",
+        ),
     ]  # fmt: skip
     if submit:
         opts += [
@@ -422,8 +493,15 @@ def _task_options(*, submit: bool) -> Callable[[F], F]:
                 "--batch", type=click.Path(exists=True, dir_okay=False, allow_dash=True),
                 metavar="FILE",
                 help="Submit one shell command per line of FILE (- for stdin), 1,000 per "
-                "request; print their ids.",
+                "request; print their ids. " + task.BATCH_HELP,
             ),
+            _ids_option("--after"),
+            _ids_option("--after-any"),
+            click.option("--delay", type=Duration(), metavar="DUR", help=_HELP["delay"]),
+            click.option("--at", type=When(), metavar="TIME", help=_HELP["at"]),
+            click.option("--every", type=Duration(True), metavar="DUR", help=_HELP["every"]),
+            click.option("--cron", metavar="EXPR", help=_HELP["cron"]),
+            click.option("--overlap/--no-overlap", default=None, help=_HELP["overlap"]),
         ]  # fmt: skip
 
     def apply(f: F) -> F:
@@ -434,7 +512,7 @@ def _task_options(*, submit: bool) -> Callable[[F], F]:
     return apply
 
 
-def _spec_options(opts: dict[str, Any], *, stdin: bool) -> TaskOptions:
+def _spec_options(opts: dict[str, Any], *, stdin: bool) -> SpecOptions:
     return task.task_options(
         shell=opts["shell"],
         env=dict(opts["env"]),
@@ -448,7 +526,58 @@ def _spec_options(opts: dict[str, Any], *, stdin: bool) -> TaskOptions:
         cwd=opts["cwd"],
         stdin=task.read_stdin() if stdin and not opts["no_stdin"] else b"",
         group=opts.get("group"),
+        on_finish=opts["on_finish"],
     )
+
+
+def _when_options(opts: dict[str, Any], spec: SpecOptions) -> TaskOptions:
+    """``spec`` with ``--after``/``--after-any`` and ``--delay``/``--at`` (one of each pair)."""
+    options = cast("TaskOptions", dict(spec))
+    after = [i for ids in opts["after"] for i in ids]
+    after_any = [i for ids in opts["after_any"] for i in ids]
+    if after and after_any:
+        raise click.UsageError(
+            "give --after or --after-any, not both: a task waits on all its dependencies one way"
+        )
+    if after or after_any:
+        options["after"] = after or after_any
+        options["after_any"] = bool(after_any)
+    if opts["delay"] is not None and opts["at"] is not None:
+        raise click.UsageError("give --delay or --at, not both")
+    if opts["delay"] is not None:
+        options["delay"] = opts["delay"]
+    if opts["at"] is not None:
+        options["start_at"] = opts["at"]
+    return options
+
+
+def _add_schedule(command: Sequence[str], opts: dict[str, Any]) -> int:
+    """``submit --every`` or ``--cron``: a schedule, not a task."""
+    every, cron = opts["every"], opts["cron"]
+    if every is not None and cron is not None:
+        raise click.UsageError("give --every or --cron, not both")
+    for name in ("batch", "wait", "follow", "stashed", "after", "after_any"):
+        if opts[name]:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"--every and --cron make a schedule: it takes no {flag}")
+    _need_command(command, "submit")
+    options = _spec_options(opts, stdin=False)
+    start: datetime | float | None = opts["at"]
+    if opts["delay"] is not None:
+        if start is not None:
+            raise click.UsageError("give --delay or --at, not both")
+        start = time.time() + opts["delay"]
+    with client() as c:
+        sched = c.add_schedule(
+            task.argv(command, shell=opts["shell"]), every=every, cron=cron,
+            overlap=bool(opts["overlap"]), start_at=start, **options,
+        )  # fmt: skip
+    if settings().json:
+        task.dump(sched.to_json())
+    else:
+        print(sched.id)
+        task.note(f"schedule {sched.id}: {sched.when}, next at {_at(sched.next_at)}")
+    return 0
 
 
 @contextmanager
@@ -474,21 +603,30 @@ def submit(command: tuple[str, ...], **opts: Any) -> int:
 
     The id is printed alone, so that id=$(taskerctl submit -- make) works. With --batch FILE:
     one shell command per line (blank lines and # comments skipped), the options (the group,
-    --stashed) applying to each; their ids are printed as they are accepted.
+    --stashed, --after...) applying to each; their ids are printed as they are accepted. A line
+    '@after 1,3 CMD' runs after the batch's first and third commands (see --batch).
+
+    --after and --after-any keep the task waiting for other tasks; --delay and --at keep it
+    scheduled until a time; --wait and --follow wait through both. --every and --cron make a
+    recurring schedule instead (taskerctl schedule list, schedule rm ID).
     """
     g = settings()
     batch: str | None = opts["batch"]
     follow, wait, stashed = opts["follow"], opts["wait"], opts["stashed"]
+    if opts["every"] is not None or opts["cron"] is not None:
+        return _add_schedule(command, opts)
+    if opts["overlap"] is not None:
+        raise click.UsageError("--overlap and --no-overlap go with --every or --cron")
     if stashed and (wait or follow):
         raise click.UsageError("--stashed takes no --wait or --follow: it runs once enqueued")
     if batch is not None:
         if command or wait or follow:
             raise click.UsageError("--batch takes no command, --wait or --follow")
-        options = _spec_options({**opts, "shell": True}, stdin=False)
+        options = _when_options(opts, _spec_options({**opts, "shell": True}, stdin=False))
         with client() as c, _open(batch) as source:
             return task.submit_batch(c, source, batch, options, as_json=g.json, stashed=stashed)
     _need_command(command, "submit")
-    options = _spec_options(opts, stdin=follow or wait)
+    options = _when_options(opts, _spec_options(opts, stdin=follow or wait))
     cancel = not opts["detach_on_interrupt"]
     with client() as c:
         handle = c.submit(task.argv(command, shell=opts["shell"]), stashed=stashed, **options)
@@ -540,17 +678,37 @@ _STATE_STYLE = {
     "LOST": "red",
     "PAUSED": "bright_blue",
     "STASHED": "bright_black",
+    "WAITING": "bright_cyan",
+    "SCHEDULED": "bright_cyan",
 }
 
 
 def _state(t: TaskResult) -> str:
     style = _STATE_STYLE.get(t.state.name, "white")
-    until = f" until {_when(t.enqueue_at)}" if t.enqueue_at is not None else ""
-    return f"[{style}]{t.state.name.lower()}{until}[/{style}]"
+    why = f" until {_when(t.enqueue_at)}" if t.enqueue_at is not None else ""
+    if held := task.held(t, _at):
+        why = f" {held}"  # waiting on 3, 5; scheduled until 14:05:00
+    return f"[{style}]{t.state.name.lower()}{why}[/{style}]"
 
 
 def _when(t: datetime | None) -> str:
     return "-" if t is None else t.astimezone().strftime("%H:%M:%S")
+
+
+def _at(t: datetime | None) -> str:
+    """A time to come: its time of day if today, else its date too."""
+    if t is None:
+        return "-"
+    local = t.astimezone()
+    same_day = local.date() == datetime.now().astimezone().date()
+    return local.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M")
+
+
+def _origin(t: TaskResult) -> str:
+    """Where a task came from: a restart of another, or a schedule."""
+    if t.restarted_from is not None:
+        return f"restart of {t.restarted_from}"
+    return "-" if t.schedule_id is None else f"schedule {t.schedule_id}"
 
 
 def _elide(text: str, width: int = 40) -> str:
@@ -586,8 +744,8 @@ def _states(values: Sequence[str]) -> list[str]:
 @cli.command("list", usage="[OPTIONS]")
 @click.option(
     "-s", "--state", "states", type=STATE, multiple=True, metavar="STATE",
-    help="Only tasks in this state (repeatable): queued, running, paused, stashed, succeeded, "
-    "failed, timed_out, cancelled, lost.",
+    help="Only tasks in this state (repeatable): queued, running, paused, stashed, waiting, "
+    "scheduled, succeeded, failed, timed_out, cancelled, lost.",
 )  # fmt: skip
 @click.option(
     "-l", "--label", "labels", type=Pair(), multiple=True, metavar="K=V",
@@ -616,7 +774,9 @@ def list_(
     console = _console()
     wide = console.width >= 120  # on a narrow terminal, keep the columns that matter most
     table = Table(box=None, header_style="bold")
-    columns = ["ID", "STATE", "GROUP", "PRIO", "COMMAND", "LABELS", "QUEUED", "STARTED", "ENDED"]
+    columns = [
+        "ID", "STATE", "GROUP", "PRIO", "COMMAND", "LABELS", "FROM", "QUEUED", "STARTED", "ENDED",
+    ]  # fmt: skip
     if not wide:
         columns = ["ID", "STATE", "GROUP", "PRIO", "COMMAND", "STARTED"]
     for col in columns:
@@ -635,6 +795,7 @@ def list_(
             "PRIO": t.priority.name.lower(),
             "COMMAND": _elide(t.command, 40 if wide else max(10, console.width - 60)),
             "LABELS": ",".join(f"{k}={v}" for k, v in t.labels.items()),
+            "FROM": _origin(t),
             "QUEUED": _when(t.queued_at),
             "STARTED": _when(t.started_at),
             "ENDED": _when(t.ended_at),
@@ -645,7 +806,12 @@ def list_(
 
 cli.add_command(list_, "ls")
 
-_TIMES = ("queued_at", "started_at", "ended_at", "enqueue_at")
+_TIMES = ("queued_at", "started_at", "ended_at", "enqueue_at", "start_at")
+#: What ``show`` prints only when there is something to say (``--json`` has them all).
+_UNLESS_ABSENT = (
+    "enqueue_at", "after", "after_any", "waiting_on", "start_at", "on_finish", "restarted_from",
+    "schedule_id",
+)  # fmt: skip
 _DURATIONS = ("wait", "run", "timeout")
 
 
@@ -655,6 +821,8 @@ def _show_value(key: str, value: Any) -> str:
         return "-"
     if key == "argv":
         return shlex.join(value)
+    if isinstance(value, list):  # ids
+        return task.id_list(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if key in _TIMES:
@@ -677,7 +845,8 @@ def show(task_id: int, output: bool) -> None:
     """Show one task's full record.
 
     "-" (null in JSON) stands for what there is not, such as the pid of a task that has not
-    started. The argv is shell-quoted.
+    started. The argv is shell-quoted. Its dependencies (after), start time (start_at), the
+    task it restarts (restarted_from) and its schedule (schedule_id) show when it has them.
     """
     with client() as c:
         t = c.get(task_id, output=True)  # the truncation flags come with the output
@@ -686,8 +855,11 @@ def show(task_id: int, output: bool) -> None:
         task.dump(data)
         return
     data["state"] = t.state.name.lower()
-    if t.enqueue_at is None:
-        del data["enqueue_at"]  # only a stashed task with a planned enqueue has one
+    if held := task.held(t, lambda at: at.astimezone().isoformat(timespec="seconds"), None):
+        data["state"] += f" {held}"
+    for key in _UNLESS_ABSENT:
+        if data[key] in (None, "", [], False):
+            del data[key]  # a stashed task's planned enqueue, a restart's original...
     for key, value in data.items():
         print(f"{key:<17} {_show_value(key, value)}")
 
@@ -763,9 +935,10 @@ def wait(task_ids: tuple[int, ...], all_: bool, group: str | None) -> int:
 
     A progress bar shows on a terminal. The exit status is the task's for one task, else 1 if
     any did not succeed; each that did not gets a line on stderr. Ctrl-C stops waiting (130),
-    and leaves the tasks running. A paused task waited on (or a stashed one named by its id) is
-    named on stderr: the wait goes on until it is resumed or enqueued (or cancelled) and ends.
-    --all and -g do not wait for stashed tasks.
+    and leaves the tasks running. A paused task waited on (or a stashed, waiting or scheduled
+    one named by its id) is named on stderr: the wait goes on until it is resumed, enqueued, its
+    dependencies end or it is due (or it is cancelled), and it ends. --all and -g do not wait
+    for stashed tasks.
     """
     all_ = all_ or group is not None
     if not task_ids and not all_:
@@ -815,23 +988,24 @@ def wait(task_ids: tuple[int, ...], all_: bool, group: str | None) -> int:
 
 
 def _note_held(c: Client, task_ids: Sequence[int], *, every: bool, group: str | None) -> None:
-    """Before a wait: name on stderr the tasks waited on that are paused (or stashed, if named
-    by id), which end only once resumed or enqueued. One Stats (cheap), and a List only when
-    some are held."""
+    """Before a wait: name on stderr the tasks waited on that are paused (or stashed, waiting or
+    scheduled, if named by id), which end only once resumed, enqueued, their dependencies have
+    ended or they are due. One Stats (cheap), and a List only when some are held."""
     s = c.stats(group=group)
-    if not (s.paused or (s.stashed and task_ids)):
+    if not (s.paused or (task_ids and (s.stashed or s.waiting or s.scheduled))):
         return
     wanted = set(task_ids)
-    listed = c.list(states=["paused", "stashed"], limit=1000, group=group)
+    states = ["paused", "stashed", "waiting", "scheduled"] if task_ids else ["paused"]
+    listed = c.list(states=states, limit=1000, group=group)
     held = [t for t in listed if t.id in wanted or (every and t.state.name == "PAUSED")]
     if len(held) > 3:
         task.note(
-            f"{len(held):,} of the tasks waited on are paused or stashed: the wait ends once they "
-            "are resumed or enqueued, and end"
+            f"{len(held):,} of the tasks waited on are held (paused, stashed, waiting or "
+            "scheduled): the wait ends once they are resumed, enqueued or due, and end"
         )
         return
     for t in held:
-        task.note_state(t.id, t.state)
+        task.note_state(t.id, t.state, task.held(t, _at))
 
 
 # -- changing tasks ------------------------------------------------------------------------------
@@ -1019,6 +1193,212 @@ def clean(older_than: float | None) -> None:
     _say({"removed": removed}, f"removed {removed}")
 
 
+# -- workflows -----------------------------------------------------------------------------------
+
+
+def _edit_command(t: TaskResult) -> list[str]:
+    """Open the task's command in $EDITOR (a shell task's script as it is, else its argv
+    shell-quoted); the argv read back. Unchanged or empty: nothing is done (an error)."""
+    from taskerctl.models import command_words
+
+    script = t.shell and len(t.argv) == 1
+    before = t.command
+    fd, path = tempfile.mkstemp(prefix=f"taskerctl-{t.id}-", suffix=".sh" if script else ".txt")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(before + "\n")
+        click.edit(filename=path, editor=os.environ.get("EDITOR") or None)
+        with open(path) as fh:
+            after = fh.read()
+    finally:
+        os.unlink(path)
+    if after.strip() == before.strip():
+        raise TaskerError(f"the command of task {t.id} was not changed: nothing done")
+    try:
+        words = command_words(after, script=script)
+    except ValueError as err:
+        raise click.UsageError(f"the edited command of task {t.id}: {err}") from None
+    if not words:
+        raise TaskerError(f"the command of task {t.id} was left empty: nothing done")
+    return words
+
+
+def _listing(
+    docs: list[dict[str, Any]],
+    header: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    *,
+    right: Collection[str],
+) -> None:
+    """A list command's output: ``docs`` as one JSON document with --json, else ``rows`` as a
+    table under ``header`` (the ``right`` columns justified right)."""
+    if settings().json:
+        task.dump(docs)
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in header:
+        table.add_column(col, no_wrap=True, justify="right" if col in right else "left")
+    for row in rows:
+        table.add_row(*row)
+    _console().print(table)
+
+
+@cli.command(usage="[OPTIONS] [ID]... [--failed] [--edit]")
+@click.argument("task_ids", nargs=-1, type=TaskId(), metavar="ID")
+@click.option(
+    "--failed", is_flag=True, help="Also every task that ended FAILED (still in the journal)."
+)
+@click.option(
+    "--edit", is_flag=True,
+    help="First edit each one's command in $EDITOR (an unchanged or empty one: nothing done).",
+)  # fmt: skip
+@global_options
+def restart(task_ids: tuple[int, ...], failed: bool, edit: bool) -> None:
+    """Run finished tasks again, as new tasks; print their ids.
+
+    Each new task has the original's spec (command, environment, directory, group, labels,
+    limits, on-finish...; not its dependencies or start time) and names it (restarted_from).
+    Nothing is submitted if any is unfinished. With --edit, each command opens in $EDITOR
+    (a shell task's script as it is, else its words shell-quoted) and the new task runs it.
+    """
+    if not task_ids and not failed:
+        raise click.UsageError("give task ids, or --failed")
+    if edit and (failed or not task_ids):
+        raise click.UsageError("--edit goes with task ids, not --failed")
+    ids = list(dict.fromkeys(task_ids))
+    with client() as c:
+        specs = [{"argv": _edit_command(c.get(i))} for i in ids] if edit else None
+        new = [h.id for h in c.restart(ids, failed=failed, specs=specs)]
+    _say({"ids": new}, *(str(i) for i in new))
+
+
+def _edit_fields(c: Client, task_id: int, words: Sequence[str], opts: dict[str, Any]) -> Any:
+    """The ``Client.edit`` keywords of ``taskerctl edit``'s options."""
+    fields: dict[str, Any] = {}
+    for key in ("priority", "timeout", "queue_timeout", "retries", "max_requeues", "on_finish"):
+        if opts[key] is not None:
+            fields[key] = opts[key]
+    if opts["cwd"] is not None:
+        fields["cwd"] = os.path.abspath(opts["cwd"])
+    if opts["env"]:
+        fields["env"] = {**os.environ, **dict(opts["env"])}
+    if opts["labels"]:
+        fields["labels"] = dict(opts["labels"])
+    shell: bool | None = opts["shell"]
+    if shell is not None:
+        fields["shell"] = shell
+    line: str | None = opts["line"]
+    if line is not None and words:
+        raise click.UsageError("give --command or a command after --, not both")
+    if line is not None or words:
+        if shell is None:  # a shell task's script stays a script
+            t = c.get(task_id)
+            shell = t.shell and len(t.argv) == 1
+        try:
+            argv = [line] if shell and line is not None else shlex.split(line or "")
+        except ValueError as err:
+            raise click.UsageError(f"--command: {err}") from None
+        fields["argv"] = task.argv(words or argv, shell=bool(shell))
+        if not fields["argv"]:
+            raise click.UsageError("the new command is empty")
+    if not fields:
+        fields["argv"] = _edit_command(c.get(task_id))
+    return fields
+
+
+@cli.command(usage="[OPTIONS] ID [-- COMMAND [ARG]...]")
+@click.argument("task_id", type=TaskId(), metavar="ID")
+@click.argument("words", nargs=-1, type=click.UNPROCESSED, metavar="COMMAND")
+@click.option(
+    "--command", "line", metavar="CMD",
+    help="Its new command line: shell words (or, for a shell task, the script).",
+)  # fmt: skip
+@click.option("-p", "--priority", type=PRIORITY, metavar="PRIO", help="Its new priority.")
+@click.option(
+    "-t", "--timeout", type=Duration(positive=True), metavar="DUR", help="Its new timeout."
+)
+@click.option(
+    "--queue-timeout", type=Duration(positive=True), metavar="DUR",
+    help="Its new queue timeout.",
+)  # fmt: skip
+@click.option("--retries", type=Whole(), metavar="N", help="Its new retries.")
+@click.option("--max-requeues", type=Whole(), metavar="N", help="Its new max requeues.")
+@click.option(
+    "-e", "--env", "env", type=Pair(), multiple=True, metavar="K=V",
+    help="Replace its environment with yours plus K=V (repeatable), as submit -e makes it.",
+)  # fmt: skip
+@click.option("--cwd", metavar="DIR", help="Its new working directory.")
+@click.option(
+    "-l", "--label", "labels", type=Pair(), multiple=True, metavar="K=V",
+    help="Replace its labels with these (repeatable).",
+)  # fmt: skip
+@click.option(
+    "--shell/--no-shell", default=None,
+    help="Run its command by /bin/sh -c (the words joined), or not.",
+)  # fmt: skip
+@click.option("--on-finish", metavar="CMD", help="Its new on-finish command ('' for none).")
+@global_options
+def edit(task_id: int, words: tuple[str, ...], **opts: Any) -> None:
+    """Change a task that has not started: queued, stashed, waiting or scheduled.
+
+    Each option given replaces that field; the task keeps its id and its place in the queue.
+    The new command comes after -- (taskerctl edit 7 -- make -j4) or as --command 'make -j4';
+    with no option at all, its command opens in $EDITOR, as restart --edit. A running or
+    finished task cannot be changed (restart it instead).
+    """
+    with client() as c:
+        fields = _edit_fields(c, task_id, words, opts)
+        t = c.edit(task_id, **fields)
+    _say(task.record(t), f"{t.id} edited: {', '.join(fields)}")
+
+
+@cli.group("schedule", cls=Group, usage="[OPTIONS] COMMAND")
+@click.pass_context
+def schedule(ctx: click.Context) -> None:
+    """Recurring schedules: submit --every DUR or --cron EXPR makes one."""
+    _help_if_bare(ctx)
+
+
+def _schedule_row(s: Schedule) -> tuple[str, ...]:
+    last = "-" if s.last_task_id is None else str(s.last_task_id)
+    when = s.when + ("" if s.overlap else ", no overlap")
+    row = (s.command, when, _at(s.next_at), last, str(s.submitted), str(s.skipped))
+    return (str(s.id), *row)
+
+
+@schedule.command("list", usage="[OPTIONS]")
+@global_options
+def schedule_list() -> None:
+    """List the schedules.
+
+    Each with its command, period, next occurrence and last task, and how many occurrences
+    were submitted, and skipped while the previous one had not ended.
+    """
+    with client() as c:
+        found = c.schedules()
+    header = ("ID", "COMMAND", "WHEN", "NEXT", "LAST TASK", "SUBMITTED", "SKIPPED")
+    rows = [_schedule_row(s) for s in found]
+    _listing([s.to_json() for s in found], header, rows, right=("ID", *header[4:]))
+
+
+schedule.add_command(schedule_list, "ls")
+
+
+@schedule.command("rm", usage="[OPTIONS] ID")
+@click.argument("schedule_id", type=TaskId("schedule"), metavar="ID")
+@global_options
+def schedule_rm(schedule_id: int) -> None:
+    """Remove a schedule; the tasks it submitted stay."""
+    with client() as c:
+        c.remove_schedule(schedule_id)
+    _say({"removed": schedule_id}, f"schedule {schedule_id} removed")
+
+
+schedule.add_command(schedule_rm, "remove")
+
+
 # -- groups --------------------------------------------------------------------------------------
 
 
@@ -1026,9 +1406,7 @@ def clean(older_than: float | None) -> None:
 @click.pass_context
 def group_(ctx: click.Context) -> None:
     """Groups: named queues, each with its own slots (default always exists)."""
-    if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
-        ctx.exit(EXIT_USAGE)
+    _help_if_bare(ctx)
 
 
 def _slots(g: TaskGroup) -> str:
@@ -1077,22 +1455,15 @@ def group_list() -> None:
     """List the groups: their slots, their tasks now, and whether they are paused."""
     with client() as c:
         groups = c.groups()
-    if settings().json:
-        task.dump([g.to_json() for g in groups])
-        return
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold")
-    table.add_column("NAME", no_wrap=True)
-    for col in ("PARALLEL", "MAX", "RUNNING", "QUEUED", "PAUSED", "STASHED"):
-        table.add_column(col, justify="right", no_wrap=True)
+    rows = []
     for g in groups:
         paused = "[bright_blue]yes[/]" if g.paused else "no"
         if g.paused_tasks:
             paused += f" ({g.paused_tasks} task{'' if g.paused_tasks == 1 else 's'})"
         row = (g.parallel, g.max_parallel, g.running, g.queued, paused, g.stashed)
-        table.add_row(g.name, *(str(v) for v in row))
-    _console().print(table)
+        rows.append((g.name, *(str(v) for v in row)))
+    header = ("NAME", "PARALLEL", "MAX", "RUNNING", "QUEUED", "PAUSED", "STASHED")
+    _listing([g.to_json() for g in groups], header, rows, right=header[1:])
 
 
 group_.add_command(group_list, "ls")
@@ -1139,6 +1510,7 @@ def _stats_table(s: Stats) -> Any:
         ("running", f"{s.running}, paused {s.paused}"),
         ("queued", queued),
         ("stashed", str(s.stashed)),
+        ("waiting", f"{s.waiting}, scheduled {s.scheduled}"),
         ("finished", finished),
         ("rejected", str(s.rejected)),
         ("uptime", _fmt_seconds(s.uptime)),
@@ -1163,7 +1535,8 @@ def _stats_line(s: Stats) -> str:
     """``stats --watch`` without a terminal: one line per interval."""
     return (
         f"{datetime.now().strftime('%H:%M:%S')} running {s.running}, paused {s.paused}, "
-        f"queued {s.queued}/{s.queue_capacity}, stashed {s.stashed}, workers {s.active_workers} "
+        f"queued {s.queued}/{s.queue_capacity}, stashed {s.stashed}, waiting {s.waiting}, "
+        f"scheduled {s.scheduled}, workers {s.active_workers} "
         f"({s.burst_workers} burst), succeeded {s.succeeded}, failed {s.failed}, "
         f"timed out {s.timed_out}, cancelled {s.cancelled}, lost {s.lost}, "
         f"rejected {s.rejected}" + (", shutting down" if s.shutting_down else "")
@@ -1240,9 +1613,7 @@ def metrics(group: str | None) -> None:
 @click.pass_context
 def daemon(ctx: click.Context) -> None:
     """Status and shutdown of the daemon."""
-    if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
-        ctx.exit(EXIT_USAGE)
+    _help_if_bare(ctx)
 
 
 @daemon.command("status", usage="[OPTIONS]")

@@ -32,9 +32,13 @@ from taskerctl import _core as core
 from taskerctl._core import UNSET as _UNSET
 from taskerctl.models import (
     Command,
+    EditOptions,
     Group,
     Metrics,
     OutputCallback,
+    RestartOptions,
+    Schedule,
+    ScheduleOptions,
     SpecLike,
     Stats,
     TaskEvent,
@@ -458,6 +462,47 @@ class AsyncClient(core.BaseClient):
     ) -> None:
         """Send ``signal`` to every process of a running or paused task."""
         await self._run(core.signal(task_id, signal), rpc_timeout)
+
+    # -- workflows: as Client's ----------------------------------------------------------
+
+    async def restart(
+        self,
+        ids: Iterable[int] = (),
+        *,
+        rpc_timeout: float | None = _UNSET,
+        **kw: Unpack[RestartOptions],
+    ) -> builtins.list[AsyncTaskHandle]:
+        """Submit finished tasks again (``failed``: and every FAILED one), with ``specs`` (one
+        per id) changing what they run, as ``Client.restart``; their handles."""
+        op = core.restart(ids, kw.get("failed", False), kw.get("specs"))
+        new = await self._run(op, rpc_timeout)
+        return [AsyncTaskHandle(self, i) for i in new]
+
+    async def edit(
+        self, task_id: int, *, rpc_timeout: float | None = _UNSET, **fields: Unpack[EditOptions]
+    ) -> TaskResult:
+        """Change the fields given of a task that has not started, as ``Client.edit``."""
+        return await self._run(core.edit(task_id, fields), rpc_timeout)
+
+    async def add_schedule(
+        self,
+        cmd: Command,
+        *,
+        rpc_timeout: float | None = _UNSET,
+        **options: Unpack[ScheduleOptions],
+    ) -> Schedule:
+        """Create a recurring schedule (``every`` or ``cron``), as ``Client.add_schedule``."""
+        return await self._run(core.add_schedule(cmd, options), rpc_timeout)
+
+    async def schedules(self, *, rpc_timeout: float | None = _UNSET) -> builtins.list[Schedule]:
+        """Every schedule, by id."""
+        return await self._run(core.schedules(), rpc_timeout)
+
+    async def remove_schedule(
+        self, schedule_id: int, *, rpc_timeout: float | None = _UNSET
+    ) -> None:
+        """Remove a schedule; the tasks it submitted stay."""
+        await self._run(core.remove_schedule(schedule_id), rpc_timeout)
 
 
 __all__ = ["AsyncCallback", "AsyncClient", "AsyncTaskHandle"]

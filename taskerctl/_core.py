@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import shlex
+import time
 import warnings
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeAlias, TypeVar, cast
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from tasker.paths import client_socket_path
 from tasker.v1 import tasker_pb2 as pb
@@ -46,12 +51,14 @@ from taskerctl.models import (
     Metrics,
     OutputCallback,
     ResultCallback,
+    Schedule,
     SpecLike,
     Stats,
     TaskEvent,
     TaskResult,
     parse_priority,
     parse_state,
+    parse_time,
     to_seconds,
 )
 
@@ -143,6 +150,28 @@ def _set_seconds(target: Duration, value: float | str | None) -> None:
         target.FromNanoseconds(round(seconds * 1e9))
 
 
+def _set_time(target: Timestamp, value: datetime | float | str | None) -> None:
+    """Set a Timestamp from a datetime, epoch seconds or a time string (see ``parse_time``)."""
+    if value is not None:
+        target.FromDatetime(parse_time(value))
+
+
+def _set_start(target: Timestamp, start_at: Any, delay: float | str | None) -> None:
+    """``TaskSpec.start_at``: at ``start_at``, or ``delay`` from now."""
+    if delay is None:
+        _set_time(target, start_at)
+        return
+    if start_at is not None:
+        raise ValueError("give start_at or delay, not both")
+    try:
+        seconds = to_seconds(delay)
+    except ValueError as err:
+        raise ValueError(f"delay: {err}") from None
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+    target.FromNanoseconds(round((time.time() + seconds) * 1e9))
+
+
 def _bad(field: str, err: Exception) -> InvalidTask:
     return InvalidTask(f"{field}: {err}", field=field)
 
@@ -209,6 +238,11 @@ def build_spec(
     labels: Mapping[str, str] | None = None,
     shell: bool = False,
     group: str | None = None,
+    on_finish: str | None = None,
+    after: int | Iterable[int] | None = None,
+    after_any: bool = False,
+    start_at: datetime | float | str | None = None,
+    delay: float | str | None = None,
 ) -> pb.TaskSpec:
     """Build a ``TaskSpec``: the one place ``submit`` keywords become a request.
 
@@ -228,6 +262,13 @@ def build_spec(
       user expects from ``nohup cmd``. ``stdin``: bytes fed to the task. ``labels``: for
       filtering (``list``, ``cancel_many``).
     * ``group``: the group whose queue and slots run it (None: ``default``).
+    * ``on_finish``: a shell command run after the task ended (besides the daemon's own).
+    * ``after``: ids of tasks that must all SUCCEED before it is queued (WAITING until then; if
+      one ends otherwise, it ends CANCELLED); with ``after_any``, it is queued once they have
+      ended, however they ended.
+    * ``start_at``: not before this time (SCHEDULED until then): a datetime (naive: local
+      time), epoch seconds, ``"HH:MM"`` (the next such local time) or ISO 8601; or ``delay``:
+      this long from now (seconds or ``"10m"``). Not both.
 
     A value that cannot make a request raises :class:`InvalidTask` whose ``field`` names the
     ``TaskSpec`` field (``timeout``); the daemon checks the rest, such as bounds.
@@ -267,6 +308,17 @@ def build_spec(
         field = "group"
         if group is not None:
             spec.group = _text(group)
+        field = "on_finish"
+        if on_finish is not None:
+            if not isinstance(on_finish, str):
+                raise TypeError(f"not a command line: {on_finish!r}")
+            spec.on_finish = on_finish
+        field = "after"
+        if after is not None:
+            spec.after.extend(_unique_ids([after] if isinstance(after, int) else after))
+        spec.after_any = after_any
+        field = "start_at"
+        _set_start(spec.start_at, start_at, delay)
     except _BAD_VALUE as err:
         raise _bad(field, err) from None
     return spec
@@ -287,8 +339,39 @@ def _submit_request(env: Mapping[str, str], stashed: bool) -> pb.SubmitRequest:
     return request
 
 
+def split_refs(refs: Iterable[int], start: int, ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Earlier tasks of one submission, by their place in it, as a request names them: those
+    before ``start`` (the first place of this request) by their ids, from ``ids`` (the ids of
+    the places answered so far), for ``TaskSpec.after``; the others by their place in this
+    request, for ``TaskSpec.after_tasks``."""
+    known: list[int] = []
+    local: list[int] = []
+    for ref in refs:
+        if ref < start:
+            known.append(ids[ref])
+        else:
+            local.append(ref - start)
+    return known, local
+
+
+def _after_items(where: str, refs: object, i: int) -> list[int]:
+    """The ``after_items`` of item ``i``: places of earlier items."""
+    try:
+        places = _unique_ids([refs] if isinstance(refs, int) else cast("Iterable[int]", refs))
+        late = [r for r in places if r >= i]
+        if late:
+            raise ValueError(f"after_items: {late[0]} is not the place of an earlier item")
+    except _BAD_VALUE as err:
+        raise _bad(f"{where}.after_tasks", err) from None
+    return places
+
+
 def submit_requests(
-    items: Iterable[SpecLike], options: Mapping[str, Any], batch_size: int, stashed: bool = False
+    items: Iterable[SpecLike],
+    options: Mapping[str, Any],
+    batch_size: int,
+    stashed: bool = False,
+    ids: Sequence[int] = (),
 ) -> Iterator[pb.SubmitRequest]:
     """Lazily turn ``submit_many`` items into Submit requests of at most ``batch_size`` tasks.
 
@@ -296,6 +379,11 @@ def submit_requests(
     ``os.environ``) travels once per request, in ``SubmitRequest.env``, not once per task. A bad
     item is named by its place among all items: ``tasks[1234].timeout``. ``stashed``: the tasks
     are not queued until enqueued.
+
+    A dict item's ``after_items`` names earlier items by their place (from 0) among all items:
+    one in the same request becomes ``after_tasks``, one in an earlier request its id in
+    ``after``, from ``ids``, which the caller extends with each answer before asking for the next
+    request.
     """
     shared = dict(options)
     env = shared.pop("env", None)
@@ -308,6 +396,7 @@ def submit_requests(
     except _BAD_VALUE as err:
         raise _bad("env", err) from None
     shared_env = request.env
+    start = 0  # the place of the request's first task among all items
     for i, item in enumerate(items):
         if isinstance(item, pb.TaskSpec):
             request.tasks.append(item)
@@ -317,11 +406,17 @@ def submit_requests(
                 raise InvalidTask(
                     f"tasks[{i}].argv: no 'cmd' in {item!r}", field=f"tasks[{i}].argv"
                 )
-            request.tasks.append(_spec(f"tasks[{i}]", merged.pop("cmd"), merged))
+            refs = _after_items(f"tasks[{i}]", merged.pop("after_items", ()), i)
+            spec = _spec(f"tasks[{i}]", merged.pop("cmd"), merged)
+            known, local = split_refs(refs, start, ids)
+            spec.after.extend(known)
+            spec.after_tasks.extend(local)
+            request.tasks.append(spec)
         else:
             request.tasks.append(_spec(f"tasks[{i}]", item, plain))
         if len(request.tasks) >= size:
             yield request
+            start = i + 1
             request = _submit_request(shared_env, stashed)
     if request.tasks:
         yield request
@@ -332,13 +427,21 @@ def run_request(cmd: Command, options: Mapping[str, Any]) -> pb.RunRequest:
     return pb.RunRequest(task=_spec("task", cmd, options))
 
 
-def _id_list(ids: Iterable[int], field: str = "ids") -> list[int]:
-    """``ids`` without repeats, as a request takes them (a negative id cannot be sent)."""
+def _unique_ids(ids: Iterable[int]) -> list[int]:
+    """``ids`` without repeats; ValueError for one a request cannot carry (a negative one)."""
     unique = list(dict.fromkeys(ids))
     for i in unique:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 2**64:
-            raise InvalidTask(f"{field}: not a task id: {i!r}", field=field)
+            raise ValueError(f"not a task id: {i!r}")
     return unique
+
+
+def _id_list(ids: Iterable[int], field: str = "ids") -> list[int]:
+    """``ids`` without repeats, as a request takes them (a negative id cannot be sent)."""
+    try:
+        return _unique_ids(ids)
+    except _BAD_VALUE as err:
+        raise _bad(field, err) from None
 
 
 def _states(states: Iterable[str | int] | None) -> list[pb.TaskState.ValueType]:
@@ -407,7 +510,7 @@ def submit_many(
 ) -> Op[list[int]]:
     """Submit many tasks, one call per batch; returns their ids."""
     ids: list[int] = []
-    for request in submit_requests(items, options, batch_size, stashed):
+    for request in submit_requests(items, options, batch_size, stashed, ids):
         resp = yield Call("Submit", request)
         ids.extend(resp.ids)
     return ids
@@ -567,6 +670,129 @@ def signal(task_id: int, sig: str | int) -> Op[None]:
     if isinstance(sig, bool) or not isinstance(sig, str | int):
         raise InvalidTask(f"signal: not a signal name or number: {sig!r}", field="signal")
     yield Call("Signal", pb.SignalRequest(id=task, signal=str(sig)))
+
+
+# -- operations: workflows ---------------------------------------------------------------------
+
+#: The keywords of ``edit``, and the TaskSpec field each changes (``EditRequest.update_mask``).
+EDITABLE: dict[str, str] = {
+    "cmd": "argv",
+    "argv": "argv",
+    "shell": "shell",
+    "env": "env",
+    "cwd": "cwd",
+    "stdin": "stdin",
+    "priority": "priority",
+    "timeout": "timeout",
+    "queue_timeout": "queue_timeout",
+    "labels": "labels",
+    "retries": "retries",
+    "max_requeues": "max_retries",
+    "on_finish": "on_finish",
+}
+
+
+def edit_spec(where: str, fields: Mapping[str, Any]) -> tuple[pb.TaskSpec, FieldMask]:
+    """The spec and the field mask that change the fields given, each keyword meaning what it
+    means to ``submit`` (``env=None``: your environment; ``timeout=None``: no limit;
+    ``max_requeues=None``: the daemon's; ``cmd`` a string: ``shlex.split`` unless ``shell``).
+    Errors name the field as ``where.field`` (``spec.timeout``)."""
+    unknown = [k for k in fields if k not in EDITABLE]
+    if unknown or not fields:
+        what = f"{unknown[0]!r} cannot be changed" if unknown else "nothing to change"
+        raise InvalidTask(
+            f"update_mask: {what} (give any of {', '.join(EDITABLE)})", field="update_mask"
+        )
+    if "cmd" in fields and "argv" in fields:
+        raise InvalidTask(f"{where}.argv: give cmd or argv, not both", field=f"{where}.argv")
+    options = {k: v for k, v in fields.items() if k not in ("cmd", "argv")}
+    spec = _spec(where, fields.get("cmd", fields.get("argv", ())), options)
+    paths = list(dict.fromkeys(EDITABLE[k] for k in fields))
+    for name in {f.name for f in spec.DESCRIPTOR.fields} - set(paths):
+        spec.ClearField(cast(Any, name))  # unchanged fields are not sent (your env, cwd...)
+    return spec, FieldMask(paths=paths)
+
+
+def _changed(task: pb.Task, spec: pb.TaskSpec, mask: FieldMask) -> pb.TaskSpec:
+    """A copy of the task's spec with the masked fields of ``spec``, without what Restart does
+    not carry over (``after``, ``start_at``)."""
+    out = pb.TaskSpec()
+    out.CopyFrom(task.spec)
+    for name in ("after", "after_tasks", "after_any", "start_at"):
+        out.ClearField(name)
+    mask.MergeMessage(spec, out, replace_message_field=True, replace_repeated_field=True)
+    return out
+
+
+def restart(ids: Iterable[int], failed: bool, specs: Iterable[SpecLike] | None) -> Op[list[int]]:
+    """Submit finished tasks again (and every FAILED one, with ``failed``); returns the new ids.
+
+    ``specs``, one per id: a ``TaskSpec`` sent as it is, or the changes to make to a copy of the
+    original's spec, as ``edit`` keywords (a command alone: its ``cmd``), which cost one Get
+    each."""
+    request = pb.RestartRequest(ids=_id_list(ids), failed=failed)
+    changes: list[pb.TaskSpec | tuple[pb.TaskSpec, FieldMask]] = []
+    for i, item in enumerate(specs or ()):
+        where = f"specs[{i}]"
+        if isinstance(item, pb.TaskSpec):
+            changes.append(item)
+        else:
+            changes.append(edit_spec(where, item if isinstance(item, Mapping) else {"cmd": item}))
+    if changes and len(changes) != len(request.ids):
+        raise InvalidTask(
+            f"specs: {len(changes)} specs for {len(request.ids)} ids: give one per id",
+            field="specs",
+        )
+    if not (request.ids or request.failed):
+        return []  # nothing asked: no request
+    for task_id, change in zip(request.ids, changes, strict=False):
+        if not isinstance(change, pb.TaskSpec):
+            change = _changed((yield Call("Get", pb.GetRequest(id=task_id))), *change)
+        request.specs.append(change)
+    return list((yield Call("Restart", request)).ids)
+
+
+def edit(task_id: int, fields: Mapping[str, Any]) -> Op[TaskResult]:
+    """Change fields of a task that has not started; returns its record."""
+    (task,) = _id_list([task_id], "id")
+    spec, mask = edit_spec("spec", fields)
+    request = pb.EditRequest(id=task, spec=spec, update_mask=mask)
+    return TaskResult.from_proto((yield Call("Edit", request)))
+
+
+def add_schedule(cmd: Command, options: Mapping[str, Any]) -> Op[Schedule]:
+    """Create a schedule: a task from ``cmd`` and ``options`` every ``every`` or at each match of
+    ``cron``, the first at ``start_at`` (see ``ScheduleOptions``); returns it."""
+    spec_options = dict(options)
+    every = spec_options.pop("every", None)
+    cron = spec_options.pop("cron", None)
+    overlap = bool(spec_options.pop("overlap", False))
+    start_at = spec_options.pop("start_at", None)
+    request = pb.AddScheduleRequest(task=_spec("task", cmd, spec_options), overlap=overlap)
+    if (every is None) == (cron is None):
+        raise InvalidTask("every: give every or cron, one of them", field="every")
+    _set_duration(request, "every", every)
+    if cron is not None:
+        if not isinstance(cron, str):
+            raise InvalidTask(f"cron: not a cron expression: {cron!r}", field="cron")
+        request.cron = cron
+    try:
+        _set_time(request.start_at, start_at)
+    except _BAD_VALUE as err:
+        raise _bad("start_at", err) from None
+    return Schedule.from_proto((yield Call("AddSchedule", request)))
+
+
+def schedules() -> Op[list[Schedule]]:
+    """Every schedule, by id."""
+    resp = yield Call("ListSchedules", pb.ListSchedulesRequest())
+    return [Schedule.from_proto(s) for s in resp.schedules]
+
+
+def remove_schedule(schedule_id: int) -> Op[None]:
+    """Remove a schedule (its tasks already submitted stay)."""
+    (sid,) = _id_list([schedule_id], "id")
+    yield Call("RemoveSchedule", pb.RemoveScheduleRequest(id=sid))
 
 
 def shutdown(mode: str) -> Op[None]:

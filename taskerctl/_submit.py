@@ -12,15 +12,17 @@ import io
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from shlex import quote
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, cast
 
 from taskerctl.errors import EXIT_USAGE, TaskerError
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from taskerctl._sync import Client
-    from taskerctl.models import TaskEvent, TaskOptions, TaskResult, TaskState
+    from taskerctl.models import SpecOptions, TaskEvent, TaskOptions, TaskResult, TaskState
 
 #: The most a task's standard input may hold (``TaskSpec.stdin``).
 MAX_STDIN = 1 << 20
@@ -70,14 +72,35 @@ def note_truncated(t: TaskResult, *, stdout: bool = True, stderr: bool = True) -
 
 
 def note_state(task_id: int, state: TaskState, reason: str = "") -> None:
-    """Say on stderr that a task waited on was paused, resumed or stashed, and what ends it."""
+    """Say on stderr that a task waited on was paused, resumed, stashed, is waiting for its
+    dependencies or scheduled for later, and what ends it."""
     why = f" ({reason})" if reason else ""
     if state.name == "PAUSED":
         note(f"task {task_id} is paused{why}: it goes on once resumed (taskerctl resume {task_id})")
     elif state.name == "STASHED":
         note(f"task {task_id} is stashed{why}: it runs once enqueued (taskerctl enqueue {task_id})")
+    elif state.name == "WAITING":
+        note(f"task {task_id} is waiting{why}: it is queued once its dependencies have ended")
+    elif state.name == "SCHEDULED":
+        note(f"task {task_id} is scheduled{why}: it is queued when it is due")
     elif state.name == "RUNNING":
         note(f"task {task_id} resumed{why}")
+
+
+def id_list(ids: Sequence[int], most: int | None = None) -> str:
+    """``3, 5, 8``; past ``most`` of them, ``3, 5 and 2 more``."""
+    shown = ", ".join(str(i) for i in ids[:most])
+    return shown if most is None or len(ids) <= most else f"{shown} and {len(ids) - most:,} more"
+
+
+def held(t: TaskResult, when: Callable[[datetime], str], most: int | None = 3) -> str:
+    """What holds a waiting or scheduled task: ``on 3, 5``, ``until 14:05:00`` (``when`` writes
+    the time); "" for another."""
+    if t.state.name == "WAITING" and t.waiting_on:
+        return f"on {id_list(t.waiting_on, most)}"
+    if t.state.name == "SCHEDULED" and t.start_at is not None:
+        return f"until {when(t.start_at)}"
+    return ""
 
 
 def report(t: TaskResult, *, output_shown: bool) -> int:
@@ -125,12 +148,13 @@ def task_options(
     cwd: str | None = None,
     stdin: bytes = b"",
     group: str | None = None,
-) -> TaskOptions:
+    on_finish: str | None = None,
+) -> SpecOptions:
     """``Client.submit`` keyword arguments from the command line's options.
 
     The task gets the caller's environment (plus ``env``) and working directory, as with nohup.
     """
-    kw: TaskOptions = {"shell": shell, "once": once, "env": {**os.environ, **env}}
+    kw: SpecOptions = {"shell": shell, "once": once, "env": {**os.environ, **env}}
     if labels:
         kw["labels"] = dict(labels)
     if priority is not None:
@@ -149,6 +173,8 @@ def task_options(
         kw["stdin"] = stdin
     if group is not None:
         kw["group"] = group
+    if on_finish is not None:
+        kw["on_finish"] = on_finish
     return kw
 
 
@@ -290,23 +316,96 @@ class BatchIncomplete(TaskerError):
 class _BadLine(Exception):
     exit_code = EXIT_USAGE
 
-    def __init__(self, lineno: int) -> None:
-        super().__init__(f"line {lineno:,} is not valid UTF-8")
+    def __init__(self, lineno: int, why: str = "is not valid UTF-8") -> None:
+        super().__init__(f"line {lineno:,} {why}")
         self.lineno = lineno
 
 
-def batch_commands(source: IO[bytes]) -> Iterator[tuple[int, str]]:
-    """``(line number, command)`` for each line that is not blank or a ``#`` comment."""
+#: How a batch line names the earlier commands it runs after: ``@after 1,3 CMD`` (they must all
+#: succeed) or ``@after-any 2 CMD`` (however they end). Commands are counted from 1, blank lines
+#: and comments not counted.
+AFTER, AFTER_ANY = "@after", "@after-any"
+BATCH_HELP = (
+    "A line '@after N[,N...] CMD' runs CMD once the batch's commands number N have succeeded "
+    "(cancelled if one does not); '@after-any N[,N...] CMD' once they have ended, however. "
+    "Commands are numbered from 1 in the order of the file, blank lines and comments not "
+    "counted; N must be an earlier one."
+)
+
+
+class BatchLine(NamedTuple):
+    """A command of a batch: its line, the command, and the earlier commands it runs after (their
+    places from 0), and whether any ending of theirs will do (``@after-any``)."""
+
+    lineno: int
+    command: str
+    refs: tuple[int, ...] = ()
+    after_any: bool = False
+
+
+def _directive(lineno: int, line: str, number: int, after_any: bool | None) -> BatchLine:
+    """Read ``@after N[,N...] CMD`` (or ``@after-any``), the ``number``-th command of a batch
+    whose every task runs after others, as ``after_any`` says (None: not)."""
+    word, numbers, command = (*line.split(None, 2), "", "")[:3]
+    if word not in (AFTER, AFTER_ANY):
+        raise _BadLine(lineno, f"starts with {word!r}: use '{AFTER} N[,N...] COMMAND'")
+    if after_any is not None and after_any != (word == AFTER_ANY):
+        given = "--after-any" if after_any else "--after"
+        raise _BadLine(
+            lineno, f"takes {word} with {given}: a task waits on all its dependencies one way"
+        )
+    refs: list[int] = []
+    for text in numbers.split(","):
+        if not (text.isdecimal() and 1 <= int(text) < number):
+            raise _BadLine(
+                lineno, f"{word} {numbers}: {text!r} is not the number of an earlier command"
+            )
+        refs.append(int(text) - 1)
+    if not command:
+        raise _BadLine(lineno, f"has no command after '{word} {numbers}'")
+    return BatchLine(lineno, command, tuple(dict.fromkeys(refs)), word == AFTER_ANY)
+
+
+def batch_commands(source: IO[bytes], after_any: bool | None = None) -> Iterator[BatchLine]:
+    """Each line that is not blank or a ``#`` comment, with its ``@after`` references; with
+    ``after_any`` not None, every task of the batch runs after others (``--after-any`` when
+    true): a line may then only add references of the same kind."""
+    number = 0
     for lineno, raw in enumerate(source, 1):
         try:
             line = raw.decode().strip()
         except UnicodeDecodeError:
             raise _BadLine(lineno) from None
         if line and not line.startswith("#"):
-            yield lineno, line
+            number += 1
+            if line.startswith("@"):
+                yield _directive(lineno, line, number, after_any)
+            else:
+                yield BatchLine(lineno, line)
 
 
-def _count(commands: Iterator[tuple[int, str]]) -> int:
+def _batch_items(
+    pending: Sequence[BatchLine], accepted: Sequence[int], options: TaskOptions
+) -> list[Any]:
+    """``submit_many`` items for a request of a batch: a line with references becomes a dict whose
+    ``after`` holds the ids of the commands of earlier requests (with the batch's own ``--after``)
+    and whose ``after_items`` the places of those of this one."""
+    from taskerctl._core import split_refs
+
+    items: list[Any] = []
+    for line in pending:
+        if not line.refs:
+            items.append(line.command)
+            continue
+        known, local = split_refs(line.refs, len(accepted), accepted)
+        after = [*cast("Iterable[int]", options.get("after") or ()), *known]
+        items.append(
+            {"cmd": line.command, "after": after, "after_items": local, "after_any": line.after_any}
+        )
+    return items
+
+
+def _count(commands: Iterator[BatchLine]) -> int:
     """How many commands are left (a line that is not UTF-8 counts as one)."""
     n = 0
     while True:
@@ -328,18 +427,21 @@ def submit_batch(
     stashed: bool = False,
 ) -> int:
     """``submit --batch``: one shell command per line, ``BATCH_SIZE`` per request (``stashed``:
-    each task stashed).
+    each task stashed). A line may run after earlier ones (``@after``, see ``BATCH_HELP``): one
+    of an earlier request by its id, one of the same request by its place in it.
 
     The ids of the tasks accepted are printed as they are. A request that fails (or a line that
     is not UTF-8) ends the batch; the error then says how many commands were not submitted, and
     from which line on, so that the rest can be resumed.
     """
     accepted: list[int] = []
-    commands = batch_commands(source)
-    pending: list[tuple[int, str]] = []
+    commands = batch_commands(
+        source, bool(options.get("after_any")) if options.get("after") else None
+    )
+    pending: list[BatchLine] = []
 
     def send() -> None:
-        lines = [c for _, c in pending]
+        lines = _batch_items(pending, accepted, options)
         handles = client.submit_many(lines, batch_size=BATCH_SIZE, stashed=stashed, **options)
         accepted.extend(h.id for h in handles)
         if not as_json:

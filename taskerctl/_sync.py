@@ -24,9 +24,13 @@ from taskerctl import _core as core
 from taskerctl._core import UNSET as _UNSET
 from taskerctl.models import (
     Command,
+    EditOptions,
     Group,
     Metrics,
     OutputCallback,
+    RestartOptions,
+    Schedule,
+    ScheduleOptions,
     SpecLike,
     Stats,
     TaskEvent,
@@ -197,6 +201,11 @@ class Client(core.BaseClient):
         group that runs it (default: ``default``). ``stashed=True``: the task is STASHED, not
         queued, until :meth:`enqueue`. A bad value raises :class:`InvalidTask` naming its field
         (``tasks[0].timeout``).
+
+        Workflows: ``after=[ids]`` keeps it WAITING until they all SUCCEED (it ends CANCELLED if
+        one ends otherwise), or with ``after_any=True`` until they have ended, however.
+        ``start_at`` (a datetime, epoch seconds, ``"HH:MM"`` or ISO 8601) or ``delay`` (``"10m"``)
+        keeps it SCHEDULED until then. ``on_finish="cmd"``: a shell command run after it ended.
         """
         return TaskHandle(self, self._run(core.submit(cmd, options, stashed), rpc_timeout))
 
@@ -213,6 +222,8 @@ class Client(core.BaseClient):
 
         Items are commands, ``pb.TaskSpec`` or dicts of ``submit`` kwargs with ``cmd``;
         ``options`` are ``submit`` kwargs shared by all items. Each batch is all or nothing.
+        A dict's ``after_items=[0, 2]`` makes the task depend on earlier items of this call, by
+        their place (from 0), as ``after`` does on ids; in any batch.
         """
         ids = self._run(core.submit_many(items, options, batch_size, stashed), rpc_timeout)
         return [TaskHandle(self, i) for i in ids]
@@ -481,6 +492,67 @@ class Client(core.BaseClient):
         """Send ``signal`` (``"TERM"``, ``"SIGUSR1"``, ``9``...) to every process of a running
         or paused task; WrongState if it is neither."""
         self._run(core.signal(task_id, signal), rpc_timeout)
+
+    # -- workflows --------------------------------------------------------------------------
+    #
+    # Dependencies and start times are submit's keywords (after, after_any, start_at, delay).
+
+    def restart(
+        self,
+        ids: Iterable[int] = (),
+        *,
+        rpc_timeout: float | None = _UNSET,
+        **kw: Unpack[RestartOptions],
+    ) -> builtins.list[TaskHandle]:
+        """Submit finished tasks again as new tasks (and, with ``failed``, every FAILED one still
+        in the journal), each linked to its original (``restarted_from``); their handles, in the
+        order of ``ids``, then the failed ones oldest first. WrongState (nothing submitted) if
+        any is unfinished.
+
+        ``specs`` (one per id) changes what they run: a ``TaskSpec`` is sent as it is; a dict of
+        :meth:`edit` keywords (``{"cmd": ["make", "-j4"], "timeout": "5m"}``), or a command
+        alone, changes those fields of a copy of the original's spec (one Get each).
+        """
+        op = core.restart(ids, kw.get("failed", False), kw.get("specs"))
+        new = self._run(op, rpc_timeout)
+        return [TaskHandle(self, i) for i in new]
+
+    def edit(
+        self, task_id: int, *, rpc_timeout: float | None = _UNSET, **fields: Unpack[EditOptions]
+    ) -> TaskResult:
+        """Change fields of a task that has not started (queued, stashed, waiting or scheduled);
+        returns its record. It keeps its id and its place in the queue. WrongState for a
+        running or finished task.
+
+        Each keyword given replaces that field, and means what it means to :meth:`submit`:
+        ``cmd`` (or ``argv``), ``shell``, ``env`` (None: your environment), ``cwd``, ``stdin``,
+        ``priority``, ``timeout`` (None: no limit), ``queue_timeout``, ``labels``, ``retries``,
+        ``max_requeues``, ``on_finish``. Any other raises InvalidTask (``update_mask``).
+        """
+        return self._run(core.edit(task_id, fields), rpc_timeout)
+
+    def add_schedule(
+        self,
+        cmd: Command,
+        *,
+        rpc_timeout: float | None = _UNSET,
+        **options: Unpack[ScheduleOptions],
+    ) -> Schedule:
+        """Create a recurring schedule: a new task from ``cmd`` and ``options`` (:meth:`submit`'s)
+        ``every`` so long (seconds or ``"5m"``, at least 1 s) or at each match of ``cron``
+        (``"*/5 * * * *"``, local time; the daemon checks it): one of them. The first occurrence
+        is at ``start_at`` (default: now; cron: its next match). Without ``overlap``, an
+        occurrence due while the previous task has not ended is skipped (``Schedule.skipped``).
+        """
+        return self._run(core.add_schedule(cmd, options), rpc_timeout)
+
+    def schedules(self, *, rpc_timeout: float | None = _UNSET) -> builtins.list[Schedule]:
+        """Every schedule, by id."""
+        return self._run(core.schedules(), rpc_timeout)
+
+    def remove_schedule(self, schedule_id: int, *, rpc_timeout: float | None = _UNSET) -> None:
+        """Remove a schedule; the tasks it submitted stay. TaskNotFound for an unknown id."""
+        self._run(core.remove_schedule(schedule_id), rpc_timeout)
 
 
 __all__ = ["Client", "TaskHandle"]

@@ -21,9 +21,11 @@ N     the task's own exit code, when it ran (--wait, --follow, run, logs -f)
       (FAILED_PRECONDITION: pausing a finished task, a new priority for a running one...)
 ====  ==============================================
 
-A paused or stashed task has not ended: it has no exit status yet (``exit_status`` is null in
-``show --json``). ``wait`` and ``-f`` name such a task on stderr and wait on: it ends once resumed
-or enqueued (or cancelled), and they exit with its status then.
+A paused or stashed task, or one waiting for its dependencies or scheduled for later, has not
+ended: it has no exit status yet (``exit_status`` is null in ``show --json``). ``wait`` and ``-f``
+name such a task on stderr and wait on: it ends once resumed, enqueued, its dependencies have
+ended or it is due (or once cancelled), and they exit with its status then. A task whose
+dependency did not succeed ends CANCELLED (125), its error naming the dependency.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 ``TaskState`` and ``Priority`` are derived from the proto enums, so they can never drift from the
 contract; a number this client does not know (a newer daemon's state) becomes a member named
 ``UNKNOWN_<n>`` rather than an error. :class:`TaskResult`, :class:`TaskEvent`, :class:`Group`,
-:class:`Stats` and :class:`Metrics` are frozen dataclasses built from the proto messages. Requests
-are built in :mod:`taskerctl._core`.
+:class:`Stats`, :class:`Metrics` and :class:`Schedule` are frozen dataclasses built from the proto
+messages. Requests are built in :mod:`taskerctl._core`.
 """
 
 from __future__ import annotations
@@ -65,9 +65,10 @@ else:
     Priority = _Named("Priority", _members(pb.Priority, "PRIORITY_"), module=__name__)
     Priority.__doc__ = "A task's priority, from ``tasker.v1.Priority`` without its prefix."
 
-#: States of a task that has not ended: it may still run (stashed, queued), or runs (paused too).
+#: States of a task that has not ended: it may still run (stashed, queued, waiting for its
+#: dependencies, scheduled for later), or runs (paused too).
 LIVE_STATES: frozenset[TaskState] = frozenset(
-    TaskState[name] for name in ("QUEUED", "RUNNING", "PAUSED", "STASHED")
+    TaskState[name] for name in ("QUEUED", "RUNNING", "PAUSED", "STASHED", "WAITING", "SCHEDULED")
 )
 #: States a task never leaves (a state this client does not know is in neither set).
 TERMINAL_STATES: frozenset[TaskState] = frozenset(
@@ -112,6 +113,53 @@ def to_seconds(value: float | str | None) -> float | None:
     return float(value)
 
 
+def parse_time(value: datetime | float | str, now: datetime | None = None) -> datetime:
+    """A point in time, as an aware datetime, from:
+
+    * a datetime (a naive one is local time);
+    * a number: seconds since the epoch (a string of digits too: ``"1767225600"``);
+    * ``"HH:MM"`` or ``"HH:MM:SS"``: local time, today, or tomorrow when it has passed today;
+    * an ISO 8601 date and time (``"2026-12-24T18:00"``, ``"2026-12-24 18:00+01:00"``): local
+      time without an offset.
+
+    ``now`` (aware; default: now) is what ``HH:MM`` counts from. Raises ValueError (TypeError
+    for another type).
+    """
+    if isinstance(value, datetime):
+        return value.astimezone()  # a naive datetime is local time
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"not a time: {value!r}")
+    text = value.strip() if isinstance(value, str) else value
+    try:
+        seconds = float(text)
+    except ValueError:
+        return _parse_clock(str(text), now)
+    if seconds != seconds or abs(seconds) > 253_402_300_799:  # NaN, or past the year 9999
+        raise ValueError(f"invalid time {value!r}: out of range")
+    return datetime.fromtimestamp(seconds, UTC).astimezone()
+
+
+def _parse_clock(text: str, now: datetime | None) -> datetime:
+    """``HH:MM[:SS]`` (the next such time), or ISO 8601."""
+    parts = text.split(":")
+    if 2 <= len(parts) <= 3 and all(p.isdecimal() and len(p) <= 2 for p in parts):
+        hour, minute, second = (int(p) for p in (*parts, "0")[:3])
+        if hour > 23 or minute > 59 or second > 59:
+            raise ValueError(f"invalid time {text!r}: use HH:MM from 00:00 to 23:59")
+        start = (now or datetime.now(UTC)).astimezone()
+        at = start.replace(hour=hour, minute=minute, second=second, microsecond=0)
+        if at <= start:  # passed today: tomorrow, at the same local time
+            at = (at.replace(tzinfo=None) + timedelta(days=1)).astimezone()
+        return at
+    try:
+        return datetime.fromisoformat(text).astimezone()
+    except ValueError:
+        raise ValueError(
+            f"invalid time {text!r}: use HH:MM, an ISO 8601 date and time "
+            "(2026-12-24T18:00) or seconds since the epoch"
+        ) from None
+
+
 def _seconds(msg: Any, field: str) -> float | None:
     if not msg.HasField(field):
         return None
@@ -149,8 +197,24 @@ def _priority(number: int) -> Priority:
 Command: TypeAlias = str | Sequence[str]
 
 
-class TaskOptions(TypedDict, total=False):
-    """The keywords of ``submit`` and its kin; :func:`taskerctl._core.build_spec` says what each
+def command_line(argv: Sequence[str], shell: bool) -> str:
+    """A task's command as one line: a shell task's script as it is, else the argv
+    shell-quoted; :func:`command_words` reads it back."""
+    return argv[0] if shell and len(argv) == 1 else shlex.join(argv)
+
+
+def command_words(line: str, *, script: bool) -> list[str]:
+    """The argv of a command line as :func:`command_line` writes it: ``script`` when it is a
+    shell task's one-word script (kept whole, but for the white space around it), else
+    shell-quoted words (ValueError for an unbalanced quote). Empty for a blank line."""
+    if script:
+        return [line.strip()] if line.strip() else []
+    return shlex.split(line)
+
+
+class SpecOptions(TypedDict, total=False):
+    """What a task runs, and how: the keywords of ``add_schedule`` (and, with
+    :class:`TaskOptions`' own, of ``submit``); :func:`taskerctl._core.build_spec` says what each
     means."""
 
     priority: str | int
@@ -165,6 +229,47 @@ class TaskOptions(TypedDict, total=False):
     labels: Mapping[str, str] | None
     shell: bool
     group: str | None
+    on_finish: str | None
+
+
+class TaskOptions(SpecOptions, total=False):
+    """The keywords of ``submit`` and its kin: :class:`SpecOptions`, and when the task may start
+    (dependencies, a time); :func:`taskerctl._core.build_spec` says what each means."""
+
+    after: int | Iterable[int] | None
+    after_any: bool
+    start_at: datetime | float | str | None
+    delay: float | str | None
+
+
+class ScheduleOptions(SpecOptions, total=False):
+    """The keywords of ``add_schedule``: :class:`SpecOptions` for its tasks, and when they come:
+    ``every`` so long or at each match of ``cron`` (one of them), the first at ``start_at``,
+    an occurrence due while the previous task runs skipped unless ``overlap``."""
+
+    every: float | str | None
+    cron: str | None
+    overlap: bool
+    start_at: datetime | float | str | None
+
+
+class EditOptions(TypedDict, total=False):
+    """The keywords of ``edit`` (and of a ``restart`` spec given as a dict): each one given
+    replaces that field of the task; see :func:`taskerctl._core.edit_spec`."""
+
+    cmd: Command
+    argv: Sequence[str]
+    shell: bool
+    env: Mapping[str, str] | None
+    cwd: str | os.PathLike[str] | None
+    stdin: bytes | str | None
+    priority: str | int
+    timeout: float | str | None
+    queue_timeout: float | str | None
+    labels: Mapping[str, str] | None
+    retries: int
+    max_requeues: int | None
+    on_finish: str | None
 
 
 #: ``on_result(result)``: called as each task of a wait finishes.
@@ -187,6 +292,16 @@ class WaitOptions(TypedDict, total=False):
 #: What ``submit_many`` accepts per item: a command, a ready ``TaskSpec``, or ``submit`` kwargs
 #: (with ``cmd``) that override the call's shared options.
 SpecLike: TypeAlias = str | Sequence[str] | pb.TaskSpec | Mapping[str, Any]
+
+
+class RestartOptions(TypedDict, total=False):
+    """The keywords of ``restart``: ``failed``, also every task that ended FAILED; ``specs``, one
+    per id, what they run instead (see :func:`taskerctl._core.restart`)."""
+
+    failed: bool
+    specs: Iterable[SpecLike] | None
+
+
 #: ``on_output(stream, data)``: ``stream`` is ``"stdout"`` or ``"stderr"``.
 OutputCallback: TypeAlias = Callable[[str, bytes], object]
 
@@ -225,6 +340,18 @@ class TaskResult:
     group: str = "default"
     #: A stashed task's planned enqueue (``enqueue(ids, delay=...)``); None otherwise.
     enqueue_at: datetime | None = None
+    #: Its dependencies (ids), whether any ending of theirs will do (else all must succeed),
+    #: and those a WAITING task still waits on.
+    after: tuple[int, ...] = ()
+    after_any: bool = False
+    waiting_on: tuple[int, ...] = ()
+    #: Not started before this time (SCHEDULED until then); None: as soon as it can.
+    start_at: datetime | None = None
+    #: A shell command run after it ended (``TaskSpec.on_finish``); "" for none.
+    on_finish: str = ""
+    #: The task this one re-runs (``restart``), and the schedule that submitted it; None: none.
+    restarted_from: int | None = None
+    schedule_id: int | None = None
 
     @classmethod
     def from_proto(cls, task: pb.Task) -> TaskResult:
@@ -258,6 +385,13 @@ class TaskResult:
             retries=spec.retries,
             group=task.group or spec.group or "default",
             enqueue_at=_time(task, "enqueue_at"),
+            after=tuple(spec.after),
+            after_any=spec.after_any,
+            waiting_on=tuple(task.waiting_on),
+            start_at=_time(spec, "start_at"),
+            on_finish=spec.on_finish,
+            restarted_from=task.restarted_from or None,
+            schedule_id=task.schedule_id or None,
         )
 
     @property
@@ -273,7 +407,7 @@ class TaskResult:
     @property
     def command(self) -> str:
         """The command as one shell-quoted line."""
-        return self.argv[0] if self.shell and len(self.argv) == 1 else shlex.join(self.argv)
+        return command_line(self.argv, self.shell)
 
     @property
     def exit_status(self) -> int:
@@ -289,7 +423,8 @@ class TaskResult:
         CANCELLED                    125
         LOST                         123
         not ended: queued, running,  1
-        paused or stashed
+        paused, stashed, waiting or
+        scheduled
         ===========================  =====
 
         A task that has not ended has no outcome yet: its status is 1 whatever holds it.
@@ -345,8 +480,8 @@ class TaskResult:
 @dataclasses.dataclass(frozen=True, slots=True)
 class TaskEvent:
     """Something that happened to a task: ``kind`` is queued, started, output, retrying,
-    state_changed (paused, resumed, stashed: ``state`` and ``reason``) or finished; only that
-    kind's fields are set."""
+    state_changed (paused, resumed, stashed, waiting, scheduled: ``state`` and ``reason``) or
+    finished; only that kind's fields are set."""
 
     task_id: int
     seq: int
@@ -459,6 +594,9 @@ class Stats:
     stashed: int = 0
     #: Each group (only the one asked for, with ``stats(group=...)``).
     groups: tuple[Group, ...] = ()
+    #: Tasks waiting for their dependencies, and scheduled for later, now.
+    waiting: int = 0
+    scheduled: int = 0
 
     @classmethod
     def from_proto(cls, msg: pb.StatsResponse) -> Stats:
@@ -505,6 +643,67 @@ class Metrics:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Schedule:
+    """A recurring schedule (``tasker.v1.Schedule``): a new task from its spec at every
+    occurrence, ``every`` so many seconds or at each match of ``cron``."""
+
+    id: int
+    argv: tuple[str, ...]
+    shell: bool
+    group: str
+    labels: dict[str, str]
+    #: The period in seconds, or a cron expression in local time; one of them is set.
+    every: float | None
+    cron: str
+    #: Also submit an occurrence while the previous one runs (else it is skipped).
+    overlap: bool
+    #: When the next occurrence is due.
+    next_at: datetime | None
+    #: The task of the last occurrence (None: none yet); occurrences submitted and skipped.
+    last_task_id: int | None
+    submitted: int
+    skipped: int
+    created_at: datetime | None
+
+    @classmethod
+    def from_proto(cls, msg: pb.Schedule) -> Schedule:
+        """Build from a ``pb.Schedule``."""
+        return cls(
+            id=msg.id,
+            argv=tuple(msg.task.argv),
+            shell=msg.task.shell,
+            group=msg.task.group or "default",
+            labels=dict(msg.task.labels),
+            every=_seconds(msg, "every"),
+            cron=msg.cron,
+            overlap=msg.overlap,
+            next_at=_time(msg, "next_at"),
+            last_task_id=msg.last_task_id or None,
+            submitted=msg.submitted,
+            skipped=msg.skipped,
+            created_at=_time(msg, "created_at"),
+        )
+
+    @property
+    def command(self) -> str:
+        """The command as one shell-quoted line."""
+        return command_line(self.argv, self.shell)
+
+    @property
+    def when(self) -> str:
+        """``every 5m`` or ``cron */5 * * * *``."""
+        return f"cron {self.cron}" if self.cron else f"every {fmt_seconds(self.every)}"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        d = dataclasses.asdict(self)
+        d["argv"] = list(self.argv)
+        for key in ("next_at", "created_at"):
+            d[key] = None if d[key] is None else d[key].isoformat()
+        return d
 
 
 def fmt_seconds(value: float | None) -> str:

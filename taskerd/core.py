@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import (
     Awaitable,
     Callable,
@@ -32,6 +33,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from functools import cache, partial
+from operator import attrgetter
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
@@ -328,7 +330,7 @@ class Core:
         requeue: list[int] = []
         groups = self.groups
         for task in unfinished:
-            if task.group not in groups:  # its group is gone from the journal: cannot happen
+            if task.group is not None and task.group not in groups:  # cannot happen
                 log.error("task %d: no group named %r; it runs in default", task.id, task.group)
             if task.state == RUNNING:
                 spec = parse(task.spec)
@@ -356,26 +358,28 @@ class Core:
             await self.store.requeue(requeue)
         ended = {*lost, *failed}
         resumed = len(unfinished) - len(ended)
-        by_group: dict[Group, int] = {}
-        for task in unfinished:
-            if task.id not in ended:
-                group = groups.get(task.group, self.default)
-                by_group[group] = by_group.get(group, 0) + 1
-        for group, count in by_group.items():  # accepted before: over the bound too
-            group.engine.reserve(count, force=True)
+        default = self.default
+        names = Counter(map(attrgetter("group"), unfinished))  # None: default
+        if ended:
+            names.subtract(t.group for t in unfinished if t.id in ended)
+        for name, count in names.items():  # accepted before: over the bound too
+            if count:
+                (groups.get(name, default) if name else default).engine.reserve(count, force=True)
         # What the held tasks wait for, read before any of them enters memory: their timers
         # and dependencies then start in one step.
         held_ids = [t.id for t in unfinished if t.state in HELD]
         deps = await self.store.deps_of(held_ids) if held_ids else {}
-        unfinished_ids = {t.id for t in unfinished} - ended
-        outside = sorted({d for ds in deps.values() for d in ds} - unfinished_ids)
-        known = await self.store.states_of(outside) if outside else {}
+        known: dict[int, int] = {}
+        if deps:  # the states of the dependencies that are not being resumed here
+            resumed_ids = {t.id for t in unfinished} - ended
+            outside = sorted({d for ds in deps.values() for d in ds} - resumed_ids)
+            known = await self.store.states_of(outside) if outside else {}
         mono = time.monotonic()
-        default = self.default
         held: list[tuple[Live, list[int]]] = []
+        queued: dict[Group, int] = dict.fromkeys(self.groups.values(), 0)
         for task in unfinished:
             if task.id not in ended:
-                group = groups.get(task.group, default)
+                group = groups.get(task.group, default) if task.group else default
                 spec = parse(task.spec)
                 if task.state in HELD:
                     state: State = task.state  # type: ignore[assignment]
@@ -385,6 +389,8 @@ class Core:
                 else:
                     self._enqueue(task.id, spec, task.queued_at, task.attempts, group,
                                   submitted=mono)  # fmt: skip
+                    queued[group] += 1
+        self._count_queued(queued)
         for live, ids in held:
             pending = [d for d in ids if d in self.live]
             # A dependency gone from the journal had ended before it was removed: satisfied.
@@ -406,7 +412,7 @@ class Core:
         self.counters.by_state[state] += len(ids)
         for task in unfinished:
             if task.id in chosen:
-                group = self.groups.get(task.group, self.default)
+                group = self.groups.get(task.group or DEFAULT_GROUP, self.default)
                 group.counters.by_state[state] += 1
 
     def max_retries_left(self, live: Live) -> int:
@@ -529,6 +535,7 @@ class Core:
                 for task_id, spec, group in zip(ids, specs, groups, strict=True):
                     self._enqueue(task_id, spec, now, 0, group, keep=keep, env=env,
                                   submitted=mono)  # fmt: skip
+                self._count_queued(wanted)
             else:
                 self._admit_planned(plan, ids, specs, groups, now, env)
             if restarted_from or schedule_id:
@@ -584,15 +591,18 @@ class Core:
         dependencies registered once all of the request are in memory)."""
         mono = time.monotonic()
         held: list[tuple[Live, list[int]]] = []
+        queued: dict[Group, int] = {}
         for task_id, spec, group, state, deps in zip(
             ids, specs, groups, plan.states, plan.deps, strict=True
         ):
             if state == QUEUED:
                 self._enqueue(task_id, spec, now, 0, group, keep=True, env=env, submitted=mono)
+                queued[group] = queued.get(group, 0) + 1
             else:
                 live = self._hold(task_id, spec, now, group, state, env=env)
                 if deps:
                     held.append((live, [d if d > 0 else ids[-d - 1] for d in deps]))
+        self._count_queued(queued)
         late: list[tuple[Live, list[int]]] = []
         for live, deps in held:
             pending = [d for d in deps if d in self.live]
@@ -623,13 +633,15 @@ class Core:
         submitted: float | None = None,
     ) -> None:
         """Queue a journaled task in room reserved for it; ``keep`` holds its full spec (and
-        shared ``env``) in memory; ``submitted`` as for the engine (one per request)."""
+        shared ``env``) in memory; ``submitted`` as for the engine (one per request). The
+        caller counts it (:meth:`_count_queued`): thousands at a time."""
         has = spec.HasField
-        timeout = seconds(spec.timeout) if has("timeout") else None
-        queue_timeout = seconds(spec.queue_timeout) if has("queue_timeout") else None
-        priority = spec.priority
-        live = Live(task_id, group, priority or NORMAL, queued_at, timeout, queue_timeout, attempts)
-        live.once = spec.once
+        live = Live(
+            task_id, group, spec.priority or NORMAL, queued_at,
+            seconds(spec.timeout) if has("timeout") else None, attempts, once=spec.once, seq=1,
+        )  # fmt: skip
+        if has("queue_timeout"):
+            live.queue_timeout = seconds(spec.queue_timeout)
         if spec.on_finish:
             live.more().on_finish = spec.on_finish
         if spec.labels:
@@ -637,7 +649,15 @@ class Core:
         if keep:
             live.spec, live.env = spec, env
         self._queue(live, spec, submitted)
-        self._adopt(live)
+        self.live[task_id] = live
+        if self.hub.watched(task_id):
+            self.publish_queued(live)
+
+    def _count_queued(self, counts: Mapping[Group, int]) -> None:
+        """Count tasks that ``_enqueue`` queued, by group."""
+        for group, count in counts.items():
+            self.counters.queued += count
+            group.counters.queued += count
 
     def _hold(
         self, task_id: int, spec: pb.TaskSpec, queued_at: float, group: Group, state: State,
@@ -648,11 +668,12 @@ class Core:
         has = spec.HasField
         live = Live(
             task_id, group, spec.priority or NORMAL, queued_at,
-            seconds(spec.timeout) if has("timeout") else None,
-            seconds(spec.queue_timeout) if has("queue_timeout") else None, 0,
+            seconds(spec.timeout) if has("timeout") else None, 0,
             once=spec.once, labels=dict(spec.labels) if spec.labels else None,
             state=state, spec=spec, env=env,
         )  # fmt: skip
+        if has("queue_timeout"):
+            live.queue_timeout = seconds(spec.queue_timeout)
         extra = live.more()
         extra.after_any, extra.on_finish = spec.after_any, spec.on_finish
         if has("start_at"):
@@ -836,7 +857,6 @@ class Core:
                 spec.priority or NORMAL,
                 now,
                 seconds(spec.timeout) if spec.HasField("timeout") else None,
-                None,
                 0,
                 once=spec.once,
                 labels=dict(spec.labels) if spec.labels else None,

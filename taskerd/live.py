@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from tasker.v1 import tasker_pb2 as pb
@@ -57,6 +57,9 @@ class Extra:
     on_finish: str = ""  # its own on-finish hook
     restarted_from: int = 0
     schedule_id: int = 0
+    queue_timeout: float | None = None  # TaskSpec.queue_timeout
+    run_task: asyncio.Task[None] | None = None  # a Run: started at once, bypassing the queue
+    ended: asyncio.Future[None] | None = None  # made by whoever waits for the end
 
 
 @dataclass(slots=True, eq=False)
@@ -68,14 +71,12 @@ class Live:
     priority: int
     queued_at: float
     timeout: float | None
-    queue_timeout: float | None
     attempts: int
     once: bool = False
     labels: Mapping[str, str] | None = None
     state: State = QUEUED
     seq: int = 0
     handle: engine.TaskHandle[Exit] | None = None
-    run_task: asyncio.Task[None] | None = None  # a Run: started at once, bypassing the queue
     pid: int = 0
     worker: int = 0
     started_at: float | None = None
@@ -91,7 +92,6 @@ class Live:
     outcome: Outcome | None = None
     in_attempt: bool = False
     finishing: bool = False
-    ended: asyncio.Future[None] | None = field(default=None)  # made by whoever waits for the end
     extra: Extra | None = None  # what few tasks have, in one object (see ``more``)
 
     def more(self) -> Extra:
@@ -99,6 +99,34 @@ class Live:
         if self.extra is None:
             self.extra = Extra()
         return self.extra
+
+    @property
+    def queue_timeout(self) -> float | None:
+        """How long it may wait for a start (TaskSpec.queue_timeout)."""
+        return self.extra.queue_timeout if self.extra is not None else None
+
+    @queue_timeout.setter
+    def queue_timeout(self, value: float | None) -> None:
+        if value is not None or self.extra is not None:
+            self.more().queue_timeout = value
+
+    @property
+    def run_task(self) -> asyncio.Task[None] | None:
+        """A Run's own task: started at once, bypassing the queue (None for queued tasks)."""
+        return self.extra.run_task if self.extra is not None else None
+
+    @run_task.setter
+    def run_task(self, value: asyncio.Task[None] | None) -> None:
+        self.more().run_task = value
+
+    @property
+    def ended(self) -> asyncio.Future[None] | None:
+        """Made by whoever waits for the task's end (Cancel); set when it leaves memory."""
+        return self.extra.ended if self.extra is not None else None
+
+    @ended.setter
+    def ended(self, value: asyncio.Future[None] | None) -> None:
+        self.more().ended = value
 
     @property
     def on_finish(self) -> str:

@@ -256,11 +256,11 @@ class Unfinished(NamedTuple):
     queued_at: float
     attempts: int
     spec: bytes  # a serialized TaskSpec, without env and stdin
-    group: str
-    enqueue_at: float | None  # a stashed task's planned Enqueue
-    start_at: float | None  # not to start before (TaskSpec.start_at, or as set_state set it)
-    restarted_from: int  # 0 for none
-    schedule_id: int  # 0 for none
+    group: str | None  # None: the group "default"
+    enqueue_at: float | None = None  # a stashed task's planned Enqueue
+    start_at: float | None = None  # not to start before (TaskSpec.start_at, or set_state's)
+    restarted_from: int = 0  # 0 for none
+    schedule_id: int = 0  # 0 for none
 
 
 class ScheduleRow(NamedTuple):
@@ -287,14 +287,6 @@ class GroupRow(NamedTuple):
     max_parallel: int
     paused: bool
     max_queue: int | None
-
-
-class _Interned(dict[bytes, str]):
-    """A text_factory (its ``__getitem__``) giving one str object for each distinct text."""
-
-    def __missing__(self, raw: bytes) -> str:
-        text = self[raw] = raw.decode()
-        return text
 
 
 class JournalError(Exception):
@@ -571,7 +563,6 @@ class Store:
         self._env_cache: dict[bytes, int] = {}  # the journal thread only
         self._reclaim_due = False  # the journal thread only: vacuum and truncate after a commit
         self._dirty = False  # the journal thread only: commits since the last WAL truncation
-        self._groups_text = _Interned()  # the journal thread only: one str for each group name
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -1669,18 +1660,31 @@ class Store:
         (without env or stdin) unparsed. Tasks of one group share one str for its name."""
 
         def read(conn: _Conn) -> builtins.list[Unfinished]:
-            conn.text_factory = self._groups_text.__getitem__  # grp is the only text read
-            try:
-                rows = conn.execute(
-                    # In rowid order, page by page: an index on state would sort each page anew.
-                    "SELECT id, state, queued_at, attempts, spec, grp, enqueue_at, start_at, "
-                    "restarted_from, schedule_id FROM tasks "
-                    f"NOT INDEXED WHERE id > ? AND {_UNFINISHED} ORDER BY id LIMIT ?",
-                    (after, limit),
-                ).fetchall()
-            finally:
-                conn.text_factory = str
-            return [Unfinished(*row) for row in rows]
+            # In rowid order, page by page: an index on state would sort each page anew. The
+            # group "default" comes as None (no str a row), the rare fields in a second read.
+            rows = conn.execute(
+                f"SELECT id, state, queued_at, attempts, spec, NULLIF(grp, '{DEFAULT_GROUP}') "
+                f"FROM tasks NOT INDEXED WHERE id > ? AND {_UNFINISHED} ORDER BY id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+            tasks = [Unfinished(*row) for row in rows]
+            if not tasks:
+                return tasks
+            rare = conn.execute(
+                "SELECT id, enqueue_at, start_at, restarted_from, schedule_id FROM tasks "
+                f"NOT INDEXED WHERE id > ? AND id <= ? AND {_UNFINISHED} AND (enqueue_at "
+                "IS NOT NULL OR start_at IS NOT NULL OR restarted_from OR schedule_id)",
+                (after, tasks[-1].id),
+            ).fetchall()
+            if rare:
+                at = {task.id: i for i, task in enumerate(tasks)}
+                for task_id, enqueue_at, start_at, restarted_from, schedule_id in rare:
+                    i = at[task_id]
+                    tasks[i] = tasks[i]._replace(
+                        enqueue_at=enqueue_at, start_at=start_at,
+                        restarted_from=restarted_from, schedule_id=schedule_id,
+                    )  # fmt: skip
+            return tasks
 
         return await self._read(read)
 

@@ -58,7 +58,6 @@ class TaskHandle(Generic[E]):
         "_event",
         "_fn",
         "_is_async",
-        "_left",
         "_loc",
         "_manager",
         "_max_retries",
@@ -105,7 +104,6 @@ class TaskHandle(Generic[E]):
         self._enqueued = now
         self._started = 0.0
         self._timer: TimerHandle | None = None
-        self._left: float | None = None  # while suspended: seconds left (inf: no timeout)
         self._qtimer: TimerHandle | None = None
         self._btimer: TimerHandle | None = None
         self._ctx: TaskContext | None = None
@@ -127,7 +125,7 @@ class TaskHandle(Generic[E]):
     @property
     def suspended(self) -> bool:
         """True while the running task's timeout clock is stopped (``suspend``)."""
-        return self._left is not None
+        return self in self._manager._suspended
 
     @property
     def attempt(self) -> int:

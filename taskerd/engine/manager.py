@@ -179,6 +179,9 @@ class TaskManager(Generic[R, E]):
         # Busy workers to retire, base and burst: whichever next finishes a task goes (so that
         # no worker starts a task while another one that is to retire still runs one).
         self._debt = [0, 0]
+        # Running tasks whose timeout clock is stopped (suspend): the seconds they have left
+        # (inf: no timeout). Rare, so kept here rather than in every handle.
+        self._suspended: dict[TaskHandle[E], float] = {}
         self._running = 0
         self._next_id = 1
         self._arrived = 0
@@ -698,6 +701,8 @@ class TaskManager(Generic[R, E]):
             self._running -= 1
             self._finished += 1
             duration = (now or _monotonic()) - job._started
+            if self._suspended:
+                self._suspended.pop(job, None)
         else:
             loc = job._loc
             if loc == IN_QUEUE:
@@ -972,7 +977,8 @@ class TaskManager(Generic[R, E]):
         job._state = RUNNING
         job._worker = worker
         job._attempt += 1
-        job._left = None
+        if self._suspended:
+            self._suspended.pop(job, None)
         job._started = now
         deadline = None if job._timeout is None else now + job._timeout
         ctx = TaskContext(job.id, job._attempt, worker.id, job._priority, deadline, self._loop)
@@ -989,7 +995,7 @@ class TaskManager(Generic[R, E]):
         if (
             job._timeout is not None
             and job._state is RUNNING
-            and job._left is None  # suspended (or suspended and resumed) before this ran
+            and job not in self._suspended  # suspended before this ran
             and job._timer is None
         ):
             job._timer = self._loop.call_at(job._started + job._timeout, self._on_timeout, job)
@@ -1310,7 +1316,7 @@ class TaskManager(Generic[R, E]):
         """
         if handle._manager is not self or handle._state is not RUNNING:
             return False
-        if handle._left is not None:
+        if handle in self._suspended:
             return True
         timer = handle._timer
         if timer is not None:
@@ -1321,7 +1327,7 @@ class TaskManager(Generic[R, E]):
             left = handle._started + handle._timeout - _monotonic()
         else:
             left = math.inf
-        handle._left = max(left, 0.0)
+        self._suspended[handle] = max(left, 0.0)
         ctx = handle._ctx
         if ctx is not None:
             ctx.deadline = None
@@ -1334,10 +1340,9 @@ class TaskManager(Generic[R, E]):
         """
         if handle._manager is not self or handle._state is not RUNNING:
             return False
-        left = handle._left
+        left = self._suspended.pop(handle, None)
         if left is None:
             return True
-        handle._left = None
         if left != math.inf:
             deadline = _monotonic() + left
             handle._timer = self._loop.call_at(deadline, self._on_timeout, handle)

@@ -312,7 +312,8 @@ async def test_bad_keywords_name_their_field_async(
 
 
 def test_new_states_and_unknown_numbers() -> None:
-    assert {s.name for s in LIVE_STATES} == {"QUEUED", "RUNNING", "PAUSED", "STASHED"}
+    live = {"QUEUED", "RUNNING", "PAUSED", "STASHED", "WAITING", "SCHEDULED"}
+    assert {s.name for s in LIVE_STATES} == live
     assert not LIVE_STATES & TERMINAL_STATES
     assert TaskState.PAUSED == pb.TASK_STATE_PAUSED and TaskState.STASHED == 9
     for state in (pb.TASK_STATE_PAUSED, pb.TASK_STATE_STASHED):
