@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) bench/scale.py
 	$(PY) bench/cli.py
 	$(PY) bench/control.py
+	$(PY) bench/workflows.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
