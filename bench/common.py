@@ -3,14 +3,17 @@ lines, and the summary table."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import grpc
 
@@ -172,3 +175,21 @@ def summary(rows: list[Row]) -> None:
     print("\nSUMMARY")
     for f, v, b, r, g, ok in [head, *cells]:
         print(f"{f:<{w[0]}}  {v:>{w[1]}}  {b:<{w[2]}}  {r:>{w[3]}}  {g:<{w[4]}}  {ok}".rstrip())
+
+
+S = TypeVar("S")
+
+
+def sized_main(
+    doc: str | None, run: Callable[[S], list[Row]], full: S, quick: S, quick_help: str
+) -> None:
+    """The command line of a benchmark run at two sizes: ``--quick`` (``quick_help``) or full;
+    prints its summary and how long it took. SIGTERM exits cleanly, so its daemons are
+    stopped."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    opts = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    t0 = time.perf_counter()
+    summary(run(quick if opts.quick else full))
+    print(f"total {time.perf_counter() - t0:.1f} s")

@@ -28,11 +28,9 @@ nothing about speed (only that each verb did what it was asked).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import random
-import signal
 import statistics
 import sys
 import tempfile
@@ -45,7 +43,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BenchDaemon, Row, cpu_seconds, percentile, rate, summary, verdict
+from common import BenchDaemon, Row, cpu_seconds, percentile, rate, sized_main, verdict
 from daemon import GATE, Firehose, aio_stub
 
 from tasker.api import METADATA
@@ -419,14 +417,7 @@ def run(sizes: Sizes) -> list[Row]:
 
 def main() -> None:
     """Command-line entry."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    opts = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the daemons are stopped
-    t0 = time.perf_counter()
-    rows = run(QUICK if opts.quick else FULL)
-    summary(rows)
-    print(f"total {time.perf_counter() - t0:.1f} s")
+    sized_main(__doc__, run, FULL, QUICK, "small sizes, for a smoke test")
 
 
 if __name__ == "__main__":

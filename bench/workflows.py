@@ -36,9 +36,7 @@ nothing about speed (only that every task ran, in order where it must).
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import signal
 import statistics
 import sys
 import tempfile
@@ -52,7 +50,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BenchDaemon, Row, cpu_seconds, rate, summary, verdict
+from common import BenchDaemon, Row, cpu_seconds, rate, sized_main, verdict
 from daemon import GATE
 
 from tasker.api import METADATA
@@ -494,14 +492,7 @@ def run(sizes: Sizes) -> list[Row]:
 
 def main() -> None:
     """Command-line entry."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="N = 1,000, for a smoke test")
-    opts = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the daemons are stopped
-    t0 = time.perf_counter()
-    rows = run(QUICK if opts.quick else FULL)
-    summary(rows)
-    print(f"total {time.perf_counter() - t0:.1f} s")
+    sized_main(__doc__, run, FULL, QUICK, "N = 1,000, for a smoke test")
 
 
 if __name__ == "__main__":

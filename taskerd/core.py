@@ -33,7 +33,6 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from functools import cache, partial
-from operator import attrgetter
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
@@ -79,7 +78,7 @@ from taskerd.live import (
     record,
 )
 from taskerd.runner import Exit, run_hook
-from taskerd.store import JournalError, Store, Unfinished
+from taskerd.store import JournalError, Rare, Store, UnfinishedRow
 from taskerd.workflows import Holds
 
 log = logging.getLogger("taskerd")
@@ -125,6 +124,10 @@ class Plan:
     states: list[State] = field(default_factory=list)
     deps: list[list[int]] = field(default_factory=list)
     known: dict[int, int] = field(default_factory=dict)
+
+
+#: The rare fields of a task that has none (a held task of the default group, with no time).
+_PLAIN = Rare(None, None, None, 0, 0)
 
 
 def _holds_any(specs: Sequence[pb.TaskSpec]) -> bool:
@@ -312,34 +315,43 @@ class Core:
         it knows them all (their priorities decide).
         """
         t0 = time.perf_counter()
-        unfinished: list[Unfinished] = []
+        rows: list[UnfinishedRow] = []
+        rare: dict[int, Rare] = {}
         # Plain rows, page by page; the next page is read while this one is taken in.
-        reading = asyncio.ensure_future(self.store.unfinished(limit=RECOVERY_PAGE))
+        reading = asyncio.ensure_future(self.store.unfinished_page(limit=RECOVERY_PAGE))
         try:
-            while page := await reading:
+            while (page := await reading).rows:
                 reading = asyncio.ensure_future(
-                    self.store.unfinished(after=page[-1].id, limit=RECOVERY_PAGE)
+                    self.store.unfinished_page(after=page.rows[-1][0], limit=RECOVERY_PAGE)
                 )
-                unfinished += page
+                rows += page.rows
+                rare |= page.rare
         finally:
             reading.cancel()
         read = time.perf_counter() - t0
+        groups, default = self.groups, self.default
+
+        def group_of(task_id: int) -> Group:
+            name = rare[task_id].group if task_id in rare else None
+            if name is None:
+                return default
+            if name not in groups:  # cannot happen: a group with tasks is never removed
+                log.error("task %d: no group named %r; it runs in default", task_id, name)
+            return groups.get(name, default)
+
         parse = pb.TaskSpec.FromString
         lost: list[int] = []
         failed: list[int] = []
         requeue: list[int] = []
-        groups = self.groups
-        for task in unfinished:
-            if task.group is not None and task.group not in groups:  # cannot happen
-                log.error("task %d: no group named %r; it runs in default", task.id, task.group)
-            if task.state == RUNNING:
-                spec = parse(task.spec)
+        for task_id, state, _, attempts, blob in rows:
+            if state == RUNNING:
+                spec = parse(blob)
                 if spec.once:
-                    lost.append(task.id)
-                elif task.attempts > self._max_retries(spec):
-                    failed.append(task.id)
+                    lost.append(task_id)
+                elif attempts > self._max_retries(spec):
+                    failed.append(task_id)
                 else:
-                    requeue.append(task.id)
+                    requeue.append(task_id)
         now = time.time()
         if lost:
             await self.store.mark_finished_many(
@@ -347,49 +359,47 @@ class Core:
                 error="interrupted: the daemon stopped while it ran, and it was stopped; "
                 "an at-most-once task is not run again",
             )  # fmt: skip
-            self._count_ended(unfinished, lost, LOST)
+            self._count_ended(lost, LOST, group_of)
         if failed:
             await self.store.mark_finished_many(
                 failed, state=FAILED, ended_at=now,
                 error="interrupted during its last allowed attempt, and stopped",
             )  # fmt: skip
-            self._count_ended(unfinished, failed, FAILED)
+            self._count_ended(failed, FAILED, group_of)
         if requeue:
             await self.store.requeue(requeue)
         ended = {*lost, *failed}
-        resumed = len(unfinished) - len(ended)
-        default = self.default
-        names = Counter(map(attrgetter("group"), unfinished))  # None: default
         if ended:
-            names.subtract(t.group for t in unfinished if t.id in ended)
-        for name, count in names.items():  # accepted before: over the bound too
+            rows = [row for row in rows if row[0] not in ended]
+        # Room for every resumed task, accepted before: over the bound too.
+        others = Counter(group_of(i) for i in rare)
+        others[default] += len(rows) - len(rare)
+        for group, count in others.items():
             if count:
-                (groups.get(name, default) if name else default).engine.reserve(count, force=True)
+                group.engine.reserve(count, force=True)
         # What the held tasks wait for, read before any of them enters memory: their timers
         # and dependencies then start in one step.
-        held_ids = [t.id for t in unfinished if t.state in HELD]
+        held_ids = [row[0] for row in rows if row[1] in HELD]
         deps = await self.store.deps_of(held_ids) if held_ids else {}
         known: dict[int, int] = {}
         if deps:  # the states of the dependencies that are not being resumed here
-            resumed_ids = {t.id for t in unfinished} - ended
+            resumed_ids = {row[0] for row in rows}
             outside = sorted({d for ds in deps.values() for d in ds} - resumed_ids)
             known = await self.store.states_of(outside) if outside else {}
         mono = time.monotonic()
         held: list[tuple[Live, list[int]]] = []
-        queued: dict[Group, int] = dict.fromkeys(self.groups.values(), 0)
-        for task in unfinished:
-            if task.id not in ended:
-                group = groups.get(task.group, default) if task.group else default
-                spec = parse(task.spec)
-                if task.state in HELD:
-                    state: State = task.state  # type: ignore[assignment]
-                    live = self._hold(task.id, spec, task.queued_at, group, state,
-                                      enqueue_at=task.enqueue_at)  # fmt: skip
-                    held.append((live, deps.get(task.id, [])))
-                else:
-                    self._enqueue(task.id, spec, task.queued_at, task.attempts, group,
-                                  submitted=mono)  # fmt: skip
-                    queued[group] += 1
+        queued: dict[Group, int] = dict.fromkeys(groups.values(), 0)
+        enqueue = self._enqueue
+        special = 0  # rows resumed by _resume_rare, which counts them
+        for task_id, state, queued_at, attempts, blob in rows:
+            if task_id in rare or state in HELD:  # (a held task of default, with no time)
+                special += 1
+                self._resume_rare(task_id, state, queued_at, attempts, parse(blob),
+                                  group_of(task_id), rare.get(task_id, _PLAIN), deps, held,
+                                  queued)  # fmt: skip
+            else:
+                enqueue(task_id, parse(blob), queued_at, attempts, default, submitted=mono)
+        queued[default] += len(rows) - special
         self._count_queued(queued)
         for live, ids in held:
             pending = [d for d in ids if d in self.live]
@@ -399,21 +409,36 @@ class Core:
                 self.holds.add(live, pending, gone)
             elif live.state == WAITING:  # nothing left to wait for
                 self.advance(live)
-        if unfinished:
+        if rows or ended:
             log.info(
                 "recovered journal: %d queued, %d re-queued, %d lost, %d failed, in %.2f s "
-                "(%.2f s reading)", resumed - len(requeue), len(requeue), len(lost),
+                "(%.2f s reading)", len(rows) - len(requeue), len(requeue), len(lost),
                 len(failed), time.perf_counter() - t0, read,
             )  # fmt: skip
 
-    def _count_ended(self, unfinished: Sequence[Unfinished], ids: list[int], state: State) -> None:
+    def _resume_rare(
+        self, task_id: int, state: int, queued_at: float, attempts: int, spec: pb.TaskSpec,
+        group: Group, rare: Rare, deps: Mapping[int, list[int]],
+        held: list[tuple[Live, list[int]]], queued: dict[Group, int],
+    ) -> None:  # fmt: skip
+        """Recovery of a task with more than a plain row: held, of another group, or linked."""
+        if state in HELD:
+            live = self._hold(task_id, spec, queued_at, group, state,  # type: ignore[arg-type]
+                              enqueue_at=rare.enqueue_at)  # fmt: skip
+            held.append((live, deps.get(task_id, [])))
+        else:
+            self._enqueue(task_id, spec, queued_at, attempts, group, submitted=time.monotonic())
+            live = self.live[task_id]
+            queued[group] += 1
+        if rare.restarted_from or rare.schedule_id:
+            extra = live.more()
+            extra.restarted_from, extra.schedule_id = rare.restarted_from, rare.schedule_id
+
+    def _count_ended(self, ids: list[int], state: State, group_of: Callable[[int], Group]) -> None:
         """Count tasks that recovery ended, in the daemon's and their groups' counts."""
-        chosen = set(ids)
         self.counters.by_state[state] += len(ids)
-        for task in unfinished:
-            if task.id in chosen:
-                group = self.groups.get(task.group or DEFAULT_GROUP, self.default)
-                group.counters.by_state[state] += 1
+        for task_id in ids:
+            group_of(task_id).counters.by_state[state] += 1
 
     def max_retries_left(self, live: Live) -> int:
         """How many more times the engine may re-queue the task (its spec is in memory)."""
@@ -636,19 +661,35 @@ class Core:
         shared ``env``) in memory; ``submitted`` as for the engine (one per request). The
         caller counts it (:meth:`_count_queued`): thousands at a time."""
         has = spec.HasField
+        timeout = seconds(spec.timeout) if has("timeout") else None
+        once = spec.once
         live = Live(
-            task_id, group, spec.priority or NORMAL, queued_at,
-            seconds(spec.timeout) if has("timeout") else None, attempts, once=spec.once, seq=1,
+            task_id, group, spec.priority or NORMAL, queued_at, timeout, attempts, once=once,
+            seq=1,
         )  # fmt: skip
+        remaining = None
         if has("queue_timeout"):
-            live.queue_timeout = seconds(spec.queue_timeout)
+            live.queue_timeout = wait = seconds(spec.queue_timeout)
+            remaining = max(1e-3, wait - (time.time() - queued_at))
         if spec.on_finish:
             live.more().on_finish = spec.on_finish
         if spec.labels:
             live.labels = dict(spec.labels)
         if keep:
             live.spec, live.env = spec, env
-        self._queue(live, spec, submitted)
+        # As _queue does, inline: a million of these at a restart.
+        retries = spec.max_retries if has("max_retries") else self.config.max_retries
+        live.handle = group.engine.queue_task_async(
+            self._attempt_fn,
+            priority=ENGINE_PRIORITY[spec.priority],
+            timeout=timeout,
+            queue_timeout=remaining,
+            once=once,
+            max_retries=max(0, retries - attempts),
+            reserved=True,
+            task_id=task_id,
+            submitted=submitted,
+        )
         self.live[task_id] = live
         if self.hub.watched(task_id):
             self.publish_queued(live)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import EllipsisType
-from typing import Any, Literal, NamedTuple, TypeVar, cast
+from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar, cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _Conn = sqlite3.Connection
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 TERMINAL_STATES: frozenset[int] = frozenset(
     {
         pb.TASK_STATE_SUCCEEDED,
@@ -171,6 +171,16 @@ _GET_OUTPUT = (
 
 
 # Schema changes, in order: each takes the journal from version N - 1 to N.
+#: Rows with anything but the common case: another group than default, a planned enqueue or
+#: start, links. Recovery reads these through their own partial index, not from every row.
+_RARE = (
+    f"(grp != '{DEFAULT_GROUP}' OR enqueue_at IS NOT NULL OR start_at IS NOT NULL "
+    "OR restarted_from != 0 OR schedule_id != 0)"
+)
+#: Unfinished states as recovery's scan tests them (a range test costs less than an IN list).
+_NOT_TERMINAL = f"NOT (state BETWEEN {min(TERMINAL_STATES)} AND {max(TERMINAL_STATES)})"
+assert set(range(min(TERMINAL_STATES), max(TERMINAL_STATES) + 1)) == set(TERMINAL_STATES)
+
 _MIGRATIONS: dict[int, str] = {
     2: """
     ALTER TABLE tasks ADD COLUMN run_pgid INTEGER NOT NULL DEFAULT 0;
@@ -216,6 +226,9 @@ _MIGRATIONS: dict[int, str] = {
         created_at REAL NOT NULL
     );
     """,
+    5: f"""
+    CREATE INDEX tasks_rare ON tasks (id) WHERE {_RARE};
+    """,
 }
 
 
@@ -256,11 +269,32 @@ class Unfinished(NamedTuple):
     queued_at: float
     attempts: int
     spec: bytes  # a serialized TaskSpec, without env and stdin
-    group: str | None  # None: the group "default"
+    group: str
     enqueue_at: float | None = None  # a stashed task's planned Enqueue
     start_at: float | None = None  # not to start before (TaskSpec.start_at, or set_state's)
     restarted_from: int = 0  # 0 for none
     schedule_id: int = 0  # 0 for none
+
+
+class Rare(NamedTuple):
+    """What few unfinished tasks have beyond their plain row (see :meth:`Store.unfinished_page`)."""
+
+    group: str | None  # None: the group "default"
+    enqueue_at: float | None
+    start_at: float | None
+    restarted_from: int
+    schedule_id: int
+
+
+#: id, state, queued_at, attempts, and the spec (serialized, without env and stdin).
+UnfinishedRow: TypeAlias = tuple[int, int, float, int, bytes]
+
+
+class UnfinishedPage(NamedTuple):
+    """A page of unfinished tasks for recovery: plain rows, and the rare fields by id."""
+
+    rows: builtins.list[UnfinishedRow]
+    rare: dict[int, Rare]
 
 
 class ScheduleRow(NamedTuple):
@@ -1654,39 +1688,39 @@ class Store:
 
         return await self._read(read)
 
-    async def unfinished(self, *, after: int = 0, limit: int = -1) -> builtins.list[Unfinished]:
+    async def unfinished_page(self, *, after: int = 0, limit: int = -1) -> UnfinishedPage:
         """Unfinished (QUEUED, RUNNING, STASHED, WAITING, SCHEDULED) tasks ordered by id, from
-        past ``after`` (up to ``limit``), for recovery: what queueing them needs, and their spec
-        (without env or stdin) unparsed. Tasks of one group share one str for its name."""
+        past ``after`` (up to ``limit``), for recovery: plain rows (a million of them), and the
+        few rows with more (another group, a planned start, links) apart."""
 
-        def read(conn: _Conn) -> builtins.list[Unfinished]:
-            # In rowid order, page by page: an index on state would sort each page anew. The
-            # group "default" comes as None (no str a row), the rare fields in a second read.
+        def read(conn: _Conn) -> UnfinishedPage:
+            # In rowid order, page by page: an index on state would sort each page anew.
             rows = conn.execute(
-                f"SELECT id, state, queued_at, attempts, spec, NULLIF(grp, '{DEFAULT_GROUP}') "
-                f"FROM tasks NOT INDEXED WHERE id > ? AND {_UNFINISHED} ORDER BY id LIMIT ?",
+                "SELECT id, state, queued_at, attempts, spec FROM tasks NOT INDEXED "
+                f"WHERE id > ? AND {_NOT_TERMINAL} ORDER BY id LIMIT ?",
                 (after, limit),
             ).fetchall()
-            tasks = [Unfinished(*row) for row in rows]
-            if not tasks:
-                return tasks
+            if not rows:
+                return UnfinishedPage(rows, {})
             rare = conn.execute(
-                "SELECT id, enqueue_at, start_at, restarted_from, schedule_id FROM tasks "
-                f"NOT INDEXED WHERE id > ? AND id <= ? AND {_UNFINISHED} AND (enqueue_at "
-                "IS NOT NULL OR start_at IS NOT NULL OR restarted_from OR schedule_id)",
-                (after, tasks[-1].id),
+                f"SELECT id, NULLIF(grp, '{DEFAULT_GROUP}'), enqueue_at, start_at, "
+                "restarted_from, schedule_id FROM tasks INDEXED BY tasks_rare "
+                f"WHERE {_RARE} AND id > ? AND id <= ? AND {_NOT_TERMINAL}",
+                (after, rows[-1][0]),
             ).fetchall()
-            if rare:
-                at = {task.id: i for i, task in enumerate(tasks)}
-                for task_id, enqueue_at, start_at, restarted_from, schedule_id in rare:
-                    i = at[task_id]
-                    tasks[i] = tasks[i]._replace(
-                        enqueue_at=enqueue_at, start_at=start_at,
-                        restarted_from=restarted_from, schedule_id=schedule_id,
-                    )  # fmt: skip
-            return tasks
+            return UnfinishedPage(rows, {r[0]: Rare(*r[1:]) for r in rare})
 
         return await self._read(read)
+
+    async def unfinished(self, *, after: int = 0, limit: int = -1) -> builtins.list[Unfinished]:
+        """:meth:`unfinished_page` as one record a task."""
+        page = await self.unfinished_page(after=after, limit=limit)
+        plain = Rare(None, None, None, 0, 0)
+        tasks = []
+        for row in page.rows:
+            more = page.rare.get(row[0], plain)
+            tasks.append(Unfinished(*row, more.group or DEFAULT_GROUP, *more[1:]))
+        return tasks
 
     async def runs(self) -> builtins.list[Run]:
         """What identifies each journaled RUNNING task's last run (for crash recovery)."""

@@ -151,6 +151,14 @@ class Daemon:
         self.stop()
         return self.start()
 
+    def come_back(self, how: str) -> Daemon:
+        """Start again after a ``"restart"`` (a clean stop) or a ``"kill9"`` (a crash)."""
+        if how == "kill9":
+            self.kill9()
+            return self.start()
+        assert how == "restart", how
+        return self.restart()
+
 
 @pytest.fixture
 def make_daemon(tmp_path: Path) -> Iterator[type[Daemon]]:

@@ -5,15 +5,9 @@ Only that it completes and prints its summary rows: nothing about speed.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.bench_run import summary_of
 
 FIGURES = (
     "SetPriority 1,000 queued -> HIGH",
@@ -32,25 +26,4 @@ FIGURES = (
 
 @pytest.mark.timeout(60)
 def test_control_bench_quick_prints_summary() -> None:
-    # Its own session: if it hangs, it is asked to stop (SIGTERM: its daemons are STOP-shut down,
-    # which ends their running tasks), then the bench and its daemons are killed together.
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "control.py"), "--quick"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=40)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    assert proc.returncode == 0, out + err
-    assert "SUMMARY" in out, out
-    summary = out.split("SUMMARY", 1)[1]
-    for figure in FIGURES:
-        assert figure in summary, summary
+    summary_of("control.py", FIGURES, timeout=40)

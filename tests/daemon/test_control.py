@@ -17,19 +17,11 @@ import pytest
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, Daemon
-from tests.daemon.util import TERMINAL, dur, poll_state, spec, submit, wait, wait_gone
+from tests.daemon.util import TERMINAL, code, dur, poll_state, spec, submit, until, wait, wait_gone
 
 MakeDaemon = Callable[..., Daemon]
 QUEUED, RUNNING = pb.TASK_STATE_QUEUED, pb.TASK_STATE_RUNNING
 PAUSED, STASHED = pb.TASK_STATE_PAUSED, pb.TASK_STATE_STASHED
-
-
-def code(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    """The status and message of a call that must fail."""
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    err = info.value
-    return err.code(), err.details()  # type: ignore[attr-defined]
 
 
 def group(stub: object, name: str) -> pb.Group:
@@ -41,13 +33,6 @@ def proc_state(pid: int) -> str:
     """The one-letter state of a process (T: stopped)."""
     with open(f"/proc/{pid}/stat") as fh:
         return fh.read().rsplit(")", 1)[1].split()[0]
-
-
-def until(check: Callable[[], bool], timeout: float = 10, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -329,11 +314,7 @@ def test_paused_groups_and_stash_survive(make_daemon: MakeDaemon, how: str) -> N
     stashed = stub.Submit(pb.SubmitRequest(tasks=[spec("true")], stashed=True)).ids[0]
     low = stub.Submit(pb.SubmitRequest(tasks=[spec("true")], stashed=True)).ids[0]
     stub.SetPriority(pb.SetPriorityRequest(ids=[low], priority=pb.PRIORITY_LOW))
-    if how == "kill9":
-        d.kill9()
-        d.start()
-    else:
-        d.restart()
+    d.come_back(how)
     stub = d.stub
     g = group(stub, "g")
     assert (g.paused, g.parallel, g.max_parallel) == (True, 3, 4)

@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tasker.v1 import tasker_pb2 as pb
 from tests.conftest import Daemon
-from tests.daemon.util import dur, poll_state, spec, submit, wait
+from tests.daemon.util import code, dur, poll_state, spec, submit, until, wait
 
 MakeDaemon = Callable[..., Daemon]
 OK, FAILED, CANCELLED = pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_FAILED, pb.TASK_STATE_CANCELLED
@@ -22,23 +22,10 @@ QUEUED, RUNNING = pb.TASK_STATE_QUEUED, pb.TASK_STATE_RUNNING
 WAITING, SCHEDULED = pb.TASK_STATE_WAITING, pb.TASK_STATE_SCHEDULED
 
 
-def code(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value.code(), info.value.details()  # type: ignore[attr-defined]
-
-
 def at(seconds_from_now: float) -> Timestamp:
     stamp = Timestamp()
     stamp.FromNanoseconds(int((time.time() + seconds_from_now) * 1e9))
     return stamp
-
-
-def until(check: Callable[[], bool], timeout: float = 10, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def get(d: Daemon, task_id: int) -> pb.Task:
@@ -164,11 +151,7 @@ def test_waiting_and_scheduled_tasks_survive(make_daemon: MakeDaemon, how: str) 
     stub.Cancel(pb.CancelRequest(id=doomed))
     later = submit(stub, spec("true", start_at=at(2.5)))[0]
     both = submit(stub, spec("true", after=[second], start_at=at(1.0)))[0]
-    if how == "kill9":
-        d.kill9()
-        d.start()
-    else:
-        d.restart()
+    d.come_back(how)
     stub = d.stub
     assert get(d, second).state == WAITING and list(get(d, second).waiting_on) == [first]
     assert get(d, later).state == SCHEDULED

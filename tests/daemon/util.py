@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
+import grpc
+import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from tasker.v1 import tasker_pb2 as pb
@@ -72,3 +75,18 @@ def wait_gone(pids: list[int], timeout: float = 10) -> None:
     while any(alive(p) for p in pids):
         assert time.monotonic() < deadline, f"still alive: {[p for p in pids if alive(p)]}"
         time.sleep(0.05)
+
+
+def code(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    """The status and message of a call that must fail."""
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code(), info.value.details()  # type: ignore[attr-defined]
+
+
+def until(check: Callable[[], bool], timeout: float = 10, what: str = "condition") -> None:
+    """Poll ``check`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
