@@ -18,6 +18,7 @@ _DURATIONS = {"kill_grace", "stop_timeout", "keep_for", "burst_interval", "on_fi
 _SYNC_MODES = ("normal", "full")
 _LEVELS = ("debug", "info", "warning", "error")
 _CGROUP_MODES = ("auto", "off")
+_LOG_FORMATS = ("text", "json")
 _GROUP_KEYS = ("parallel", "max_parallel", "max_queue")
 #: A group's name: 1 to 64 of these characters.
 GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -56,6 +57,9 @@ class DaemonConfig:
     # How often each group measures its arrival and drain rates and decides its burst slots.
     burst_interval: float = 0.1
     log_level: str = "info"
+    log_format: str = "text"  # "text", or "json": one object a line
+    # host:port of the Prometheus /metrics endpoint ("" = off).
+    metrics_address: str = ""
     socket_group: str = ""
     journal_sync: str = "normal"
     kill_grace: float = 5.0
@@ -90,6 +94,7 @@ class DaemonConfig:
             (self.max_queue >= 1, f"max_queue must be >= 1, got {self.max_queue}"),
             (0.01 <= self.burst_interval <= 60, "burst_interval must be between 10ms and 1m"),
             (self.log_level in _LEVELS, f"log_level must be one of {', '.join(_LEVELS)}"),
+            (self.log_format in _LOG_FORMATS, "log_format must be 'text' or 'json'"),
             (self.journal_sync in _SYNC_MODES, "journal_sync must be 'normal' or 'full'"),
             (self.kill_grace >= 0, "kill_grace must be >= 0"),
             (self.stop_timeout >= 0, "stop_timeout must be >= 0"),
