@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import fcntl
 import gc
 import grp
-import io
 import logging
 import os
 import signal
 import socket
 import stat
 import sys
-import threading
-import time
 from contextlib import suppress
 from pathlib import Path
 from typing import IO
@@ -30,6 +26,7 @@ from taskerd import config as configuration
 from taskerd import procs
 from taskerd.config import DaemonConfig
 from taskerd.core import Core
+from taskerd.logs import setup_logging
 from taskerd.notify import notify
 from taskerd.runner import become_subreaper, install_child_watcher, reap_orphans_forever
 from taskerd.schedules import Scheduler
@@ -318,77 +315,13 @@ class Daemon:
                     config.socket.unlink()
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """One line per event on stderr, flushed a few times a second rather than per line.
-
-    A flush is a write system call; at thousands of tasks per second, flushing every line costs
-    the event loop as much as spawning the tasks does.
-    """
-
-    INTERVAL = 0.2
-
-    def __init__(self) -> None:
-        # sys.stderr is line-buffered (a write call per line): give the handler a buffered one.
-        stream = io.TextIOWrapper(
-            open(sys.stderr.fileno(), "wb", buffering=1 << 16, closefd=False),  # noqa: SIM115
-            encoding="utf-8",
-            errors="backslashreplace",
-        )
-        super().__init__(stream)
-        self._dirty = threading.Event()
-        threading.Thread(target=self._flusher, name="log-flush", daemon=True).start()
-
-    def flush(self) -> None:  # called by emit() for every record
-        self._dirty.set()
-
-    def _flusher(self) -> None:
-        while True:
-            self._dirty.wait()
-            time.sleep(self.INTERVAL)
-            self._dirty.clear()
-            self.flush_now()
-
-    def flush_now(self) -> None:
-        with self.lock or contextlib.nullcontext(), suppress(ValueError, OSError):
-            self.stream.flush()
-
-    def close(self) -> None:
-        self.flush_now()
-        super().close()
-
-
-class _Formatter(logging.Formatter):
-    """The standard line, with the date and time formatted once a second, not once a line."""
-
-    _second = -1
-    _stamp = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S",
-                                                              self.converter(second))  # fmt: skip
-        return f"{self._stamp},{int(record.msecs):03d}"
-
-
-def setup_logging(level: str) -> None:
-    """One line per event on stderr, with its level."""
-    # As the logging docs advise when speed matters: the lines name no source file, so the
-    # logger need not walk the stack to find one, nor look up threads and processes.
-    logging._srcfile = None
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    handler = StderrHandler()
-    handler.setFormatter(_Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler])
-
-
 def main(argv: list[str] | None = None) -> None:
     """The ``taskerd`` command."""
     config, print_only = configuration.from_args(argv)
     if print_only:
         sys.stdout.write(config.to_toml())
         return
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     # Queued tasks are long-lived objects: with the default thresholds the collector walks all
     # of them again and again while a big batch is accepted. Collect young objects less often.
     gc.set_threshold(50_000, 20, 100)
