@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) bench/cli.py
 	$(PY) bench/control.py
 	$(PY) bench/workflows.py
+	$(PY) bench/scrape.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -19,6 +19,8 @@ _SYNC_MODES = ("normal", "full")
 _LEVELS = ("debug", "info", "warning", "error")
 _CGROUP_MODES = ("auto", "off")
 _LOG_FORMATS = ("text", "json")
+#: host:port, [v6]:port or :port (every interface).
+_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]*):([0-9]{1,5})")
 _GROUP_KEYS = ("parallel", "max_parallel", "max_queue")
 #: A group's name: 1 to 64 of these characters.
 GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -95,6 +97,8 @@ class DaemonConfig:
             (0.01 <= self.burst_interval <= 60, "burst_interval must be between 10ms and 1m"),
             (self.log_level in _LEVELS, f"log_level must be one of {', '.join(_LEVELS)}"),
             (self.log_format in _LOG_FORMATS, "log_format must be 'text' or 'json'"),
+            (not self.metrics_address or _port_ok(self.metrics_address),
+             "metrics_address must be host:port, [v6]:port or :port"),
             (self.journal_sync in _SYNC_MODES, "journal_sync must be 'normal' or 'full'"),
             (self.kill_grace >= 0, "kill_grace must be >= 0"),
             (self.stop_timeout >= 0, "stop_timeout must be >= 0"),
@@ -169,6 +173,11 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     if expected is str and not isinstance(value, str):
         raise ValueError(f"{key}: must be a string, got {value!r}")
     return value
+
+
+def _port_ok(address: str) -> bool:
+    match = _ADDRESS.fullmatch(address)
+    return match is not None and 0 < int(match.group(2)) < 65536
 
 
 def _groups(value: Any) -> dict[str, GroupConfig]:

@@ -179,6 +179,7 @@ class Core:
         self._stopping_runs: asyncio.Task[None] | None = None
         self._attempt_fn = self._attempt  # one bound method, so the engine sees the same fn
         self.groups: dict[str, Group] = {}
+        self.prom: Any = None  # a taskerd.prom.Metrics while /metrics is served
         self.default = self.new_group(
             DEFAULT_GROUP, config.workers, config.burst_workers, config.max_queue, declared=True
         )
@@ -454,6 +455,8 @@ class Core:
         """The one admission check: shutdown, then room in each group's queue (reserved for
         the counts ``wanted``; none for a Run, which bypasses the queue)."""
         if self.shutdown_mode is not None:
+            if self.prom is not None:
+                self.prom.rejected("shutting_down", sum(wanted.values()) or 1)  # 1: a Run
             raise ShuttingDown()
         reserved: list[tuple[Group, int]] = []
         try:
@@ -473,6 +476,8 @@ class Core:
         except engine.ShuttingDown:
             for done, count in reserved:
                 done.engine.release(count)
+            if self.prom is not None:
+                self.prom.rejected("shutting_down", sum(wanted.values()))
             raise ShuttingDown() from None
         self._admitting += 1
         self._admitted.clear()
@@ -505,6 +510,8 @@ class Core:
             await asyncio.shield(self.store.discard(ids))
             raise
         except JournalError as exc:
+            if self.prom is not None:
+                self.prom.refused["journal"] += len(specs)
             raise journal_failure(exc) from None
 
     def _groups_of(self, specs: Sequence[pb.TaskSpec]) -> list[Group]:
@@ -1072,6 +1079,8 @@ class Core:
 
     def ended(self, live: Live, ending: Ending) -> None:
         """A task's end was announced: its waiting dependants go on (or end), hooks run."""
+        if self.prom is not None:  # its wait and run times, for /metrics
+            self.prom.ended(live, ending)
         self.holds.ended(live.id, ending.state)
         if self.hooks.command or (live.extra is not None and live.extra.on_finish):
             result = ending.result

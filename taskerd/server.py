@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tasker.v1 import tasker_pb2 as pb
 from taskerd import config as configuration
-from taskerd import procs
+from taskerd import procs, prom
 from taskerd.config import DaemonConfig
 from taskerd.core import Core
 from taskerd.logs import setup_logging
@@ -254,10 +254,19 @@ class Daemon:
             )
         except JournalOpenError as exc:
             raise StartupError(str(exc)) from None
+        metrics: prom.MetricsServer | None = None
         try:
             if self.mode is not None:  # a signal while the journal opened: do not even recover
                 return
             self.core = core = await Core.start(config, store)
+            if config.metrics_address:
+                try:
+                    metrics = await prom.serve(core, config.metrics_address)
+                except (ValueError, OSError) as exc:
+                    await core.shutdown(pb.SHUTDOWN_MODE_STOP)
+                    raise StartupError(f"cannot serve metrics on {config.metrics_address}: "
+                                       f"{exc}") from None  # fmt: skip
+                log.info("metrics on http://%s/metrics", config.metrics_address)
             scheduler = Scheduler(core)
             await scheduler.start()
             core.before_stop.append(scheduler.close)
@@ -309,6 +318,8 @@ class Daemon:
                 task.cancel()
             await server.stop(grace=1.0)
         finally:
+            if metrics is not None:
+                await metrics.close()
             await store.close()
             with suppress(FileNotFoundError):
                 if stat.S_ISSOCK(os.lstat(config.socket).st_mode):
