@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -193,3 +193,13 @@ def sized_main(
     t0 = time.perf_counter()
     summary(run(quick if opts.quick else full))
     print(f"total {time.perf_counter() - t0:.1f} s")
+
+
+def timed_sections(sections: Sequence[tuple[str, Callable[[], list[Row]]]]) -> list[Row]:
+    """Run each named section, saying how long it took; all their rows."""
+    rows: list[Row] = []
+    for name, section in sections:
+        started = time.perf_counter()
+        rows += section()
+        print(f"  ({name}: {time.perf_counter() - started:.1f} s)", flush=True)
+    return rows

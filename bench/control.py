@@ -43,7 +43,16 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BenchDaemon, Row, cpu_seconds, percentile, rate, sized_main, verdict
+from common import (
+    BenchDaemon,
+    Row,
+    cpu_seconds,
+    percentile,
+    rate,
+    sized_main,
+    timed_sections,
+    verdict,
+)
 from daemon import GATE, Firehose, aio_stub
 
 from tasker.api import METADATA
@@ -408,10 +417,7 @@ def run(sizes: Sizes) -> list[Row]:
             ("drain", lambda: asyncio.run(drains(tmp, sizes))),
             ("control", lambda: control(tmp, sizes)),
         )
-        for name, section in sections:
-            started = time.perf_counter()
-            rows += section()
-            print(f"  ({name}: {time.perf_counter() - started:.1f} s)", flush=True)
+        rows += timed_sections(sections)
     return rows
 
 

@@ -45,7 +45,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BenchDaemon, Row, cpu_seconds, percentile, rate, sized_main, verdict
+from common import (
+    BenchDaemon,
+    Row,
+    cpu_seconds,
+    percentile,
+    rate,
+    sized_main,
+    timed_sections,
+    verdict,
+)
 from control import batches, drain, expect, ms, submit, us
 from daemon import Firehose, aio_stub
 
@@ -327,10 +336,7 @@ def run(sizes: Sizes) -> list[Row]:
             ("queued", lambda: queued(tmp, sizes)),
             ("observe", observe_cost),
         )
-        for name, section in sections:
-            started = time.perf_counter()
-            rows += section()
-            print(f"  ({name}: {time.perf_counter() - started:.1f} s)", flush=True)
+        rows += timed_sections(sections)
     return rows
 
 
