@@ -43,6 +43,7 @@ from taskerd.live import (
     State,
     event,
     output_into,
+    state_name,
 )
 from taskerd.runner import Capture, Exit, Spawned, SpawnError, run_command
 from taskerd.store import JournalError, Run, Store, task_record
@@ -370,7 +371,7 @@ def announce(host: Host, live: Live, ending: Ending) -> None:
     host.ended(live, ending)
     if log.isEnabledFor(logging.INFO):
         took = format_duration(ending.now - live.started_at) if live.started_at else "-"
-        log.info("task %d %s in %s%s", live.id, pb.TaskState.Name(state)[11:], took,
+        log.info("task %d %s in %s%s", live.id, state_name(state), took,
                  f": {ending.message}" if ending.message else "")  # fmt: skip
 
 

@@ -20,7 +20,18 @@ from taskerd import procs
 from taskerd.core import ENGINE_PRIORITY, Core, journal_failure
 from taskerd.errors import InvalidArgument, NotFound, NotNow, ShuttingDown
 from taskerd.groups import Group, check_name, check_slots
-from taskerd.live import ACTIVE, HELD, LIVE, PAUSED, QUEUED, RUNNING, STASHED, Live, State
+from taskerd.live import (
+    ACTIVE,
+    HELD,
+    LIVE,
+    PAUSED,
+    QUEUED,
+    RUNNING,
+    STASHED,
+    Live,
+    State,
+    state_name,
+)
 from taskerd.store import JournalError
 
 log = logging.getLogger("taskerd")
@@ -31,10 +42,6 @@ _JOB_CONTROL = frozenset(
 )
 #: How long RemoveGroup(force) waits for the group's cancelled tasks to end, past kill_grace.
 REMOVE_WAIT = 5.0
-
-
-def _name(state: State) -> str:
-    return pb.TaskState.Name(state)[11:] if state in pb.TaskState.values() else str(state)
 
 
 async def lives(core: Core, ids: Sequence[int], states: Collection[State], verb: str) -> list[Live]:
@@ -53,11 +60,11 @@ async def lives(core: Core, ids: Sequence[int], states: Collection[State], verb:
                     raise NotFound(task_id)
                 state = known[task_id].state
                 if state not in LIVE:
-                    raise NotNow(f"task {task_id} is {_name(state)}: {verb}")
+                    raise NotNow(f"task {task_id} is {state_name(state)}: {verb}")
     chosen = [core.live[i] for i in unique if i in core.live]
     for live in chosen:
         if live.state not in states or live.outcome is not None:
-            raise NotNow(f"task {live.id} is {_name(live.state)}: {verb}")
+            raise NotNow(f"task {live.id} is {state_name(live.state)}: {verb}")
     return chosen
 
 
@@ -281,7 +288,7 @@ async def remove(core: Core, ids: Sequence[int]) -> int:
     for task_id in unique:
         live = core.live.get(task_id)
         if live is not None:
-            raise NotNow(f"task {task_id} is {_name(live.state)}: only a finished task can be "
+            raise NotNow(f"task {task_id} is {state_name(live.state)}: only a finished task can be "
                          "removed (cancel it first)")  # fmt: skip
     try:
         known = await core.store.get_many(unique, light=True)

@@ -76,6 +76,7 @@ from taskerd.live import (
     event,
     held_reason,
     record,
+    state_name,
 )
 from taskerd.runner import Exit, run_hook
 from taskerd.store import JournalError, Rare, Store, UnfinishedRow
@@ -668,35 +669,19 @@ class Core:
         shared ``env``) in memory; ``submitted`` as for the engine (one per request). The
         caller counts it (:meth:`_count_queued`): thousands at a time."""
         has = spec.HasField
-        timeout = seconds(spec.timeout) if has("timeout") else None
-        once = spec.once
         live = Live(
-            task_id, group, spec.priority or NORMAL, queued_at, timeout, attempts, once=once,
-            seq=1,
+            task_id, group, spec.priority or NORMAL, queued_at,
+            seconds(spec.timeout) if has("timeout") else None, attempts, once=spec.once, seq=1,
         )  # fmt: skip
-        remaining = None
         if has("queue_timeout"):
-            live.queue_timeout = wait = seconds(spec.queue_timeout)
-            remaining = max(1e-3, wait - (time.time() - queued_at))
+            live.queue_timeout = seconds(spec.queue_timeout)
         if spec.on_finish:
             live.more().on_finish = spec.on_finish
         if spec.labels:
             live.labels = dict(spec.labels)
         if keep:
             live.spec, live.env = spec, env
-        # As _queue does, inline: a million of these at a restart.
-        retries = spec.max_retries if has("max_retries") else self.config.max_retries
-        live.handle = group.engine.queue_task_async(
-            self._attempt_fn,
-            priority=ENGINE_PRIORITY[spec.priority],
-            timeout=timeout,
-            queue_timeout=remaining,
-            once=once,
-            max_retries=max(0, retries - attempts),
-            reserved=True,
-            task_id=task_id,
-            submitted=submitted,
-        )
+        self._queue(live, spec, submitted)
         self.live[task_id] = live
         if self.hub.watched(task_id):
             self.publish_queued(live)
@@ -1312,7 +1297,7 @@ class Core:
                 live.run_task.cancel()
             never_ran = was == QUEUED or was in HELD
             results[live.id] = CancelResult(live.id, True, CANCELLED if never_ran else RUNNING)
-            log.info("task %d cancel requested (%s)", live.id, pb.TaskState.Name(was)[11:])
+            log.info("task %d cancel requested (%s)", live.id, state_name(was))
         await self._ended([live for live in queued if results[live.id].cancelled])
         answer: builtins.list[CancelResult] = []
         for task_id in unique:

@@ -13,7 +13,7 @@ from taskerd import validate
 from taskerd.control import lives
 from taskerd.core import ENGINE_PRIORITY, Core, journal_failure, seconds
 from taskerd.errors import InvalidArgument, NotFound, NotNow
-from taskerd.live import HELD, QUEUED, Live
+from taskerd.live import HELD, QUEUED, Live, state_name
 from taskerd.store import JournalError
 
 log = logging.getLogger("taskerd")
@@ -51,8 +51,9 @@ async def restart(
     for task_id in chosen:
         live = core.live.get(task_id)
         if live is not None:
-            state = pb.TaskState.Name(live.state)[11:]
-            raise NotNow(f"task {task_id} is {state}: only a finished task can be restarted")
+            raise NotNow(
+                f"task {task_id} is {state_name(live.state)}: only a finished task can be restarted"
+            )
     try:
         originals = await core.store.full_specs(chosen)
     except JournalError as exc:

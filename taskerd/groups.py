@@ -102,8 +102,8 @@ class Group:
             stashed=c.stashed,
             workers=s.active_workers,
             burst_workers=s.burst_workers,
-            arrival_rate=getattr(s, "arrival_rate", 0.0),
-            drain_rate=getattr(s, "drain_rate", 0.0),
+            arrival_rate=s.arrival_rate,
+            drain_rate=s.drain_rate,
             max_queue=self.max_queue,
         )
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from tasker.durations import format_duration
 from tasker.v1 import tasker_pb2 as pb
+from taskerd.live import state_name
 from taskerd.runner import HOOK_KILL_GRACE, Capture, Exit, SpawnError, run_command
 
 __all__ = ["Finished", "HookRunner", "HookStats", "hook_env"]
@@ -46,7 +47,6 @@ OUTPUT_TAIL = 4096
 """Bytes of a hook's output (stdout and stderr, interleaved) kept to log when it fails."""
 
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
-_STATE_PREFIX = "TASK_STATE_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +75,6 @@ class HookStats:
     running: int  # hook processes running now
 
 
-def _state_name(state: int) -> str:
-    try:
-        name = pb.TaskState.Name(state)  # type: ignore[arg-type]
-    except ValueError:
-        return str(state)
-    return name.removeprefix(_STATE_PREFIX)
-
-
 def hook_env(end: Finished, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of ``end``'s hooks: ``base`` (default: the daemon's), labels, then the
     task's variables."""
@@ -91,7 +83,7 @@ def hook_env(end: Finished, base: Mapping[str, str] | None = None) -> dict[str, 
         env["TASKER_LABEL_" + _NOT_ALNUM.sub("_", key).upper()] = end.labels[key]
     env.update(
         TASKER_TASK_ID=str(end.task_id),
-        TASKER_STATE=_state_name(end.state),
+        TASKER_STATE=state_name(end.state),
         TASKER_EXIT_CODE="" if end.exit_code is None else str(end.exit_code),
         TASKER_SIGNAL="" if end.signal is None else str(end.signal),
         TASKER_GROUP=end.group,

@@ -35,6 +35,16 @@ SCHEDULED = pb.TASK_STATE_SCHEDULED
 TERMINAL = frozenset((SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, LOST))
 #: The live states: a task in one of them is in memory.
 LIVE = frozenset((QUEUED, RUNNING, PAUSED, STASHED, WAITING, SCHEDULED))
+
+
+def state_name(state: int) -> str:
+    """A state's name without its prefix ("SUCCEEDED"), or its number if the proto names none."""
+    try:
+        return pb.TaskState.Name(state)[11:]  # type: ignore[arg-type]
+    except ValueError:
+        return str(state)
+
+
 #: Live states held out of the queue: nothing of them runs, and room in the queue is kept.
 HELD = frozenset((STASHED, WAITING, SCHEDULED))
 #: Live states in which an attempt runs (its processes exist, or are being spawned).

@@ -16,13 +16,9 @@ import contextlib
 from collections.abc import Callable, Iterable
 
 from tasker.v1 import tasker_pb2 as pb
-from taskerd.live import Live
+from taskerd.live import Live, state_name
 
 SUCCEEDED = pb.TASK_STATE_SUCCEEDED
-
-
-def _name(state: int) -> str:
-    return pb.TaskState.Name(state)[11:]  # type: ignore[arg-type]
 
 
 class Holds:
@@ -101,7 +97,7 @@ class Holds:
         if state == SUCCEEDED or (live.extra is not None and live.extra.after_any):
             return True
         self.forget(live)
-        self._fail(live, f"cancelled: dependency {dep} ended {_name(state)}")
+        self._fail(live, f"cancelled: dependency {dep} ended {state_name(state)}")
         return False
 
     def _done(self, live: Live) -> None:
