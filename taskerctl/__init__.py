@@ -38,6 +38,8 @@ _EXPORTS: dict[str, str] = {
     "TaskCancelled": "taskerctl.errors",
     "WrongState": "taskerctl.errors",
     "Unsupported": "taskerctl.errors",
+    "Unauthenticated": "taskerctl.errors",
+    "PermissionDenied": "taskerctl.errors",
 }
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "InvalidTask",
     "JournalFailed",
     "Metrics",
+    "PermissionDenied",
     "Priority",
     "QueueFull",
     "Schedule",
@@ -65,6 +68,7 @@ __all__ = [
     "TaskState",
     "TaskTimedOut",
     "TaskerError",
+    "Unauthenticated",
     "Unsupported",
     "WrongState",
 ]
@@ -77,6 +81,7 @@ if TYPE_CHECKING:
         DeadlineExceeded,
         InvalidTask,
         JournalFailed,
+        PermissionDenied,
         QueueFull,
         ShuttingDown,
         StreamFellBehind,
@@ -85,6 +90,7 @@ if TYPE_CHECKING:
         TaskFailed,
         TaskNotFound,
         TaskTimedOut,
+        Unauthenticated,
         Unsupported,
         WrongState,
     )

@@ -35,7 +35,8 @@ EXIT_CODES_HELP = """\
 Exit status: the task's own code when it ran (--wait, --follow, run, logs -f); 124 timed out;
 128+N killed by signal N; 125 cancelled; 123 lost; 127 could not be started; 122 failed without
 an exit status of its own; 130 interrupted (Ctrl-C); 2 usage error; 69 daemon unreachable;
-75 queue full; 74 stream fell behind (read too slowly); 1 other errors, such as a task or group
+75 queue full; 74 stream fell behind (read too slowly); 77 no token, an unknown one, or a role
+that may not (TCP); 1 other errors, such as a task or group
 not in a state the command applies to. A paused or stashed task (or a waiting or scheduled one)
 has not ended: wait and -f name it on stderr and wait on, until it is resumed, enqueued, or due,
 and ends."""
@@ -287,31 +288,56 @@ def group_option(help: str, *, many: bool = False) -> Callable[[F], F]:
 
 @dataclass
 class Globals:
-    """``--socket`` and ``--json``, wherever they were given (after the command wins)."""
+    """The global options, wherever they were given (after the command wins)."""
 
     socket: str | None = None
     json: bool = False
+    address: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    token_file: str | None = None
+    insecure: bool = False
 
 
-_GLOBAL_NAMES = ("socket", "as_json")
 SOCKET_HELP = "The daemon's socket (default: $TASKER_SOCKET, else the daemon's default path)."
 JSON_HELP = "Print one JSON document on stdout."
+#: The global options but --json and --insecure: (flag, metavar, help).
+_GLOBALS = (
+    ("--socket", "PATH", SOCKET_HELP),
+    ("--address", "HOST:PORT", "Reach taskerd over TCP with TLS instead (default: "
+     "$TASKER_ADDRESS)."),
+    ("--token-file", "FILE", "The token to send over TCP, read from FILE (default: "
+     "$TASKER_TOKEN_FILE, else the token in $TASKER_TOKEN)."),
+    ("--tls-ca", "FILE", "The CA (PEM) that signed taskerd's certificate (default: "
+     "$TASKER_TLS_CA, else the system's CAs)."),
+    ("--tls-cert", "FILE", "A client certificate (PEM), for mutual TLS."),
+    ("--tls-key", "FILE", "Its private key (PEM)."),
+)  # fmt: skip
+_GLOBAL_NAMES = (
+    "as_json", "insecure", *(flag[2:].replace("-", "_") for flag, _, _ in _GLOBALS)
+)  # fmt: skip
 
 
 def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
     if value:
         g = ctx.ensure_object(Globals)
-        setattr(g, "json" if param.name == "as_json" else "socket", value)
+        setattr(g, "json" if param.name == "as_json" else str(param.name), value)
 
 
 def global_options(f: F) -> F:
-    """Add ``--socket`` and ``--json`` to a command."""
+    """Add the global options (``--socket``, ``--json``, ``--address``...) to a command."""
+    f = click.option(
+        "--insecure", is_flag=True, expose_value=False, callback=_set_global,
+        help="With --address: plaintext TCP (a loopback listener with insecure_loopback).",
+    )(f)  # fmt: skip
     f = click.option(
         "--json", "as_json", is_flag=True, expose_value=False, callback=_set_global, help=JSON_HELP
     )(f)
-    f = click.option(
-        "--socket", metavar="PATH", expose_value=False, callback=_set_global, help=SOCKET_HELP
-    )(f)
+    for flag, metavar, text in reversed(_GLOBALS):
+        f = click.option(
+            flag, metavar=metavar, expose_value=False, callback=_set_global, help=text
+        )(f)
     return f
 
 
@@ -321,9 +347,15 @@ def settings() -> Globals:
 
 @contextmanager
 def client() -> Iterator[Client]:
+    from taskerctl._core import read_token
     from taskerctl._sync import Client
 
-    with Client(settings().socket) as c:
+    g = settings()
+    token_file = g.token_file or os.environ.get("TASKER_TOKEN_FILE")
+    with Client(
+        g.socket, address=g.address, token=read_token(token_file) if token_file else None,
+        tls_ca=g.tls_ca, tls_cert=g.tls_cert, tls_key=g.tls_key, insecure=g.insecure,
+    ) as c:  # fmt: skip
         yield c
 
 
@@ -710,6 +742,11 @@ def _origin(t: TaskResult) -> str:
     return "-" if t.schedule_id is None else f"schedule {t.schedule_id}"
 
 
+def _submitter(t: TaskResult) -> str:
+    """Who submitted a task: its token's name, or "local" (the Unix socket)."""
+    return t.submitted_by or "local"
+
+
 def _elide(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -774,7 +811,8 @@ def list_(
     wide = console.width >= 120  # on a narrow terminal, keep the columns that matter most
     table = Table(box=None, header_style="bold")
     columns = [
-        "ID", "STATE", "GROUP", "PRIO", "COMMAND", "LABELS", "FROM", "QUEUED", "STARTED", "ENDED",
+        "ID", "STATE", "GROUP", "PRIO", "COMMAND", "LABELS", "FROM", "BY", "QUEUED", "STARTED",
+        "ENDED",
     ]  # fmt: skip
     if not wide:
         columns = ["ID", "STATE", "GROUP", "PRIO", "COMMAND", "STARTED"]
@@ -795,6 +833,7 @@ def list_(
             "COMMAND": _elide(t.command, 40 if wide else max(10, console.width - 60)),
             "LABELS": ",".join(f"{k}={v}" for k, v in t.labels.items()),
             "FROM": _origin(t),
+            "BY": _submitter(t),
             "QUEUED": _when(t.queued_at),
             "STARTED": _when(t.started_at),
             "ENDED": _when(t.ended_at),
@@ -846,6 +885,7 @@ def show(task_id: int, output: bool) -> None:
     "-" (null in JSON) stands for what there is not, such as the pid of a task that has not
     started. The argv is shell-quoted. Its dependencies (after), start time (start_at), the
     task it restarts (restarted_from) and its schedule (schedule_id) show when it has them.
+    submitted_by names the token that submitted it over TCP, or says "local".
     """
     with client() as c:
         t = c.get(task_id, output=True)  # the truncation flags come with the output
@@ -859,6 +899,7 @@ def show(task_id: int, output: bool) -> None:
     for key in _UNLESS_ABSENT:
         if data[key] in (None, "", [], False):
             del data[key]  # a stashed task's planned enqueue, a restart's original...
+    data["submitted_by"] = _submitter(t) if t.submitted_by else "local (the Unix socket)"
     for key, value in data.items():
         print(f"{key:<17} {_show_value(key, value)}")
 

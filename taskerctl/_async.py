@@ -25,7 +25,6 @@ from typing import Any, TypeVar, Unpack
 
 import grpc.aio
 
-from tasker.api import METADATA
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
 from taskerctl import _core as core
@@ -131,8 +130,9 @@ class AsyncClient(core.BaseClient):
         socket: str | os.PathLike[str] | None = None,
         *,
         rpc_timeout: float | None = core.DEFAULT_RPC_TIMEOUT,
+        **remote: Unpack[core.Remote],
     ) -> None:
-        super().__init__(socket, rpc_timeout)
+        super().__init__(socket, rpc_timeout, **remote)
         self._channel: grpc.aio.Channel | None = None
         self._stub_: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -163,9 +163,7 @@ class AsyncClient(core.BaseClient):
     def _stub(self) -> Any:
         # The aio channel binds to the running loop, so it is made on first use.
         if self._stub_ is None:
-            self._channel = grpc.aio.insecure_channel(
-                self._target, options=list(core.CHANNEL_OPTIONS)
-            )
+            self._channel = self._open_channel(grpc.aio)
             self._stub_ = pb_grpc.TaskerStub(self._channel)
         return self._stub_
 
@@ -181,27 +179,29 @@ class AsyncClient(core.BaseClient):
         with self._errors():
             while run.call is not None:
                 method = getattr(self._stub, run.call.method)
-                run.answer(await method(run.call.request, timeout=run.timeout, metadata=METADATA))
+                run.answer(
+                    await method(run.call.request, timeout=run.timeout, metadata=self._metadata)
+                )
         return run.result
 
     async def _stream(
         self, method: str, request: Any, timeout: float | None
     ) -> AsyncIterator[TaskEvent]:
-        call = getattr(self._stub, method)(request, timeout=timeout, metadata=METADATA)
+        call = getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
         with self._errors(call):
             async for event in call:
                 yield TaskEvent.from_proto(event)
 
     async def _wait(self, waiter: core.Waiter) -> builtins.list[TaskResult]:
         calls = [
-            self._stub.StreamResults(r, timeout=waiter.timeout, metadata=METADATA)
+            self._stub.StreamResults(r, timeout=waiter.timeout, metadata=self._metadata)
             for r in waiter.requests
         ]
         with waiter.deadline(), self._errors(*calls):
             async with contextlib.aclosing(_merged(calls)) as events:
                 async for event in events:
                     waiter.feed(event)
-        return waiter.results(self.socket)
+        return waiter.results(self._where)
 
     # -- submitting -------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, TypeAlias, TypeVar, cast
+from typing import Any, Generic, TypeAlias, TypedDict, TypeVar, cast
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -35,6 +35,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tasker.api import METADATA
 from tasker.paths import client_socket_path
 from tasker.v1 import tasker_pb2 as pb
 from taskerctl.errors import (
@@ -83,14 +84,79 @@ _BAD_VALUE = (ValueError, TypeError, OverflowError)
 # -- the shared halves of the clients and their handles --------------------------------------
 
 
-class BaseClient:
-    """What both clients are beside their transport: the socket, the default RPC deadline, and
-    the one place gRPC errors become typed ones."""
+def _read(what: str, path: str | os.PathLike[str] | None) -> bytes | None:
+    if path is None or path == "":
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise TaskerError(f"{what} {path}: {exc.strerror}") from None
 
-    def __init__(self, socket: str | os.PathLike[str] | None, rpc_timeout: float | None) -> None:
+
+def read_token(path: str | os.PathLike[str]) -> str:
+    """The token in a file (its first line, without surrounding blanks)."""
+    data = _read("token file", path) or b""
+    token = data.decode(errors="replace").strip().splitlines()
+    if not token or not token[0].strip():
+        raise TaskerError(f"token file {path}: empty")
+    return token[0].strip()
+
+
+class Remote(TypedDict, total=False):
+    """How a client reaches a daemon over TCP (see :class:`BaseClient`)."""
+
+    address: str | None  # host:port; default $TASKER_ADDRESS (unless a socket is named)
+    token: str | None  # sent as "authorization: Bearer TOKEN"; default $TASKER_TOKEN
+    tls_ca: (
+        str | os.PathLike[str] | None
+    )  # PEM CA bundle; default $TASKER_TLS_CA, else the system's
+    tls_cert: str | os.PathLike[str] | None  # PEM client certificate, for mutual TLS
+    tls_key: str | os.PathLike[str] | None  # its PEM private key
+    insecure: bool  # plaintext TCP (a loopback listener with insecure_loopback)
+
+
+class BaseClient:
+    """What both clients are beside their transport: where the daemon is (its Unix socket, or a
+    TCP address with TLS and a token), the default RPC deadline, and the one place gRPC errors
+    become typed ones."""
+
+    def __init__(
+        self,
+        socket: str | os.PathLike[str] | None,
+        rpc_timeout: float | None,
+        *,
+        address: str | None = None,
+        token: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        insecure: bool = False,
+    ) -> None:
+        env = os.environ
         self.socket: Path = Path(os.path.abspath(client_socket_path(socket)))
         self.rpc_timeout = rpc_timeout
-        self._target = f"unix:{self.socket}"
+        #: The daemon's TCP address (host:port), or None for its Unix socket.
+        self.address = address or (env.get("TASKER_ADDRESS") if socket is None else None) or None
+        token = token if token is not None else env.get("TASKER_TOKEN") or None
+        self._metadata = METADATA + ((("authorization", f"Bearer {token}"),) if token else ())
+        self._credentials: Any = None
+        if self.address is None:
+            self._target = f"unix:{self.socket}"
+        else:
+            self._target = self.address
+            if not insecure:
+                ca = _read("TLS CA", tls_ca if tls_ca is not None else env.get("TASKER_TLS_CA"))
+                self._credentials = grpc.ssl_channel_credentials(
+                    ca, _read("TLS key", tls_key), _read("TLS certificate", tls_cert)
+                )
+        self._where: Path | str = self.address or self.socket
+
+    def _open_channel(self, api: Any) -> Any:
+        """A channel to the daemon, of ``api``: the module ``grpc`` or ``grpc.aio``."""
+        options = list(CHANNEL_OPTIONS)
+        if self._credentials is None:
+            return api.insecure_channel(self._target, options=options)
+        return api.secure_channel(self._target, self._credentials, options=options)
 
     def _timeout(self, rpc_timeout: Any) -> float | None:
         return self.rpc_timeout if rpc_timeout is UNSET else cast("float | None", rpc_timeout)
@@ -102,7 +168,7 @@ class BaseClient:
         try:
             yield
         except grpc.RpcError as err:
-            raise from_rpc_error(err, self.socket) from None
+            raise from_rpc_error(err, self._where) from None
         finally:
             for call in calls:
                 call.cancel()
@@ -879,7 +945,7 @@ class Waiter:
             return f"task {self.ids[0]}"
         return f"{len(self.ids) - len(self._results)} of {len(self.ids)} tasks"
 
-    def results(self, socket: Path) -> list[TaskResult]:
+    def results(self, socket: Path | str) -> list[TaskResult]:
         """The results, in the order of ``ids`` (by id for ``all_live``), once the streams have
         ended; :class:`DaemonUnavailable` if they ended before every task finished (the daemon
         stopped)."""

@@ -17,7 +17,6 @@ from typing import Any, TypeVar, Unpack
 
 import grpc
 
-from tasker.api import METADATA
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
 from taskerctl import _core as core
@@ -108,9 +107,11 @@ def _merged(calls: builtins.list[Any]) -> Iterator[pb.TaskEvent]:
 
 
 class Client(core.BaseClient):
-    """Blocking Tasker client over the daemon's Unix socket; thread-safe, a context manager.
+    """Blocking Tasker client; thread-safe, a context manager.
 
-    ``socket`` defaults to ``$TASKER_SOCKET``, else the daemon's default path.
+    ``socket`` defaults to ``$TASKER_SOCKET``, else the daemon's default path. Over TCP instead:
+    ``address="host:7700"`` with ``token=`` and, for a private CA, ``tls_ca=`` (a PEM file);
+    ``tls_cert=``/``tls_key=`` for mutual TLS (see :class:`taskerctl._core.Remote`).
     ``rpc_timeout`` is the default deadline of unary RPCs (seconds); it never limits tasks.
     ``max_workers`` sizes the thread pool behind ``queue_task_async`` and callbacks.
     """
@@ -121,9 +122,10 @@ class Client(core.BaseClient):
         *,
         rpc_timeout: float | None = core.DEFAULT_RPC_TIMEOUT,
         max_workers: int = 32,
+        **remote: Unpack[core.Remote],
     ) -> None:
-        super().__init__(socket, rpc_timeout)
-        self._channel = grpc.insecure_channel(self._target, options=list(core.CHANNEL_OPTIONS))
+        super().__init__(socket, rpc_timeout, **remote)
+        self._channel = self._open_channel(grpc)
         self._stub = pb_grpc.TaskerStub(self._channel)
         self._max_workers = max_workers
         self._pool: ThreadPoolExecutor | None = None
@@ -162,24 +164,24 @@ class Client(core.BaseClient):
         with self._errors():
             while run.call is not None:
                 method = getattr(self._stub, run.call.method)
-                run.answer(method(run.call.request, timeout=run.timeout, metadata=METADATA))
+                run.answer(method(run.call.request, timeout=run.timeout, metadata=self._metadata))
         return run.result
 
     def _stream(self, method: str, request: Any, timeout: float | None) -> Iterator[TaskEvent]:
-        call = getattr(self._stub, method)(request, timeout=timeout, metadata=METADATA)
+        call = getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
         with self._errors(call):
             for event in call:
                 yield TaskEvent.from_proto(event)
 
     def _wait(self, waiter: core.Waiter) -> builtins.list[TaskResult]:
         calls = [
-            self._stub.StreamResults(r, timeout=waiter.timeout, metadata=METADATA)
+            self._stub.StreamResults(r, timeout=waiter.timeout, metadata=self._metadata)
             for r in waiter.requests
         ]
         with waiter.deadline(), self._errors(*calls):
             for event in _merged(calls):
                 waiter.feed(event)
-        return waiter.results(self.socket)
+        return waiter.results(self._where)
 
     # -- submitting -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ N     the task's own exit code, when it ran (--wait, --follow, run, logs -f)
 130   interrupted (Ctrl-C)
 2     usage error
 69    the daemon is unreachable (with a hint how to start it)
+77    no token, an unknown one, or one whose role may not do this (TCP listeners)
 75    the daemon's queue is full
 74    a stream fell behind (read too slowly) and was dropped
 1     any other error, such as a task or group not in a state the command applies to
@@ -50,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     cost) would only delay the shell. Call :func:`dispatch` to run taskerctl in a process that
     goes on.
     """
+    # gRPC's own log lines (a failed TLS handshake is logged at INFO) would precede the one
+    # line of error taskerctl prints; it reads the variable when its first channel is made.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     status = dispatch(sys.argv[1:] if argv is None else argv)
     for stream in (sys.stdout, sys.stderr):
         try:

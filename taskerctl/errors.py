@@ -19,6 +19,7 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
 EXIT_FELL_BEHIND = 74  # EX_IOERR: a stream was dropped for reading too slowly
 EXIT_QUEUE_FULL = 75  # EX_TEMPFAIL
+EXIT_NOPERM = 77  # EX_NOPERM: no token, an unknown one, or a role that may not
 
 
 class TaskerError(Exception):
@@ -34,7 +35,7 @@ class TaskerError(Exception):
 
 
 class DaemonUnavailable(TaskerError):
-    """The daemon is not reachable on the socket."""
+    """The daemon is not reachable on the socket (or at the TCP address)."""
 
     exit_code = EXIT_UNAVAILABLE
 
@@ -43,6 +44,11 @@ class DaemonUnavailable(TaskerError):
 
         from tasker.paths import default_socket_path
 
+        if isinstance(socket, str) and not socket.startswith("/"):  # host:port
+            super().__init__(f"taskerd is not reachable at {socket}: {detail}", code=code)
+            self.socket = Path(socket)
+            self.detail = detail
+            return
         if Path(socket) == default_socket_path():
             how = "`taskerd &` or `systemctl --user start taskerd`"
         else:  # the daemon must be told the same socket
@@ -99,6 +105,18 @@ class ShuttingDown(TaskerError):
     """The daemon is shutting down (FAILED_PRECONDITION "taskerd is shutting down")."""
 
     exit_code = EXIT_UNAVAILABLE
+
+
+class Unauthenticated(TaskerError):
+    """A TCP listener wants a token this client did not send, or does not know it."""
+
+    exit_code = EXIT_NOPERM
+
+
+class PermissionDenied(TaskerError):
+    """The token's role may not do this (PERMISSION_DENIED); nothing was changed."""
+
+    exit_code = EXIT_NOPERM
 
 
 class WrongState(TaskerError):
@@ -174,6 +192,10 @@ def from_rpc_error(err: Any, socket: Path | str) -> TaskerError:
         if details.startswith("taskerd is shutting down"):
             return ShuttingDown(details, code=code)
         return WrongState(details, code=code)
+    if code == "UNAUTHENTICATED":
+        return Unauthenticated(f"unauthenticated: {details}", code=code)
+    if code == "PERMISSION_DENIED":
+        return PermissionDenied(f"permission denied: {details}", code=code)
     if code == "UNIMPLEMENTED":
         return Unsupported(f"this taskerd does not support the request ({details})", code=code)
     if code == "DEADLINE_EXCEEDED":

@@ -352,6 +352,8 @@ class TaskResult:
     #: The task this one re-runs (``restart``), and the schedule that submitted it; None: none.
     restarted_from: int | None = None
     schedule_id: int | None = None
+    #: Who submitted it: the name of the token of a call over TCP; "" over the Unix socket.
+    submitted_by: str = ""
 
     @classmethod
     def from_proto(cls, task: pb.Task) -> TaskResult:
@@ -392,6 +394,7 @@ class TaskResult:
             on_finish=spec.on_finish,
             restarted_from=task.restarted_from or None,
             schedule_id=task.schedule_id or None,
+            submitted_by=task.submitted_by,
         )
 
     @property

@@ -352,7 +352,10 @@ def announce(host: Host, live: Live, ending: Ending) -> None:
     seq, capture, result, state = live.seq, live.capture, ending.result, ending.state
     spec, keep_output = ending.spec, ending.keep_output
     extra = live.extra
-    links = (extra.restarted_from, extra.schedule_id) if extra is not None else (0, 0)
+    links = (
+        (extra.restarted_from, extra.schedule_id, extra.submitted_by)
+        if extra is not None else (0, 0, "")
+    )  # fmt: skip
 
     def make(output: bool) -> pb.TaskEvent:  # called only if someone watches
         task = task_record(
@@ -361,7 +364,7 @@ def announce(host: Host, live: Live, ending: Ending) -> None:
             exit_code=result.exit_code if result else None,
             signal=result.signal if result else None, error=ending.message,
             spec=spec if spec is not None else pb.TaskSpec(), group=live.group.name,
-            restarted_from=links[0], schedule_id=links[1],
+            restarted_from=links[0], schedule_id=links[1], submitted_by=links[2],
         )  # fmt: skip
         if output and capture is not None and keep_output:
             output_into(task, capture)

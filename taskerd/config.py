@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import tomllib
@@ -62,6 +63,15 @@ class DaemonConfig:
     log_format: str = "text"  # "text", or "json": one object a line
     # host:port of the Prometheus /metrics endpoint ("" = off).
     metrics_address: str = ""
+    # TCP listeners of the gRPC API besides the Unix socket (host:port or [v6]:port). Each
+    # needs TLS (tls_cert, tls_key) unless it is loopback and insecure_loopback is set, and
+    # every call on them but health checks needs a token of tokens_file.
+    listen: list[str] = field(default_factory=list)
+    tls_cert: str = ""  # PEM certificate chain of the TCP listeners
+    tls_key: str = ""  # its PEM private key
+    tls_client_ca: str = ""  # PEM CA bundle: when set, clients must present a certificate of it
+    insecure_loopback: bool = False  # allow plaintext TCP on loopback addresses
+    tokens_file: str = ""  # "NAME ROLE TOKEN" lines, mode 0600 (see taskerd.auth)
     socket_group: str = ""
     journal_sync: str = "normal"
     kill_grace: float = 5.0
@@ -99,6 +109,7 @@ class DaemonConfig:
             (self.log_format in _LOG_FORMATS, "log_format must be 'text' or 'json'"),
             (not self.metrics_address or _port_ok(self.metrics_address),
              "metrics_address must be host:port, [v6]:port or :port"),
+            *self._listen_checks(),
             (self.journal_sync in _SYNC_MODES, "journal_sync must be 'normal' or 'full'"),
             (self.kill_grace >= 0, "kill_grace must be >= 0"),
             (self.stop_timeout >= 0, "stop_timeout must be >= 0"),
@@ -128,6 +139,20 @@ class DaemonConfig:
             if not ok:
                 raise ValueError(message)
 
+    def _listen_checks(self) -> list[tuple[bool, str]]:
+        bad = next((a for a in self.listen if not _port_ok(a)), None)
+        plain = next((a for a in self.listen if not _is_loopback(a)), None)
+        first = plain or (self.listen[0] if self.listen else "")
+        return [
+            (bad is None, f"listen: {bad!r} is not host:port or [v6]:port"),
+            (bool(self.tls_cert) == bool(self.tls_key), "tls_cert and tls_key go together"),
+            (not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca needs tls_cert"),
+            (not self.listen or bool(self.tokens_file), "listen: TCP listeners need tokens_file"),
+            (not self.listen or bool(self.tls_cert) or (plain is None and self.insecure_loopback),
+             f"listen: {first!r} needs tls_cert and tls_key "
+             "(plaintext is allowed only on loopback addresses, with insecure_loopback = true)"),
+        ]  # fmt: skip
+
     def to_toml(self) -> str:
         """The effective configuration, as a TOML file that ``--config`` would accept."""
         lines = []
@@ -145,11 +170,28 @@ class DaemonConfig:
             elif isinstance(value, bool | int):
                 text = str(value).lower() if isinstance(value, bool) else str(value)
             elif isinstance(value, list):
-                text = "[" + ", ".join(str(v) for v in value) + "]"
+                text = "[" + ", ".join(_toml_item(v) for v in value) + "]"
             else:
-                text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+                text = _toml_item(str(value))
             lines.append(f"{key} = {text}")
         return "\n".join(lines) + "\n" + "".join(t + "\n" for t in tables)
+
+
+def _toml_item(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(value)
+
+
+def _is_loopback(address: str) -> bool:
+    """Whether ``address`` (host:port) is on a loopback interface only."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -163,6 +205,16 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         return Path(os.path.expanduser(str(value)))
     if key == "groups":
         return _groups(value)
+    if key in ("tls_cert", "tls_key", "tls_client_ca", "tokens_file") and isinstance(value, str):
+        return os.path.expanduser(value) if value else value
+    if key == "listen":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f'{key}: must be a list of strings, as ["127.0.0.1:7700"]')
+        return list(value)
+    if isinstance(default, bool):
+        if type(value) is not bool:
+            raise ValueError(f"{key}: must be true or false, got {value!r}")
+        return value
     if key == "unhealthy_exit_codes":
         if not isinstance(value, list) or not all(type(v) is int for v in value):
             raise ValueError(f"{key}: must be a list of integers")

@@ -128,7 +128,7 @@ class Plan:
 
 
 #: The rare fields of a task that has none (a held task of the default group, with no time).
-_PLAIN = Rare(None, None, None, 0, 0)
+_PLAIN = Rare(None, None, None, 0, 0, "")
 
 
 def _holds_any(specs: Sequence[pb.TaskSpec]) -> bool:
@@ -432,9 +432,10 @@ class Core:
             self._enqueue(task_id, spec, queued_at, attempts, group, submitted=time.monotonic())
             live = self.live[task_id]
             queued[group] += 1
-        if rare.restarted_from or rare.schedule_id:
+        if rare.restarted_from or rare.schedule_id or rare.submitted_by:
             extra = live.more()
             extra.restarted_from, extra.schedule_id = rare.restarted_from, rare.schedule_id
+            extra.submitted_by = rare.submitted_by
 
     def _count_ended(self, ids: list[int], state: State, group_of: Callable[[int], Group]) -> None:
         """Count tasks that recovery ended, in the daemon's and their groups' counts."""
@@ -491,14 +492,14 @@ class Core:
     async def _journal_new(
         self, specs: Sequence[pb.TaskSpec], now: float, env: Mapping[str, str] | None,
         *, plan: Plan | None = None, restarted_from: Sequence[int] | None = None,
-        schedule_id: int = 0,
+        schedule_id: int = 0, by: str = "",
     ) -> list[int]:  # fmt: skip
         """Journal new tasks; if the caller gives up meanwhile, nothing of them is kept."""
         add = self.store.queue_add(
             specs, now=now, env=env,
             states=plan.states if plan is not None else None,
             deps=plan.deps if plan is not None and any(plan.deps) else None,
-            restarted_from=restarted_from, schedule_id=schedule_id,
+            restarted_from=restarted_from, schedule_id=schedule_id, submitted_by=by,
         )  # fmt: skip
         try:
             return await asyncio.shield(add)
@@ -535,12 +536,14 @@ class Core:
         stashed: bool = False,
         restarted_from: Sequence[int] | None = None,
         schedule_id: int = 0,
+        by: str = "",
     ) -> list[int]:
         """Admit, journal and queue (or hold) the (validated) specs; answers with their ids.
 
         ``env`` is the environment of the specs whose own env is empty. Any error means that
         none of them exists. ``restarted_from`` links each to the task it re-runs, and
-        ``schedule_id`` to the schedule that submitted it.
+        ``schedule_id`` to the schedule that submitted it; ``by`` names the token that
+        submitted them ("": the Unix socket).
         """
         groups = self._groups_of(specs)
         plan = await self._plan(specs, stashed) if stashed or _holds_any(specs) else None
@@ -556,7 +559,7 @@ class Core:
             try:
                 ids = await self._journal_new(
                     specs, now, env, plan=plan, restarted_from=restarted_from,
-                    schedule_id=schedule_id,
+                    schedule_id=schedule_id, by=by,
                 )  # fmt: skip
             except BaseException:
                 for group, count in wanted.items():
@@ -571,11 +574,11 @@ class Core:
                 self._count_queued(wanted)
             else:
                 self._admit_planned(plan, ids, specs, groups, now, env)
-            if restarted_from or schedule_id:
+            if restarted_from or schedule_id or by:
                 for i, task_id in enumerate(ids):
                     extra = self.live[task_id].more()
                     extra.restarted_from = restarted_from[i] if restarted_from else 0
-                    extra.schedule_id = schedule_id
+                    extra.schedule_id, extra.submitted_by = schedule_id, by
         finally:
             self._admission_over()
         if len(ids) == 1:
@@ -876,14 +879,15 @@ class Core:
 
     # ----------------------------------------------------------------- run now
 
-    async def run(self, spec: pb.TaskSpec) -> tuple[int, Watcher]:
+    async def run(self, spec: pb.TaskSpec, *, by: str = "") -> tuple[int, Watcher]:
         """Journal the task and start it at once, bypassing the queue; returns its id and a
-        watcher of it. Whoever called it must cancel it (``abandon``) if it stops watching."""
+        watcher of it. Whoever called it must cancel it (``abandon``) if it stops watching.
+        ``by``: as for :meth:`submit`."""
         [group] = self._groups_of([spec])
         self._admit({})
         try:
             now = time.time()
-            [task_id] = await self._journal_new([spec], now, None)
+            [task_id] = await self._journal_new([spec], now, None, by=by)
             live = Live(
                 task_id,
                 group,
@@ -897,6 +901,8 @@ class Core:
             )
             if spec.on_finish:
                 live.more().on_finish = spec.on_finish
+            if by:
+                live.more().submitted_by = by
             watcher = self.hub.subscribe([task_id], output=True)
             self._adopt(live)
             live.run_task = asyncio.get_running_loop().create_task(self._run_now(live))
@@ -1265,6 +1271,13 @@ class Core:
         wanted = frozenset(states) & LIVE if states else LIVE
         chosen = self.group(group) if group else None
         return [i for i, live in self.live.items() if live.matches(wanted, labels, chosen)]
+
+    def submitter(self, task_id: int) -> str | None:
+        """Who submitted a live task (a token's name; "": the Unix socket), None if not live."""
+        live = self.live.get(task_id)
+        if live is None:
+            return None
+        return live.extra.submitted_by if live.extra is not None else ""
 
     async def cancel(
         self, ids: Sequence[int], *, reason: str = "cancelled"

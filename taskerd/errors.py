@@ -88,3 +88,9 @@ class NotNow(RequestError):
     """The task or group is not in a state the verb applies to; the message says why."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PermissionDenied(RequestError):
+    """The caller's role may not do this (a submit token, to another's task)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED

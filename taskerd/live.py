@@ -67,6 +67,7 @@ class Extra:
     on_finish: str = ""  # its own on-finish hook
     restarted_from: int = 0
     schedule_id: int = 0
+    submitted_by: str = ""  # the name of the token that submitted it ("": the Unix socket)
     queue_timeout: float | None = None  # TaskSpec.queue_timeout
     run_task: asyncio.Task[None] | None = None  # a Run: started at once, bypassing the queue
     ended: asyncio.Future[None] | None = None  # made by whoever waits for the end
@@ -176,6 +177,7 @@ def record(live: Live, row: pb.Task, *, output: bool = False) -> pb.Task:
     )
     task.group = live.group.name
     task.restarted_from, task.schedule_id = row.restarted_from, row.schedule_id
+    task.submitted_by = row.submitted_by
     extra = live.extra
     if extra is not None and extra.enqueue_at is not None and live.state == STASHED:
         task.enqueue_at.FromNanoseconds(int(extra.enqueue_at * 1e9))

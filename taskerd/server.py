@@ -15,15 +15,15 @@ import stat
 import sys
 from contextlib import suppress
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tasker.v1 import tasker_pb2 as pb
+from taskerd import auth, procs, prom
 from taskerd import config as configuration
-from taskerd import procs, prom
 from taskerd.config import DaemonConfig
 from taskerd.core import Core
 from taskerd.logs import setup_logging
@@ -165,6 +165,80 @@ def make_journal_private(state_dir: Path) -> None:
             _make_private(state_dir / f"{JOURNAL}{suffix}", 0o600)
 
 
+def _grpc_server(
+    service: Service, health_servicer: Any, interceptors: list[Any] | None = None
+) -> Any:
+    """A ``grpc.aio.Server`` with the Tasker service, health checks and reflection."""
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    add_to_server(service, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )  # fmt: skip
+    return server
+
+
+def _read_pem(key: str, path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise StartupError(f"{key} {path}: {exc.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise StartupError(f"{key} {path}: not a PEM file")
+    return data
+
+
+def server_credentials(config: DaemonConfig) -> Any:
+    """The TCP listeners' TLS credentials (mutual with ``tls_client_ca``), or None."""
+    if not config.tls_cert:
+        return None
+    key = _read_pem("tls_key", config.tls_key)
+    if stat.S_IMODE(os.stat(config.tls_key).st_mode) & 0o077:
+        log.warning("tls_key %s is readable by group or others", config.tls_key)
+    chain = _read_pem("tls_cert", config.tls_cert)
+    ca = _read_pem("tls_client_ca", config.tls_client_ca) if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
+async def _serve_tcp(
+    config: DaemonConfig, service: Service, health_servicer: Any
+) -> tuple[Any, auth.Authenticator]:
+    """Start the TCP listeners (config ``listen``): their server and its authenticator."""
+    try:
+        tokens = auth.load_tokens(config.tokens_file)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    credentials = server_credentials(config)
+    authenticator = auth.Authenticator(tokens)
+    server = _grpc_server(service, health_servicer, [authenticator])
+    for address in config.listen:
+        bind = "[::]" + address if address.startswith(":") else address
+        try:
+            if credentials is None:
+                server.add_insecure_port(bind)
+            else:
+                server.add_secure_port(bind, credentials)
+        except RuntimeError as exc:
+            raise StartupError(f"listen: cannot listen on {address}: {exc}") from None
+    await server.start()
+    how = "plaintext (insecure_loopback)" if credentials is None else (
+        "mutual TLS" if config.tls_client_ca else "TLS")  # fmt: skip
+    log.info("listening on %s, %s, %d tokens", ", ".join(config.listen), how,
+             len(tokens.entries))  # fmt: skip
+    return server, authenticator
+
+
 def _secure_socket(config: DaemonConfig) -> None:
     gid = _socket_gid(config)
     if gid is not None:
@@ -185,6 +259,9 @@ class Daemon:
         self._shutdown_task: asyncio.Task[None] | None = None
         self._escalations: set[asyncio.Task[None]] = set()
         self.core: Core | None = None
+        # The TCP listeners' server and authenticator, when config ``listen`` has any.
+        self.tcp: Any = None
+        self.authenticator: auth.Authenticator | None = None
 
     def request_shutdown(self, mode: pb.ShutdownMode.ValueType) -> None:
         """Begin to stop (Shutdown RPC or a signal), or escalate a stop under way.
@@ -224,9 +301,17 @@ class Daemon:
         else:
             log.warning("%s: already killing", name)
 
-    @staticmethod
-    def _on_sighup() -> None:
-        log.info("SIGHUP: ignored (there is no configuration to reload; SIGTERM stops taskerd)")
+    def _on_sighup(self) -> None:
+        """Read the tokens file again (the rest of the configuration needs a restart)."""
+        if self.authenticator is None:
+            log.info("SIGHUP: ignored (no tokens_file to reload; SIGTERM stops taskerd)")
+            return
+        try:
+            self.authenticator.tokens = tokens = auth.load_tokens(self.config.tokens_file)
+        except ValueError as exc:
+            log.error("SIGHUP: kept the tokens in use: %s", exc)
+            return
+        log.info("SIGHUP: read %d tokens from %s", len(tokens.entries), self.config.tokens_file)
 
     def _handle_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -274,21 +359,16 @@ class Daemon:
                 self._shut_down(core, self.mode)
                 await self.stopping.wait()
                 return
-            server = grpc.aio.server(
-                options=[
-                    ("grpc.max_receive_message_length", MAX_MESSAGE),
-                    ("grpc.max_send_message_length", MAX_MESSAGE),
-                    ("grpc.so_reuseport", 0),
-                ]
-            )
-            add_to_server(Service(core, scheduler, self.request_shutdown), server)
+            service = Service(core, scheduler, self.request_shutdown)
             health_servicer = health.aio.HealthServicer()
-            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-            reflection.enable_server_reflection(
-                [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME],
-                server,
-            )  # fmt: skip
+            server = _grpc_server(service, health_servicer)
+            try:
+                if config.listen:
+                    self.tcp, self.authenticator = await _serve_tcp(config, service,
+                                                                    health_servicer)  # fmt: skip
+            except StartupError:
+                await core.shutdown(pb.SHUTDOWN_MODE_STOP)
+                raise
             old_umask = os.umask(0o177)
             try:
                 server.add_insecure_port(f"unix:{config.socket}")
@@ -316,7 +396,10 @@ class Daemon:
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             for task in background:
                 task.cancel()
-            await server.stop(grace=1.0)
+            if self.tcp is not None:
+                await asyncio.gather(server.stop(grace=1.0), self.tcp.stop(grace=1.0))
+            else:
+                await server.stop(grace=1.0)
         finally:
             if metrics is not None:
                 await metrics.close()

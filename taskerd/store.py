@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _Conn = sqlite3.Connection
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 TERMINAL_STATES: frozenset[int] = frozenset(
     {
         pb.TASK_STATE_SUCCEEDED,
@@ -157,7 +157,7 @@ CREATE TABLE outputs (
 _COLS = (
     "t.id, t.state, t.queued_at, t.started_at, t.ended_at, t.attempts, t.pid, t.worker, "
     "t.exit_code, t.signal, t.error, t.spec, t.grp, t.enqueue_at, t.restarted_from, "
-    "t.schedule_id"
+    "t.schedule_id, t.submitted_by"
 )
 _GET = (
     f"SELECT {_COLS}, e.data, s.data FROM tasks t LEFT JOIN envs e ON e.id = t.env_id "
@@ -173,10 +173,12 @@ _GET_OUTPUT = (
 # Schema changes, in order: each takes the journal from version N - 1 to N.
 #: Rows with anything but the common case: another group than default, a planned enqueue or
 #: start, links. Recovery reads these through their own partial index, not from every row.
-_RARE = (
+_RARE_V5 = (
     f"(grp != '{DEFAULT_GROUP}' OR enqueue_at IS NOT NULL OR start_at IS NOT NULL "
     "OR restarted_from != 0 OR schedule_id != 0)"
 )
+#: From v6, a task submitted over TCP (by a token's name) is rare too.
+_RARE = _RARE_V5[:-1] + " OR submitted_by != '')"
 #: Unfinished states as recovery's scan tests them (a range test costs less than an IN list).
 _NOT_TERMINAL = f"NOT (state BETWEEN {min(TERMINAL_STATES)} AND {max(TERMINAL_STATES)})"
 assert set(range(min(TERMINAL_STATES), max(TERMINAL_STATES) + 1)) == set(TERMINAL_STATES)
@@ -227,6 +229,11 @@ _MIGRATIONS: dict[int, str] = {
     );
     """,
     5: f"""
+    CREATE INDEX tasks_rare ON tasks (id) WHERE {_RARE_V5};
+    """,
+    6: f"""
+    ALTER TABLE tasks ADD COLUMN submitted_by TEXT NOT NULL DEFAULT '';
+    DROP INDEX tasks_rare;
     CREATE INDEX tasks_rare ON tasks (id) WHERE {_RARE};
     """,
 }
@@ -234,7 +241,7 @@ _MIGRATIONS: dict[int, str] = {
 
 _IDS_PER_UPDATE = 10_000  # within SQLite's 32,766 parameters a statement
 _ROWS_PER_INSERT = 4096  # 6 parameters a row: within SQLite's 32,766 parameters a statement
-_ROWS_PER_INSERT_EXTRA = 3600  # 9 parameters a row (with start_at, restarted_from, schedule_id)
+_ROWS_PER_INSERT_EXTRA = 3200  # 10 parameters a row (with start_at ... submitted_by)
 _DEPS_PER_INSERT = 16_000  # 2 parameters a row
 _IDS_PER_READ = 10_000
 
@@ -243,12 +250,12 @@ _IDS_PER_READ = 10_000
 def _insert_sql(rows: int, state: int, extra: bool = False) -> str:
     """An INSERT of ``rows`` tasks in ``state`` (in order: their ids come out consecutive), all
     of the group bound as ?1 (a parameter a row costs a third of the time of the insert);
-    ``extra``: with start_at, restarted_from and schedule_id."""
+    ``extra``: with start_at, restarted_from, schedule_id and submitted_by."""
     columns = "state, grp, priority, queued_at, once, max_retries, spec, env_id"
     row = f"({state}, ?1, ?, ?, ?, ?, ?, ?)"
     if extra:
-        columns += ", start_at, restarted_from, schedule_id"
-        row = row[:-1] + ", ?, ?, ?)"
+        columns += ", start_at, restarted_from, schedule_id, submitted_by"
+        row = row[:-1] + ", ?, ?, ?, ?)"
     return f"INSERT INTO tasks ({columns}) VALUES " + ", ".join([row] * rows)
 
 
@@ -274,6 +281,7 @@ class Unfinished(NamedTuple):
     start_at: float | None = None  # not to start before (TaskSpec.start_at, or set_state's)
     restarted_from: int = 0  # 0 for none
     schedule_id: int = 0  # 0 for none
+    submitted_by: str = ""  # a token's name; "" over the Unix socket
 
 
 class Rare(NamedTuple):
@@ -284,6 +292,7 @@ class Rare(NamedTuple):
     start_at: float | None
     restarted_from: int
     schedule_id: int
+    submitted_by: str
 
 
 #: id, state, queued_at, attempts, and the spec (serialized, without env and stdin).
@@ -401,6 +410,7 @@ class _More:
     start_at: float | None = None
     restarted_from: int = 0
     schedule_id: int = 0
+    submitted_by: str = ""
     deps: tuple[int, ...] = ()  # task ids, or -(k + 1) for the k-th task of its call
     index: int = 0  # its place in its call, to resolve deps
 
@@ -498,6 +508,7 @@ def task_record(
     enqueue_at: float | None = None,
     restarted_from: int = 0,
     schedule_id: int = 0,
+    submitted_by: str = "",
 ) -> pb.Task:
     """The one builder of a ``pb.Task`` record, from the journal's row or the daemon's memory.
 
@@ -512,6 +523,7 @@ def task_record(
         error=error,
         restarted_from=restarted_from,
         schedule_id=schedule_id,
+        submitted_by=submitted_by,
     )
     if isinstance(spec, bytes):
         task.spec.ParseFromString(spec)
@@ -540,22 +552,22 @@ def task_record(
 def _task(row: Sequence[Any], *, full: bool = False, output: bool = False) -> pb.Task:
     """Build a pb.Task from a row of ``_COLS`` (+ env, stdin when full, + outputs when output)."""
     (tid, state, queued_at, started_at, ended_at, attempts, pid, worker) = row[:8]
-    exit_code, sig, error, spec, group, enqueue_at, restarted_from, schedule_id = row[8:16]
+    exit_code, sig, error, spec, group, enqueue_at, restarted_from, schedule_id, by = row[8:17]
     task = task_record(
         tid, state=state, queued_at=queued_at, started_at=started_at, ended_at=ended_at,
         attempts=attempts, pid=pid, worker=worker, exit_code=exit_code, signal=sig, error=error,
         spec=spec, group=group, enqueue_at=enqueue_at, restarted_from=restarted_from,
-        schedule_id=schedule_id,
+        schedule_id=schedule_id, submitted_by=by,
     )  # fmt: skip
     if full:
-        env, stdin = row[16:18]
+        env, stdin = row[17:19]
         if env is not None:
             task.spec.MergeFromString(env)
         if stdin is not None:
             task.spec.stdin = stdin
-    if output and row[18] is not None:
-        task.stdout, task.stderr = row[18], row[19]
-        task.stdout_truncated, task.stderr_truncated = bool(row[20]), bool(row[21])
+    if output and row[19] is not None:
+        task.stdout, task.stderr = row[19], row[20]
+        task.stdout_truncated, task.stderr_truncated = bool(row[21]), bool(row[22])
     return task
 
 
@@ -917,6 +929,7 @@ class Store:
         restarted_from: Sequence[int] | None = None,
         schedule_id: int = 0,
         schedule_next_at: float | None = None,
+        submitted_by: str = "",
     ) -> asyncio.Future[builtins.list[int]]:
         """:meth:`add`, queued at once: the future of its ids. ``stashed``: STASHED tasks.
 
@@ -926,6 +939,7 @@ class Store:
         (0: none). The column start_at is the spec's. ``schedule_id``: the schedule of every
         task; with ``schedule_next_at``, that schedule's occurrence is counted in the same
         transaction (next_at, last_task: the last new id, submitted + len(specs)).
+        ``submitted_by``: the name of the token that submitted them ("": the Unix socket).
         """
         n = len(specs)
         for name, items in (("states", states), ("deps", deps), ("restarted_from", restarted_from)):
@@ -952,6 +966,10 @@ class Store:
                 if origin or schedule_id:
                     more = row.more = row.more or _More()
                     more.restarted_from, more.schedule_id = origin, schedule_id
+        if submitted_by:
+            for row in rows:
+                more = row.more = row.more or _More()
+                more.submitted_by = submitted_by
         if deps is not None:
             for k, (row, wanted) in enumerate(zip(rows, deps, strict=True)):
                 if wanted:
@@ -1029,7 +1047,7 @@ class Store:
                     for x in (
                         r.priority, r.queued_at, r.once, r.max_retries, r.spec,
                         env_ids[r.env] if r.env else None, m.start_at, m.restarted_from,
-                        m.schedule_id,
+                        m.schedule_id, m.submitted_by,
                     )
                 ]  # fmt: skip
             conn.execute(_insert_sql(end - at, state, not plain), values)
@@ -1712,7 +1730,7 @@ class Store:
                 return UnfinishedPage(rows, {})
             rare = conn.execute(
                 f"SELECT id, NULLIF(grp, '{DEFAULT_GROUP}'), enqueue_at, start_at, "
-                "restarted_from, schedule_id FROM tasks INDEXED BY tasks_rare "
+                "restarted_from, schedule_id, submitted_by FROM tasks INDEXED BY tasks_rare "
                 f"WHERE {_RARE} AND id > ? AND id <= ? AND {_NOT_TERMINAL}",
                 (after, rows[-1][0]),
             ).fetchall()
@@ -1723,7 +1741,7 @@ class Store:
     async def unfinished(self, *, after: int = 0, limit: int = -1) -> builtins.list[Unfinished]:
         """:meth:`unfinished_page` as one record a task."""
         page = await self.unfinished_page(after=after, limit=limit)
-        plain = Rare(None, None, None, 0, 0)
+        plain = Rare(None, None, None, 0, 0, "")
         tasks = []
         for row in page.rows:
             more = page.rare.get(row[0], plain)

@@ -12,6 +12,8 @@ import pytest
 
 from tasker.v1 import tasker_pb2 as pb
 from tests.conftest import Daemon
+from tests.daemon.test_prometheus import free_port
+from tests.pki import make_pki, remote_config
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "examples" / "node"
 
@@ -36,8 +38,10 @@ def node_modules() -> Path:
     return modules
 
 
-def _client(socket: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TASKER_SOCKET": str(socket)}
+def _client(
+    socket: Path, *argv: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TASKER_SOCKET": str(socket), **(env or {})}
     return subprocess.run(
         ["node", str(NODE_DIR / "client.js"), *argv],
         capture_output=True, text=True, env=env, timeout=60,
@@ -100,3 +104,24 @@ def test_groups_pause_and_resume(node_modules: Path, daemon: Daemon) -> None:
     assert resumed.stdout.startswith("resumed group gpu\n") and "paused yes" not in resumed.stdout
     unknown = _client(daemon.socket, "--pause", "nosuch")
     assert unknown.returncode == 1 and "nosuch" in unknown.stderr, unknown.stdout + unknown.stderr
+
+
+def test_over_tcp_with_tls_and_a_token(
+    node_modules: Path, make_daemon: type[Daemon], tmp_path: Path
+) -> None:
+    """The same client over TCP: TLS with the daemon's CA, and a bearer token."""
+    pki = make_pki(tmp_path, {"ci": "submit", "grafana": "read"})
+    port = free_port()
+    d = make_daemon(config=remote_config(pki, port))
+    tcp = {"TASKER_ADDRESS": f"127.0.0.1:{port}", "TASKER_TLS_CA": pki.ca_pem}
+    ok = _client(tmp_path / "unused.sock", "echo", "over tls",
+                 env={**tcp, "TASKER_TOKEN_FILE": pki.token_file("ci")})  # fmt: skip
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "over tls\n" in ok.stdout
+    tid = re.search(r"^submitted task (\d+)", ok.stdout, re.M)
+    assert tid, ok.stdout
+    assert d.stub.Get(pb.GetRequest(id=int(tid.group(1))), timeout=5).submitted_by == "ci"
+    reader = _client(tmp_path / "unused.sock", env={**tcp, "TASKER_TOKEN": pki.tokens["grafana"]})
+    assert reader.returncode == 77 and "may not call Submit" in reader.stderr, reader.stderr
+    nobody = _client(tmp_path / "unused.sock", env=tcp)
+    assert nobody.returncode == 77 and "token" in nobody.stderr, nobody.stderr

@@ -2,6 +2,7 @@
 // A minimal Node.js client for taskerd.
 //
 //   TASKER_SOCKET=/path/to/taskerd.sock node client.js [CMD ARGS...]
+//   TASKER_ADDRESS=host:7700 TASKER_TLS_CA=ca.pem TASKER_TOKEN_FILE=ci.token node client.js
 //   node client.js --groups                  # ListGroups
 //   node client.js --pause GROUP | --resume GROUP
 //
@@ -10,11 +11,16 @@
 // lists the groups; with --pause or --resume it pauses or resumes one group
 // (Pause, Resume), then lists the groups. It loads the contract straight from
 // protos/tasker/v1/tasker.proto; no code generation.
+// Over TCP (TASKER_ADDRESS), the channel uses TLS with TASKER_TLS_CA (else the
+// system's CAs; TASKER_TLS_CERT and TASKER_TLS_KEY for mutual TLS), and every
+// call carries `authorization: Bearer TOKEN` (TASKER_TOKEN, or the first line
+// of TASKER_TOKEN_FILE).
 // Exit status: 0 when the task succeeded (or the group verb did), 1 when it
-// ended otherwise (or the daemon refused), 69 when the daemon is unreachable
-// (as taskerctl).
+// ended otherwise (or the daemon refused), 69 when the daemon is unreachable,
+// 77 when the token is missing, unknown or its role may not (as taskerctl).
 'use strict';
 
+const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
@@ -23,6 +29,7 @@ const protoLoader = require('@grpc/proto-loader');
 const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
 const PROTO_FILE = path.join(PROTO_ROOT, 'tasker', 'v1', 'tasker.proto');
 const EX_UNAVAILABLE = 69;
+const EX_NOPERM = 77;
 
 /** The daemon's socket: $TASKER_SOCKET, else the same default as taskerctl. */
 function socketPath() {
@@ -32,8 +39,32 @@ function socketPath() {
   return path.join(base, 'taskerd.sock');
 }
 
-/** A Tasker stub connected to `unix:/abs/path`. */
-function connect(socket) {
+/** The file named by an environment variable, read; null when it is unset. */
+function readEnvFile(name) {
+  return process.env[name] ? fs.readFileSync(process.env[name]) : null;
+}
+
+/** The daemon's target and channel credentials: TCP with TLS, or the Unix socket. */
+function where() {
+  const address = process.env.TASKER_ADDRESS;
+  if (!address) {
+    return { target: `unix:${socketPath()}`, credentials: grpc.credentials.createInsecure() };
+  }
+  const ca = readEnvFile('TASKER_TLS_CA'); // null: the system's CAs
+  const key = readEnvFile('TASKER_TLS_KEY');
+  const cert = readEnvFile('TASKER_TLS_CERT');
+  return { target: address, credentials: grpc.credentials.createSsl(ca, key, cert) };
+}
+
+/** The token for TCP calls: $TASKER_TOKEN, or the first line of $TASKER_TOKEN_FILE. */
+function token() {
+  if (process.env.TASKER_TOKEN) return process.env.TASKER_TOKEN;
+  const file = readEnvFile('TASKER_TOKEN_FILE');
+  return file ? file.toString().trim().split('\n')[0].trim() : null;
+}
+
+/** A Tasker stub connected to the daemon (see `where`). */
+function connect() {
   const definition = protoLoader.loadSync(PROTO_FILE, {
     includeDirs: [PROTO_ROOT], // google/protobuf/*.proto come with proto-loader
     keepCase: false,
@@ -43,7 +74,8 @@ function connect(socket) {
     oneofs: true, // TaskEvent.kind names the set field
   });
   const { tasker } = grpc.loadPackageDefinition(definition);
-  return new tasker.v1.Tasker(`unix:${socket}`, grpc.credentials.createInsecure());
+  const { target, credentials } = where();
+  return new tasker.v1.Tasker(target, credentials);
 }
 
 /**
@@ -53,6 +85,8 @@ function connect(socket) {
 function apiLevel() {
   const metadata = new grpc.Metadata();
   metadata.set('tasker-api', '3');
+  const bearer = token();
+  if (bearer) metadata.set('authorization', `Bearer ${bearer}`);
   return metadata;
 }
 
@@ -133,8 +167,7 @@ async function control(client, argv) {
 }
 
 async function main(argv) {
-  const socket = socketPath();
-  const client = connect(socket);
+  const client = connect();
   if (['--groups', '--pause', '--resume'].includes(argv[0])) {
     const code = await control(client, argv);
     client.close();
@@ -168,8 +201,11 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err) => {
-    const unreachable = err && err.code === grpc.status.UNAVAILABLE;
+    const code = err && err.code;
     console.error(`error: ${err && err.details ? err.details : err}`);
-    process.exitCode = unreachable ? EX_UNAVAILABLE : 1;
+    if (code === grpc.status.UNAVAILABLE) process.exitCode = EX_UNAVAILABLE;
+    else if (code === grpc.status.UNAUTHENTICATED || code === grpc.status.PERMISSION_DENIED) {
+      process.exitCode = EX_NOPERM;
+    } else process.exitCode = 1;
   },
 );

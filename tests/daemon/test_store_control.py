@@ -42,13 +42,13 @@ def raw(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[obj
 
 async def test_v2_journal_migrates(tmp_path: Path) -> None:
     """A journal written by taskerd at 71cffcb (schema v2; SIGKILLed with 1 task running and 3
-    queued) opens, migrates to v3 and reads as before, every task in group default."""
+    queued) opens, migrates to the latest version and reads as before, all in group default."""
     path = tmp_path / "journal.sqlite3"
     shutil.copy(FIXTURE, path)
     assert raw(path, "PRAGMA user_version") == [(2,)]
     s = await Store.open(path)
     try:
-        assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(5,)]
+        assert raw(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(6,)]
         unfinished = await s.unfinished()
         assert [(u.id, u.state, u.group, u.enqueue_at) for u in unfinished] == [
             (5, R, "default", None),

@@ -16,6 +16,20 @@ Errors use the standard gRPC status codes:
   FAILED_PRECONDITION the daemon is shutting down, or the task or group is
                       not in a state the verb applies to ("task 7 is
                       RUNNING: only queued or stashed tasks ...").
+  UNAUTHENTICATED     (TCP listeners only) no token, or one the daemon does
+                      not know, in the `authorization: Bearer TOKEN` metadata.
+  PERMISSION_DENIED   (TCP listeners only) the token's role may not use the
+                      verb, or (role "submit") not on a task another submitted.
+
+Access. On the Unix socket every verb is open to whoever may open the socket
+(its mode is 0600, or 0660 with the daemon's socket_group). On a TCP listener
+(config `listen`) every call but grpc.health.v1.Health needs a token, and
+each token has a role:
+  read    Get, List, Stats, Metrics, StreamResults, ListGroups, ListSchedules
+          (and server reflection);
+  submit  read's verbs, Submit, Run, and Cancel of the tasks its token
+          submitted (a selection such as `all` selects only those);
+  admin   every verb.
 
 API level. A client sends the metadata `tasker-api: 3` on its calls to get
 every state (taskerctl, its Python clients and the Node example do). Level
@@ -416,6 +430,7 @@ class Task(_message.Message):
     WAITING_ON_FIELD_NUMBER: _builtins.int
     RESTARTED_FROM_FIELD_NUMBER: _builtins.int
     SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    SUBMITTED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Increasing, never reused."""
     state: Global___TaskState.ValueType
@@ -447,6 +462,10 @@ class Task(_message.Message):
     """The task this one re-runs (Restart); 0 for none."""
     schedule_id: _builtins.int
     """The schedule that submitted it; 0 for none."""
+    submitted_by: _builtins.str
+    """Who submitted it: the name of the token of a call over TCP, or "" for a
+    call over the Unix socket (see "Access" above).
+    """
     @_builtins.property
     def spec(self) -> Global___TaskSpec: ...
     @_builtins.property
@@ -503,10 +522,11 @@ class Task(_message.Message):
         waiting_on: _abc.Iterable[_builtins.int] | None = ...,
         restarted_from: _builtins.int = ...,
         schedule_id: _builtins.int = ...,
+        submitted_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "ended_at", b"ended_at", "enqueue_at", b"enqueue_at", "exit_code", b"exit_code", "queued_at", b"queued_at", "run", b"run", "signal", b"signal", "spec", b"spec", "started_at", b"started_at", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "attempts", b"attempts", "ended_at", b"ended_at", "enqueue_at", b"enqueue_at", "error", b"error", "exit_code", b"exit_code", "group", b"group", "id", b"id", "pid", b"pid", "queued_at", b"queued_at", "restarted_from", b"restarted_from", "run", b"run", "schedule_id", b"schedule_id", "signal", b"signal", "spec", b"spec", "started_at", b"started_at", "state", b"state", "stderr", b"stderr", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_truncated", b"stdout_truncated", "wait", b"wait", "waiting_on", b"waiting_on", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "attempts", b"attempts", "ended_at", b"ended_at", "enqueue_at", b"enqueue_at", "error", b"error", "exit_code", b"exit_code", "group", b"group", "id", b"id", "pid", b"pid", "queued_at", b"queued_at", "restarted_from", b"restarted_from", "run", b"run", "schedule_id", b"schedule_id", "signal", b"signal", "spec", b"spec", "started_at", b"started_at", "state", b"state", "stderr", b"stderr", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_truncated", b"stdout_truncated", "submitted_by", b"submitted_by", "wait", b"wait", "waiting_on", b"waiting_on", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

@@ -16,6 +16,20 @@ Errors use the standard gRPC status codes:
   FAILED_PRECONDITION the daemon is shutting down, or the task or group is
                       not in a state the verb applies to ("task 7 is
                       RUNNING: only queued or stashed tasks ...").
+  UNAUTHENTICATED     (TCP listeners only) no token, or one the daemon does
+                      not know, in the `authorization: Bearer TOKEN` metadata.
+  PERMISSION_DENIED   (TCP listeners only) the token's role may not use the
+                      verb, or (role "submit") not on a task another submitted.
+
+Access. On the Unix socket every verb is open to whoever may open the socket
+(its mode is 0600, or 0660 with the daemon's socket_group). On a TCP listener
+(config `listen`) every call but grpc.health.v1.Health needs a token, and
+each token has a role:
+  read    Get, List, Stats, Metrics, StreamResults, ListGroups, ListSchedules
+          (and server reflection);
+  submit  read's verbs, Submit, Run, and Cancel of the tasks its token
+          submitted (a selection such as `all` selects only those);
+  admin   every verb.
 
 API level. A client sends the metadata `tasker-api: 3` on its calls to get
 every state (taskerctl, its Python clients and the Node example do). Level
