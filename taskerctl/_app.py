@@ -848,7 +848,7 @@ _TIMES = ("queued_at", "started_at", "ended_at", "enqueue_at", "start_at")
 #: What ``show`` prints only when there is something to say (``--json`` has them all).
 _UNLESS_ABSENT = (
     "enqueue_at", "after", "after_any", "waiting_on", "start_at", "on_finish", "restarted_from",
-    "schedule_id",
+    "schedule_id", "node",
 )  # fmt: skip
 _DURATIONS = ("wait", "run", "timeout")
 
@@ -1559,6 +1559,7 @@ def _stats_table(s: Stats) -> Any:
         ("version", s.version + (" (shutting down)" if s.shutting_down else "")),
     ]
     rows += [(f"group {g.name}", _group_stats(g)) for g in s.groups]
+    rows += [(f"node {n.name}", f"{n.slots} slots, {n.address}") for n in s.nodes]
     for row in rows:
         t.add_row(*row)
     return t

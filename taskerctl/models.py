@@ -354,6 +354,8 @@ class TaskResult:
     schedule_id: int | None = None
     #: Who submitted it: the name of the token of a call over TCP; "" over the Unix socket.
     submitted_by: str = ""
+    #: The Dask worker that runs (ran) its last attempt; "" when taskerd ran it itself.
+    node: str = ""
 
     @classmethod
     def from_proto(cls, task: pb.Task) -> TaskResult:
@@ -395,6 +397,7 @@ class TaskResult:
             restarted_from=task.restarted_from or None,
             schedule_id=task.schedule_id or None,
             submitted_by=task.submitted_by,
+            node=task.node,
         )
 
     @property
@@ -535,6 +538,15 @@ def _fields_from(cls: Any, msg: Any, durations: Iterable[str] = ()) -> dict[str,
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Node:
+    """A worker of the Dask cluster behind a group on Dask (``tasker.v1.Node``)."""
+
+    name: str
+    address: str
+    slots: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Group:
     """A named queue with its own slots, and its tasks now (``tasker.v1.Group``)."""
 
@@ -600,12 +612,15 @@ class Stats:
     #: Tasks waiting for their dependencies, and scheduled for later, now.
     waiting: int = 0
     scheduled: int = 0
+    #: The Dask cluster's workers, when a group runs on one.
+    nodes: tuple[Node, ...] = ()
 
     @classmethod
     def from_proto(cls, msg: pb.StatsResponse) -> Stats:
         """Build from a ``pb.StatsResponse``."""
         fields = _fields_from(cls, msg, ["uptime"])
         fields["groups"] = tuple(Group.from_proto(g) for g in msg.groups)
+        fields["nodes"] = tuple(Node(n.name, n.address, n.slots) for n in msg.nodes)
         return cls(**fields)
 
     def to_json(self) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -28,11 +27,13 @@ from tasker.durations import format_duration
 from tasker.v1 import tasker_pb2 as pb
 from taskerd import engine, procs
 from taskerd.config import DaemonConfig
+from taskerd.dask.spec import Job, NodeLost
 from taskerd.events import EventHub
 from taskerd.live import (
     ACTIVE,
     CANCELLED,
     FAILED,
+    LOST,
     PAUSED,
     QUEUED,
     RUNNING,
@@ -45,7 +46,7 @@ from taskerd.live import (
     output_into,
     state_name,
 )
-from taskerd.runner import Capture, Exit, Spawned, SpawnError, run_command
+from taskerd.runner import Capture, Exit, Spawned, SpawnError, run_command, task_environment
 from taskerd.store import JournalError, Run, Store, task_record
 
 log = logging.getLogger("taskerd")
@@ -117,16 +118,25 @@ class Attempt:
                 if live.once:  # at most once: RUNNING must be durable before the command starts
                     self._journal_started()
                     await host.store.flush()
-                result = await run_command(
-                    list(spec.argv),
-                    shell=spec.shell,
-                    env=self._environment(spec, resource, deadline),
-                    cwd=spec.cwd or None,
-                    stdin=spec.stdin,
-                    capture=live.capture,
-                    kill_grace=host.config.kill_grace,
-                    on_spawn=self._spawned,
-                )
+                variables = spec.env or live.env or {}
+                extras = self._extras(resource, deadline)
+                executor = live.group.executor
+                if executor is None:
+                    result = await run_command(
+                        list(spec.argv),
+                        shell=spec.shell,
+                        env=task_environment(variables, extras),
+                        cwd=spec.cwd or None,
+                        stdin=spec.stdin,
+                        capture=live.capture,
+                        kill_grace=host.config.kill_grace,
+                        on_spawn=self._spawned,
+                    )
+                else:
+                    result = await executor.run(
+                        self._job(spec, dict(variables), extras, deadline), live.capture,
+                        self._spawned,
+                    )  # fmt: skip
                 if result.exit_code in host.config.unhealthy_exit_codes:
                     raise Unhealthy(result)
                 if not _failed(result) or failures >= spec.retries:
@@ -140,12 +150,23 @@ class Attempt:
             live.in_attempt = False
             host.settle(live)
 
-    def _environment(
-        self, spec: pb.TaskSpec, resource: str, deadline: float | None
-    ) -> dict[str, str]:
+    def _job(
+        self, spec: pb.TaskSpec, env: dict[str, str], extras: dict[str, str],
+        deadline: float | None,
+    ) -> Job:  # fmt: skip
+        """The attempt as an executor other than this host's runs it."""
+        live, config = self.live, self.host.config
+        return Job(
+            task_id=live.id, attempt=live.attempts, argv=list(spec.argv), shell=spec.shell,
+            env=env, extras=extras, cwd=spec.cwd or None, stdin=spec.stdin, once=live.once,
+            timeout=None if deadline is None else max(0.0, deadline - time.time()),
+            kill_grace=config.kill_grace, output_limit=config.output_limit,
+        )  # fmt: skip
+
+    def _extras(self, resource: str, deadline: float | None) -> dict[str, str]:
+        """The TASKER_* variables of the attempt's environment."""
         live = self.live
-        variables = spec.env or live.env
-        env = dict(variables) if variables else dict(os.environ)
+        env = {}
         env["TASKER_TASK_ID"] = str(live.id)
         env["TASKER_WORKER_ID"] = str(live.worker)
         env["TASKER_ATTEMPT"] = str(live.attempts)
@@ -159,7 +180,7 @@ class Attempt:
         live, host = self.live, self.host
         live.pid = spawned.pid
         live.run = spawned
-        if live.state == PAUSED:  # paused while it was being spawned
+        if live.state == PAUSED and not spawned.node:  # paused while it was being spawned
             procs.signal_run(spawned.pgid, spawned.token, signal.SIGSTOP, spawned.cgroup)
         if live.once:
             self._journal_started()
@@ -183,8 +204,13 @@ class Attempt:
         if live.state in ACTIVE and live.started_at is not None:
             self.host.store.mark_started(
                 live.id, attempt=live.attempts, pid=live.pid, worker=live.worker,
-                started_at=live.started_at, run=_identity(live),
+                started_at=live.started_at, run=_identity(live), node=node_of(live),
             )  # fmt: skip
+
+
+def node_of(live: Live) -> str:
+    """The Dask worker of the task's current (or last) attempt; "" for a run here."""
+    return live.run.node if live.run is not None else ""
 
 
 def _identity(live: Live) -> Run | None:
@@ -252,6 +278,9 @@ def classify(
         return FAILED, f"not started: {error}"
     if isinstance(error, Unhealthy):
         return FAILED, f"{error}; no retries left"
+    if isinstance(error, NodeLost):  # an at-most-once task is not run again; others were
+        return (LOST, f"{error}: an at-most-once task is not run again") if live.once else (
+            FAILED, f"{error}; no retries left")  # fmt: skip
     log.error("task %d failed inside the daemon: %r", live.id, error, exc_info=error)
     return FAILED, f"internal error: {error!r}"
 
@@ -308,6 +337,7 @@ def write(host: Host, live: Live, ending: Ending) -> asyncio.Future[None]:
         stderr=err,
         stdout_truncated=bool(capture and (capture.stdout_truncated or dropped)),
         stderr_truncated=bool(capture and (capture.stderr_truncated or dropped)),
+        node=node_of(live),
     )
 
 
@@ -350,7 +380,7 @@ def announce(host: Host, live: Live, ending: Ending) -> None:
     host.move(live, ending.state)
     live.seq += 1
     seq, capture, result, state = live.seq, live.capture, ending.result, ending.state
-    spec, keep_output = ending.spec, ending.keep_output
+    spec, keep_output, node = ending.spec, ending.keep_output, node_of(live)
     extra = live.extra
     links = (
         (extra.restarted_from, extra.schedule_id, extra.submitted_by)
@@ -365,6 +395,7 @@ def announce(host: Host, live: Live, ending: Ending) -> None:
             signal=result.signal if result else None, error=ending.message,
             spec=spec if spec is not None else pb.TaskSpec(), group=live.group.name,
             restarted_from=links[0], schedule_id=links[1], submitted_by=links[2],
+            node=node,
         )  # fmt: skip
         if output and capture is not None and keep_output:
             output_into(task, capture)

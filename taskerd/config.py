@@ -20,9 +20,16 @@ _SYNC_MODES = ("normal", "full")
 _LEVELS = ("debug", "info", "warning", "error")
 _CGROUP_MODES = ("auto", "off")
 _LOG_FORMATS = ("text", "json")
+#: Keys naming files ("~" expanded).
+_PATHS = (
+    "tls_cert", "tls_key", "tls_client_ca", "tokens_file", "dask_scheduler_file", "dask_tls_ca",
+    "dask_tls_cert", "dask_tls_key",
+)  # fmt: skip
 #: host:port, [v6]:port or :port (every interface).
 _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]*):([0-9]{1,5})")
-_GROUP_KEYS = ("parallel", "max_parallel", "max_queue")
+_GROUP_KEYS = ("parallel", "max_parallel", "max_queue", "executor")
+#: Where a group's tasks run: here, or on the Dask cluster of ``dask_scheduler``.
+EXECUTORS = ("local", "dask")
 #: A group's name: 1 to 64 of these characters.
 GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DEFAULT_GROUP = "default"
@@ -36,6 +43,7 @@ class GroupConfig:
     parallel: int = 1
     max_parallel: int | None = None  # None: parallel (no bursting)
     max_queue: int | None = None  # None: the daemon's max_queue
+    executor: str = "local"  # "dask": its tasks run on the Dask cluster (slots: the cluster's)
 
     @property
     def ceiling(self) -> int:
@@ -89,8 +97,22 @@ class DaemonConfig:
     keep_finished: int = 10_000
     keep_for: float = 7 * 86400.0
     cgroups: str = "auto"  # "auto": a cgroup per run where cgroup v2 is writable; "off": never
+    # Where the group "default" runs its tasks: "local", or "dask" (see taskerd.dask).
+    executor: str = "local"
+    # The Dask cluster of the groups whose executor is "dask": the scheduler's address
+    # ("tcp://host:8786", "tls://...") or its scheduler file, and TLS (PEM files).
+    dask_scheduler: str = ""
+    dask_scheduler_file: str = ""
+    dask_tls_ca: str = ""
+    dask_tls_cert: str = ""
+    dask_tls_key: str = ""
     # Groups to create at start (``[groups.NAME]``); "default" takes workers/max_workers.
     groups: dict[str, GroupConfig] = field(default_factory=dict)
+
+    def on_dask(self) -> list[str]:
+        """The groups whose executor is "dask"."""
+        named = [name for name, g in self.groups.items() if g.executor == "dask"]
+        return ([DEFAULT_GROUP] if self.executor == "dask" else []) + named
 
     @property
     def burst_workers(self) -> int:
@@ -122,6 +144,13 @@ class DaemonConfig:
             (1 <= self.on_finish_concurrency <= 64, "on_finish_concurrency must be 1 to 64"),
             (self.keep_for > 0, "keep_for must be > 0"),
             (self.cgroups in _CGROUP_MODES, "cgroups must be 'auto' or 'off'"),
+            (self.executor in EXECUTORS, "executor must be 'local' or 'dask'"),
+            (len(self.on_dask()) <= 1, "at most one group may have executor 'dask' (it takes "
+             f"all of the cluster's slots): {', '.join(self.on_dask())}"),
+            (not self.on_dask() or bool(self.dask_scheduler or self.dask_scheduler_file),
+             "executor 'dask' needs dask_scheduler or dask_scheduler_file"),
+            (bool(self.dask_tls_cert) == bool(self.dask_tls_key),
+             "dask_tls_cert and dask_tls_key go together"),
         ]  # fmt: skip
         for name, group in self.groups.items():
             checks += [
@@ -134,6 +163,8 @@ class DaemonConfig:
                  f"groups.{name}.max_parallel must be between parallel and {MAX_PARALLEL}"),
                 (group.max_queue is None or group.max_queue >= 1,
                  f"groups.{name}.max_queue must be >= 1"),
+                (group.executor in EXECUTORS,
+                 f"groups.{name}.executor must be 'local' or 'dask'"),
             ]  # fmt: skip
         for ok, message in checks:
             if not ok:
@@ -162,7 +193,7 @@ class DaemonConfig:
                 continue
             if key == "groups":
                 for name, group in value.items():
-                    keys = [f"{k} = {v}" for k, v in group.items() if v is not None]
+                    keys = [f"{k} = {_toml_item(v)}" for k, v in group.items() if v is not None]
                     tables.append(f"\n[groups.{name}]\n" + "\n".join(keys))
                 continue
             if key in _DURATIONS:
@@ -205,7 +236,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         return Path(os.path.expanduser(str(value)))
     if key == "groups":
         return _groups(value)
-    if key in ("tls_cert", "tls_key", "tls_client_ca", "tokens_file") and isinstance(value, str):
+    if key in _PATHS and isinstance(value, str):
         return os.path.expanduser(value) if value else value
     if key == "listen":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -243,7 +274,10 @@ def _groups(value: Any) -> dict[str, GroupConfig]:
         for key, item in table.items():
             if key not in _GROUP_KEYS:
                 raise ValueError(f"unknown config key 'groups.{name}.{key}'")
-            if type(item) is not int:
+            if key == "executor":
+                if not isinstance(item, str):
+                    raise ValueError(f"groups.{name}.{key}: must be a string, got {item!r}")
+            elif type(item) is not int:
                 raise ValueError(f"groups.{name}.{key}: must be an integer, got {item!r}")
         groups[name] = GroupConfig(**table)
     return groups

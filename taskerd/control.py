@@ -173,6 +173,15 @@ async def _journal_paused(core: Core, groups: Sequence[Group], paused: bool) -> 
         raise
 
 
+def _local(live: Live, verb: str) -> None:
+    """FAILED_PRECONDITION for a task whose group runs it on Dask: no signal reaches it."""
+    if live.group.executor is not None:
+        raise NotNow(
+            f"task {live.id} runs on the Dask cluster (group {live.group.name}): it cannot be "
+            f"{verb}; cancel it, or pause its group (which then starts no task)"
+        )
+
+
 def _stop(core: Core, live: Live, reason: str) -> None:
     """SIGSTOP a running task's processes and stop its timeout clock."""
     run = live.run
@@ -197,11 +206,12 @@ async def pause(
     for live in tasks:
         if live.run_task is not None:
             raise NotNow(f"task {live.id} runs bound to its Run call: it cannot be paused")
+        _local(live, "paused")
     await _journal_paused(core, groups, True)
     paused: list[int] = []
     for group in groups:
         group.engine.pause()
-        if not wait:
+        if not wait and group.executor is None:  # a group on Dask: its running tasks finish
             for live in list(core.live.values()):
                 if (live.group is group and live.state == RUNNING and live.run_task is None
                         and live.outcome is None):  # fmt: skip
@@ -327,6 +337,7 @@ async def send_signal(core: Core, task_id: int, text: str) -> None:
     """Send a signal to every process of a running or paused task."""
     number = parse_signal(text)
     [live] = await lives(core, [task_id], ACTIVE, "only a running task can be signalled")
+    _local(live, "signalled")
     run = live.run
     if run is None:
         raise NotNow(f"task {task_id} is starting: signal it once it runs")

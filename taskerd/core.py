@@ -40,8 +40,9 @@ from google.protobuf.duration_pb2 import Duration
 from tasker.v1 import tasker_pb2 as pb
 from taskerd import engine, procs
 from taskerd.attempt import Attempt, Ending, Unhealthy, announce, conclude, decide, write
-from taskerd.config import DaemonConfig
+from taskerd.config import MAX_PARALLEL, DaemonConfig
 from taskerd.errors import (
+    DaskUnavailable,
     InvalidArgument,
     JournalFull,
     JournalUnavailable,
@@ -94,6 +95,7 @@ ENDED_WAIT = 5.0
 BATCH = MANY_MAX
 #: How long a shutdown lets on-finish hooks that still run (or wait) go on.
 HOOKS_GRACE = 5.0
+DASK_CONNECT = 30.0  # seconds to reach the Dask scheduler at start
 #: How often a read is tried again when a task changed under it (see ``Core.get``).
 READ_TRIES = 5
 
@@ -181,6 +183,7 @@ class Core:
         self._attempt_fn = self._attempt  # one bound method, so the engine sees the same fn
         self.groups: dict[str, Group] = {}
         self.prom: Any = None  # a taskerd.prom.Metrics while /metrics is served
+        self.dask: Any = None  # the taskerd.dask.executor.DaskExecutor of a group on Dask
         self.default = self.new_group(
             DEFAULT_GROUP, config.workers, config.burst_workers, config.max_queue, declared=True
         )
@@ -218,10 +221,41 @@ class Core:
         core = cls(config, store)
         await core._end_previous_runs()
         await core._load_groups()
+        await core._connect_dask()
         for group in core.groups.values():
             await group.engine.start()
+        if core.dask is not None:
+            core.dask.on_slots(core.dask.slots)
         await core._recover()
         return core
+
+    async def _connect_dask(self) -> None:
+        """Connect to the Dask cluster of the group whose executor is "dask", if any, and
+        give that group the cluster's slots (kept current as workers come and go)."""
+        names = self.config.on_dask()
+        if not names:
+            return
+        from taskerd.dask.executor import DaskExecutor
+
+        config = self.config
+        executor = DaskExecutor.from_config(config)
+        try:
+            await asyncio.wait_for(executor.start(), DASK_CONNECT)
+        except (OSError, TimeoutError, ValueError, RuntimeError) as exc:
+            await executor.close()
+            where = config.dask_scheduler or config.dask_scheduler_file
+            raise DaskUnavailable(f"dask: cannot connect to {where}: {exc!r}") from None
+        group = self.groups[names[0]]
+        group.executor = executor
+
+        def resize(slots: int) -> None:
+            n = min(max(1, slots), MAX_PARALLEL)
+            if (group.parallel, group.max_parallel) != (n, n):
+                group.engine.set_workers(n, n)
+                log.info("group %s: %d slots on the Dask cluster", group.name, slots)
+
+        executor.on_slots = resize
+        self.dask = executor
 
     async def _load_groups(self) -> None:
         """The journal's groups; those the configuration declares take its slots (each start)."""
@@ -288,7 +322,7 @@ class Core:
         identities = [
             procs.RunIdentity(pid=r.pid, pgid=r.pgid, start_time=r.start_time, token=r.token)
             for r in runs
-            if r.pid > 0
+            if r.pid > 0 and r.pgid > 0  # a Dask run's (pgid 0) are ended on its worker
         ]
         ended = await procs.end_previous_runs(identities, grace=self.config.kill_grace)
         if ended:
@@ -1393,6 +1427,10 @@ class Core:
             waiting=c.waiting,
             scheduled=c.scheduled,
             groups=[g.record() for g in groups],
+            nodes=[
+                pb.Node(name=n.name, address=n.address, slots=n.slots)
+                for n in (self.dask.nodes if self.dask is not None else ())
+            ],
             succeeded=c.by_state[SUCCEEDED],
             failed=c.by_state[FAILED],
             timed_out=c.by_state[TIMED_OUT],
@@ -1501,6 +1539,8 @@ class Core:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
             grace = 1.0
+        if self.dask is not None:
+            await self.dask.close()
         self.hub.close()
         await self.hooks.close(HOOKS_GRACE)
         self._closed.set()

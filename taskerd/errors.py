@@ -94,3 +94,7 @@ class PermissionDenied(RequestError):
     """The caller's role may not do this (a submit token, to another's task)."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class DaskUnavailable(Exception):
+    """The Dask scheduler of a group on Dask cannot be reached at start (not a request's)."""

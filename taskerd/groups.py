@@ -15,6 +15,7 @@ from typing import TypeAlias
 from tasker.v1 import tasker_pb2 as pb
 from taskerd import engine
 from taskerd.config import DEFAULT_GROUP, GROUP_NAME, MAX_PARALLEL
+from taskerd.dask.spec import Executor
 from taskerd.errors import InvalidArgument
 from taskerd.runner import Exit
 
@@ -71,6 +72,7 @@ class Group:
     counters: Counters = field(default_factory=Counters)
     declared: bool = False  # its slots come from the configuration (applied at each start)
     removing: bool = False  # RemoveGroup is ending its tasks: it takes no new one
+    executor: Executor | None = None  # where its attempts run when not here (Dask)
 
     @property
     def parallel(self) -> int:

@@ -178,6 +178,8 @@ def record(live: Live, row: pb.Task, *, output: bool = False) -> pb.Task:
     task.group = live.group.name
     task.restarted_from, task.schedule_id = row.restarted_from, row.schedule_id
     task.submitted_by = row.submitted_by
+    if running and live.run is not None:
+        task.node = live.run.node
     extra = live.extra
     if extra is not None and extra.enqueue_at is not None and live.state == STASHED:
         task.enqueue_at.FromNanoseconds(int(extra.enqueue_at * 1e9))

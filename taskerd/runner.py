@@ -11,7 +11,9 @@ Knows nothing of gRPC, SQLite or the engine. How a run goes:
   ``loop.add_reader`` callbacks: no transports, no extra tasks, no threads.
 * With cgroups (:func:`taskerd.procs.configure`), the main process is moved into a cgroup of the
   run's own right after the spawn, by a thread (see :mod:`taskerd.cgroups`): whatever it starts,
-  even a descendant that clears its environment and leaves the session, stays in it.
+  even a descendant that clears its environment and leaves the session, stays in it. Without
+  ``configure`` (a Dask worker: :mod:`taskerd.dask.worker`), runs get no cgroup and tokens with
+  a random prefix: their process group and token find them.
 * When the main process exits, the rest of its group is SIGKILLed (while the zombie leader still
   pins the group id) and so is its cgroup (``cgroup.kill``, then the cgroup is removed), the pipes
   are drained, and only if something else still holds them is /proc scanned for the run's
@@ -61,6 +63,7 @@ __all__ = [
     "reap_orphans_forever",
     "run_command",
     "run_hook",
+    "task_environment",
 ]
 
 STDOUT = 1
@@ -143,6 +146,9 @@ class Spawned:
     token: str  # the run's TASKER_RUN_TOKEN
     cgroup: str  # the run's own cgroup directory; "" without cgroups
     _start_time: int = -1
+    #: The Dask worker it runs on ("": here). A remote run's pid is the worker host's, and its
+    #: pgid 0: nothing here may signal it (see :mod:`taskerd.dask.executor`).
+    node: str = ""
 
     @property
     def start_time(self) -> int:
@@ -525,6 +531,14 @@ class _Run:
             self.watching.cancel()
             self.watching = None
         self._close_stdin()
+
+
+def task_environment(variables: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """A task's environment: its own ``variables``, or (when it has none) this process's; then
+    ``extra`` on top (``TASKER_*``). :func:`run_command` adds ``TASKER_RUN_TOKEN``."""
+    env = dict(variables) if variables else dict(os.environ)
+    env.update(extra)
+    return env
 
 
 async def run_command(

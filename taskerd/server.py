@@ -26,6 +26,7 @@ from taskerd import auth, procs, prom
 from taskerd import config as configuration
 from taskerd.config import DaemonConfig
 from taskerd.core import Core
+from taskerd.errors import DaskUnavailable
 from taskerd.logs import setup_logging
 from taskerd.notify import notify
 from taskerd.runner import become_subreaper, install_child_watcher, reap_orphans_forever
@@ -343,7 +344,10 @@ class Daemon:
         try:
             if self.mode is not None:  # a signal while the journal opened: do not even recover
                 return
-            self.core = core = await Core.start(config, store)
+            try:
+                self.core = core = await Core.start(config, store)
+            except DaskUnavailable as exc:
+                raise StartupError(str(exc)) from None
             if config.metrics_address:
                 try:
                     metrics = await prom.serve(core, config.metrics_address)

@@ -157,7 +157,7 @@ CREATE TABLE outputs (
 _COLS = (
     "t.id, t.state, t.queued_at, t.started_at, t.ended_at, t.attempts, t.pid, t.worker, "
     "t.exit_code, t.signal, t.error, t.spec, t.grp, t.enqueue_at, t.restarted_from, "
-    "t.schedule_id, t.submitted_by"
+    "t.schedule_id, t.submitted_by, t.node"
 )
 _GET = (
     f"SELECT {_COLS}, e.data, s.data FROM tasks t LEFT JOIN envs e ON e.id = t.env_id "
@@ -233,6 +233,8 @@ _MIGRATIONS: dict[int, str] = {
     """,
     6: f"""
     ALTER TABLE tasks ADD COLUMN submitted_by TEXT NOT NULL DEFAULT '';
+    -- the Dask worker of a task's last attempt ('': it ran here)
+    ALTER TABLE tasks ADD COLUMN node TEXT NOT NULL DEFAULT '';
     DROP INDEX tasks_rare;
     CREATE INDEX tasks_rare ON tasks (id) WHERE {_RARE};
     """,
@@ -509,6 +511,7 @@ def task_record(
     restarted_from: int = 0,
     schedule_id: int = 0,
     submitted_by: str = "",
+    node: str = "",
 ) -> pb.Task:
     """The one builder of a ``pb.Task`` record, from the journal's row or the daemon's memory.
 
@@ -524,6 +527,7 @@ def task_record(
         restarted_from=restarted_from,
         schedule_id=schedule_id,
         submitted_by=submitted_by,
+        node=node,
     )
     if isinstance(spec, bytes):
         task.spec.ParseFromString(spec)
@@ -552,22 +556,23 @@ def task_record(
 def _task(row: Sequence[Any], *, full: bool = False, output: bool = False) -> pb.Task:
     """Build a pb.Task from a row of ``_COLS`` (+ env, stdin when full, + outputs when output)."""
     (tid, state, queued_at, started_at, ended_at, attempts, pid, worker) = row[:8]
-    exit_code, sig, error, spec, group, enqueue_at, restarted_from, schedule_id, by = row[8:17]
+    exit_code, sig, error, spec, group, enqueue_at, restarted_from, schedule_id = row[8:16]
+    by, node = row[16:18]
     task = task_record(
         tid, state=state, queued_at=queued_at, started_at=started_at, ended_at=ended_at,
         attempts=attempts, pid=pid, worker=worker, exit_code=exit_code, signal=sig, error=error,
         spec=spec, group=group, enqueue_at=enqueue_at, restarted_from=restarted_from,
-        schedule_id=schedule_id, submitted_by=by,
+        schedule_id=schedule_id, submitted_by=by, node=node,
     )  # fmt: skip
     if full:
-        env, stdin = row[17:19]
+        env, stdin = row[18:20]
         if env is not None:
             task.spec.MergeFromString(env)
         if stdin is not None:
             task.spec.stdin = stdin
-    if output and row[19] is not None:
-        task.stdout, task.stderr = row[19], row[20]
-        task.stdout_truncated, task.stderr_truncated = bool(row[21]), bool(row[22])
+    if output and row[20] is not None:
+        task.stdout, task.stderr = row[20], row[21]
+        task.stdout_truncated, task.stderr_truncated = bool(row[22]), bool(row[23])
     return task
 
 
@@ -1089,8 +1094,10 @@ class Store:
         worker: int,
         started_at: float,
         run: Run | None = None,
+        node: str = "",
     ) -> None:
-        """State RUNNING, with what identifies the run (``run``) once it is spawned.
+        """State RUNNING, with what identifies the run (``run``) once it is spawned, and the
+        Dask worker it runs on (``node``; "" here).
 
         Fire-and-forget: queued to the journal thread, ordered with all other writes.
         """
@@ -1100,9 +1107,9 @@ class Store:
         def write(conn: _Conn) -> None:
             conn.execute(
                 f"UPDATE tasks SET state = {_RUNNING}, attempts = ?, pid = ?, worker = ?, "
-                f"started_at = ?, run_pgid = ?, run_start = ?, run_token = ? WHERE id = ? "
-                f"AND {_STARTABLE}",
-                (attempt, pid, worker, started_at, pgid, start, token, task_id),
+                f"started_at = ?, run_pgid = ?, run_start = ?, run_token = ?, node = ? "
+                f"WHERE id = ? AND {_STARTABLE}",
+                (attempt, pid, worker, started_at, pgid, start, token, node, task_id),
             )
 
         self._queue.put(_Op(write, None, None, lazy=True))
@@ -1124,12 +1131,16 @@ class Store:
         stderr: bytes | bytearray = b"",
         stdout_truncated: bool = False,
         stderr_truncated: bool = False,
+        node: str = "",
     ) -> asyncio.Future[None]:
-        """Terminal state and result, queued at once: the future of its commit."""
+        """Terminal state and result, queued at once: the future of its commit. ``node``: the
+        Dask worker of its last attempt ("": it ran here, or as journaled at its start)."""
         if state not in TERMINAL_STATES:
             raise ValueError(f"state: {state} is not a terminal state")
 
         def write(conn: _Conn) -> None:
+            if node:
+                conn.execute("UPDATE tasks SET node = ? WHERE id = ?", (node, task_id))
             conn.execute(
                 "UPDATE tasks SET state = ?, ended_at = ?, error = ?, exit_code = ?, signal = ?, "
                 "attempts = COALESCE(?, attempts), started_at = COALESCE(?, started_at), "

@@ -431,6 +431,7 @@ class Task(_message.Message):
     RESTARTED_FROM_FIELD_NUMBER: _builtins.int
     SCHEDULE_ID_FIELD_NUMBER: _builtins.int
     SUBMITTED_BY_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Increasing, never reused."""
     state: Global___TaskState.ValueType
@@ -465,6 +466,11 @@ class Task(_message.Message):
     submitted_by: _builtins.str
     """Who submitted it: the name of the token of a call over TCP, or "" for a
     call over the Unix socket (see "Access" above).
+    """
+    node: _builtins.str
+    """The Dask worker that runs (or ran) its last attempt, for a group whose
+    executor is "dask"; "" for a task run by taskerd itself. Its pid is that
+    worker host's.
     """
     @_builtins.property
     def spec(self) -> Global___TaskSpec: ...
@@ -523,10 +529,11 @@ class Task(_message.Message):
         restarted_from: _builtins.int = ...,
         schedule_id: _builtins.int = ...,
         submitted_by: _builtins.str = ...,
+        node: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "ended_at", b"ended_at", "enqueue_at", b"enqueue_at", "exit_code", b"exit_code", "queued_at", b"queued_at", "run", b"run", "signal", b"signal", "spec", b"spec", "started_at", b"started_at", "wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "attempts", b"attempts", "ended_at", b"ended_at", "enqueue_at", b"enqueue_at", "error", b"error", "exit_code", b"exit_code", "group", b"group", "id", b"id", "pid", b"pid", "queued_at", b"queued_at", "restarted_from", b"restarted_from", "run", b"run", "schedule_id", b"schedule_id", "signal", b"signal", "spec", b"spec", "started_at", b"started_at", "state", b"state", "stderr", b"stderr", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_truncated", b"stdout_truncated", "submitted_by", b"submitted_by", "wait", b"wait", "waiting_on", b"waiting_on", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_signal", b"_signal", "attempts", b"attempts", "ended_at", b"ended_at", "enqueue_at", b"enqueue_at", "error", b"error", "exit_code", b"exit_code", "group", b"group", "id", b"id", "node", b"node", "pid", b"pid", "queued_at", b"queued_at", "restarted_from", b"restarted_from", "run", b"run", "schedule_id", b"schedule_id", "signal", b"signal", "spec", b"spec", "started_at", b"started_at", "state", b"state", "stderr", b"stderr", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_truncated", b"stdout_truncated", "submitted_by", b"submitted_by", "wait", b"wait", "waiting_on", b"waiting_on", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -1200,6 +1207,7 @@ class StatsResponse(_message.Message):
     GROUPS_FIELD_NUMBER: _builtins.int
     WAITING_FIELD_NUMBER: _builtins.int
     SCHEDULED_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
     base_workers: _builtins.int
     """Workers: the base count, those alive now, and those of them that are
     burst workers.
@@ -1244,6 +1252,12 @@ class StatsResponse(_message.Message):
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___Group]:
         """Each group (only the one asked for, with StatsRequest.group)."""
 
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]:
+        """The workers of the Dask cluster that runs a group with executor "dask"
+        (none without one). That group's slots are the sum of their slots.
+        """
+
     def __init__(
         self,
         *,
@@ -1274,14 +1288,44 @@ class StatsResponse(_message.Message):
         groups: _abc.Iterable[Global___Group] | None = ...,
         waiting: _builtins.int = ...,
         scheduled: _builtins.int = ...,
+        nodes: _abc.Iterable[Global___Node] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_workers", b"active_workers", "available_resources", b"available_resources", "base_workers", b"base_workers", "burst_workers", b"burst_workers", "cancelled", b"cancelled", "failed", b"failed", "groups", b"groups", "lost", b"lost", "max_workers", b"max_workers", "paused", b"paused", "queue_capacity", b"queue_capacity", "queue_usage", b"queue_usage", "queued", b"queued", "queued_critical", b"queued_critical", "queued_high", b"queued_high", "queued_low", b"queued_low", "queued_normal", b"queued_normal", "rejected", b"rejected", "running", b"running", "scheduled", b"scheduled", "shutting_down", b"shutting_down", "stashed", b"stashed", "succeeded", b"succeeded", "timed_out", b"timed_out", "uptime", b"uptime", "version", b"version", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_workers", b"active_workers", "available_resources", b"available_resources", "base_workers", b"base_workers", "burst_workers", b"burst_workers", "cancelled", b"cancelled", "failed", b"failed", "groups", b"groups", "lost", b"lost", "max_workers", b"max_workers", "nodes", b"nodes", "paused", b"paused", "queue_capacity", b"queue_capacity", "queue_usage", b"queue_usage", "queued", b"queued", "queued_critical", b"queued_critical", "queued_high", b"queued_high", "queued_low", b"queued_low", "queued_normal", b"queued_normal", "rejected", b"rejected", "running", b"running", "scheduled", b"scheduled", "shutting_down", b"shutting_down", "stashed", b"stashed", "succeeded", b"succeeded", "timed_out", b"timed_out", "uptime", b"uptime", "version", b"version", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StatsResponse: _TypeAlias = StatsResponse  # noqa: Y015
+
+@_typing.final
+class Node(_message.Message):
+    """A worker of the Dask cluster."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its name (TASKER_NODE in its tasks' environment), and its Dask address."""
+    address: _builtins.str
+    slots: _builtins.int
+    """Its "slots" resource: how many tasks it runs at once."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        slots: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "name", b"name", "slots", b"slots"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Node: _TypeAlias = Node  # noqa: Y015
 
 @_typing.final
 class MetricsRequest(_message.Message):
