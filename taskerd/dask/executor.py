@@ -52,6 +52,8 @@ SLOTS = "slots"
 POLL = 1.0
 #: After a run's result, how long its last events may still take to arrive.
 EVENTS_GRACE = 2.0
+#: Seconds to reach the scheduler (at start, and again after losing it).
+CONNECT_TIMEOUT = 20
 #: How many times one attempt may be handed to Dask again when it never started.
 MAX_DISPATCHES = 20
 TOKEN_PREFIX = "dask:"
@@ -119,8 +121,10 @@ class DaskExecutor:
         self.scheduler_file = scheduler_file
         self.security = security
         self.client: Any = None
-        self.epoch = secrets.token_hex(6)  # this connection's runs (new after a reconnect)
-        self.topic = f"tasker-{self.epoch}"
+        self.epoch = ""  # this connection's runs (a new one after a reconnect)
+        self.topic = ""
+        self._connected = asyncio.Event()  # dispatch waits while the scheduler is lost
+        self._known: set[str] = set()  # worker addresses whose other runs were ended
         self.nodes: list[Node] = []
         self.on_slots: Callable[[int], None] = lambda slots: None
         self._runs: dict[str, _Run] = {}
@@ -135,80 +139,101 @@ class DaskExecutor:
 
     async def start(self) -> None:
         """Connect, install the claims plugin, listen for events, end runs of an earlier
-        taskerd, and keep the slot count current."""
+        taskerd, and keep the slot count current (and the connection: see :meth:`_watch`)."""
+        await self._connect()
+        self._poller = asyncio.get_running_loop().create_task(self._watch())
+        log.info("dask: connected to %s, %d workers, %d slots",
+                 self.client.scheduler.address, len(self.nodes), self.slots)  # fmt: skip
+
+    async def _connect(self) -> None:
+        """A client of the scheduler, and this connection's epoch: its own topic, the claims
+        plugin, and no run of another epoch left on any worker."""
         from distributed import Client
 
-        from taskerd.dask import claims
-
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.close(timeout=2)
         where: dict[str, Any] = (
             {"scheduler_file": self.scheduler_file} if self.scheduler_file
             else {"address": self.scheduler}
         )  # fmt: skip
         self.client = await Client(  # type: ignore[no-untyped-call]
             **where, security=self.security, asynchronous=True, name="taskerd",
-            set_as_default=False,
+            set_as_default=False, timeout=CONNECT_TIMEOUT,
         )  # fmt: skip
+        await self._new_epoch()
+
+    async def _new_epoch(self) -> None:
+        """Runs of the connection before this one must not go on: a new epoch, its topic, and
+        every run of another epoch ended on every worker; the claims plugin (a scheduler that
+        came back has none)."""
+        from taskerd.dask import claims
+
         await claims.register(self.client)
+        if self.topic:
+            self.client.unsubscribe_topic(self.topic)
+        self.epoch = secrets.token_hex(6)
+        self.topic = f"tasker-{self.epoch}"
         self.client.subscribe_topic(self.topic, self._on_event)
-        await self._end_other_runs()
+        self._known = set()
         await self._poll()
-        self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
-        log.info("dask: connected to %s, %d workers, %d slots",
-                 self.client.scheduler.address, len(self.nodes), self.slots)  # fmt: skip
+        self._connected.set()
 
     async def close(self) -> None:
-        """Stop polling and disconnect (runs in flight were ended by the engine before)."""
+        """Stop watching and disconnect (runs in flight were ended by the engine before)."""
         if self._poller is not None:
             self._poller.cancel()
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await self.client.close(timeout=5)
 
-    async def _end_other_runs(self) -> None:
-        from taskerd.dask.worker import end_runs
-
-        ended = await self.client.run(end_runs, self.epoch, on_error="return")
-        count = sum(len(v) for v in ended.values() if isinstance(v, list))
-        if count:
-            log.warning("dask: ended %d runs left by an earlier taskerd (or connection)", count)
-
     async def _poll(self) -> None:
+        """Read the workers and slots; end other epochs' runs on workers not seen before
+        (a worker that joined, or came back)."""
+        from taskerd.dask.worker import end_runs_except
+
         info = await self.client.scheduler.identity(n_workers=-1)
         nodes = [
             Node(str(w.get("name", address)), address,
                  int((w.get("resources") or {}).get(SLOTS, 0)))
             for address, w in sorted(info.get("workers", {}).items())
         ]  # fmt: skip
+        new = [n.address for n in nodes if n.address not in self._known]
+        self._known = {n.address for n in nodes}  # one that leaves and comes back is new
+        if new:
+            ours = [k for k in self._runs if k.startswith(f"tasker-{self.epoch}-")]
+            ended = await self.client.run(end_runs_except, ours, workers=new, on_error="return")
+            count = sum(len(v) for v in ended.values() if isinstance(v, list))
+            if count:
+                log.warning("dask: ended %d runs that are not in flight (of an earlier taskerd, "
+                            "connection, or of a worker that was lost)", count)  # fmt: skip
         before, self.nodes = self.slots, nodes
         if self.slots != before:
             self.on_slots(self.slots)
 
-    async def _poll_forever(self) -> None:
-        connected = True
+    async def _watch(self) -> None:
+        """Every POLL: the workers and slots; a lost scheduler (no dispatch meanwhile), and a
+        new connection once it is back."""
         while True:
             await asyncio.sleep(POLL)
             try:
-                await self._poll()
-            except (TimeoutError, OSError) as exc:
-                if connected:
-                    log.error("dask: the scheduler is unreachable: %s", exc)
-                connected = False
-                continue
-            if not connected:  # back: runs of the lost connection must not go on
-                connected = True
-                await self._reconnected()
-
-    async def _reconnected(self) -> None:
-        old = self.topic
-        self.epoch = secrets.token_hex(6)
-        self.topic = f"tasker-{self.epoch}"
-        self.client.unsubscribe_topic(old)
-        self.client.subscribe_topic(self.topic, self._on_event)
-        from taskerd.dask import claims
-
-        await claims.register(self.client)
-        await self._end_other_runs()
-        log.info("dask: reconnected to the scheduler")
+                if self.client.status == "running":
+                    if not self._connected.is_set():
+                        await self._new_epoch()
+                        log.info("dask: reconnected to the scheduler")
+                    else:
+                        await self._poll()
+                    continue
+                if self._connected.is_set():
+                    log.error("dask: lost the scheduler; tasks wait for it to come back")
+                    self._connected.clear()
+                if self.client.status not in ("connecting", "newly-created"):
+                    await self._connect()  # the client gave up: a new one
+                    log.info("dask: connected to the scheduler again")
+            except Exception as exc:  # a failed reconnection: try again next time
+                if self._connected.is_set():
+                    log.error("dask: the scheduler is unreachable: %r", exc)
+                    self._connected.clear()
 
     def _on_event(self, event: tuple[float, dict[str, Any]]) -> None:
         msg = event[1]
@@ -235,6 +260,7 @@ class DaskExecutor:
         """One hand-over to Dask; None when it never started and may go again uncounted."""
         from taskerd.dask.worker import cancel, run_task
 
+        await self._connected.wait()
         self._dispatched += 1
         run_key = f"tasker-{self.epoch}-{job.task_id}-{job.attempt}-{self._dispatched}"
         spec = RunSpec(
@@ -267,9 +293,15 @@ class DaskExecutor:
             run.caught_up.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(run.caught_up.wait(), EVENTS_GRACE)
-        if not result["claimed"]:  # a second execution: the first one's worker was lost
-            if result["claimed_by"] and result["claimed_by"] != REVOKED:
-                _gone(job, run, f"worker {result['claimed_by']} was lost after it started")
+        if not result["claimed"]:
+            holder = result["claimed_by"]
+            if holder and holder != REVOKED:  # a second execution: the first one's worker died
+                _gone(job, run, f"worker {holder} was lost after it started")
+            if not holder:  # it could not claim: the scheduler is new (no plugin yet) or gone
+                log.warning("task %d: %s; handing it to Dask again", job.task_id,
+                            result["error"])  # fmt: skip
+                self._connected.clear()  # until the watcher has set this connection up again
+                return None
             raise SpawnError(result["error"] or "not started")
         ended = to_exit(result)
         if ended is None:
@@ -300,8 +332,13 @@ class DaskExecutor:
         """A run whose worker or scheduler was lost: None to hand it over again if it never
         started (its claim is revoked first, so it never will); else LOST (at most once) or a
         counted retry. With the scheduler gone, it may have started."""
+        from distributed.client import FutureCancelledError
+
         from taskerd.dask import claims
 
+        if isinstance(cause, FutureCancelledError) and self._connected.is_set():
+            log.error("dask: lost the scheduler; tasks wait for it to come back")
+            self._connected.clear()  # (not cancelled by us: the connection was lost)
         started = run.started
         if not started:
             try:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +83,7 @@ __all__ = [
     "cancel_run",
     "dask_setup",
     "end_runs",
+    "end_runs_except",
     "run_task",
 ]
 
@@ -338,13 +340,17 @@ class TaskerWorker(WorkerPlugin):
         live.cancel()
         return True
 
-    async def end(self, keep_epoch: str | None) -> list[str]:
-        """Cancel every run not of ``keep_epoch`` (None: all) and wait for them to end."""
+    async def end(
+        self, keep_epoch: str | None, keep_keys: Collection[str] | None = None
+    ) -> list[str]:
+        """Cancel every run not of ``keep_epoch`` (None: all), or (``keep_keys``) every run
+        whose key is not one of those, and wait for them to end."""
         ending = [
             live
             for live in self.runs.values()
-            if keep_epoch is None or live.spec.epoch != keep_epoch
-        ]
+            if (live.spec.run_key not in keep_keys if keep_keys is not None
+                else keep_epoch is None or live.spec.epoch != keep_epoch)
+        ]  # fmt: skip
         for live in ending:
             live.cancel()
         if ending:
@@ -412,6 +418,16 @@ async def end_runs(keep_epoch: str | None, dask_worker: Worker) -> list[str]:
     if not isinstance(plugin, TaskerWorker):
         return []
     return await plugin.end(keep_epoch)
+
+
+async def end_runs_except(run_keys: list[str], dask_worker: Worker) -> list[str]:
+    """``client.run(end_runs_except, keys, workers=[...])``: end every run whose key is not
+    one of ``run_keys`` (the daemon's runs in flight), as :func:`end_runs` does; for a worker
+    that was lost and came back while its runs were handled as lost."""
+    plugin = dask_worker.plugins.get(PLUGIN)
+    if not isinstance(plugin, TaskerWorker):
+        return []
+    return await plugin.end(None, set(run_keys))
 
 
 async def _cancel(client: Client, run_key: str) -> bool:

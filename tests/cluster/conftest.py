@@ -72,6 +72,8 @@ class Cluster:
     address: str = ""
     client: Any = None
     security: Any = None
+    port: int = 0  # the scheduler's (0: any free one)
+    env: dict[str, str] = field(default_factory=dict)  # more for every process (DASK_*)
 
     def _cli_tls(self) -> list[str]:
         if not self.tls:
@@ -83,7 +85,7 @@ class Cluster:
         ]  # fmt: skip
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        env = {**os.environ, MARK_VAR: self.mark}
+        env = {**os.environ, **self.env, MARK_VAR: self.mark}
         log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 (kept by the child)
         with log:
             self.procs[name] = subprocess.Popen(
@@ -106,12 +108,26 @@ class Cluster:
                 tls_client_key=str(self.dir / "key.pem"),
                 require_encryption=True,
             )
+        self.start_scheduler()
+        for name in WORKERS:
+            self.start_worker(name)
+        self.client = Client(  # type: ignore[no-untyped-call]
+            self.address, security=self.security, timeout=START_TIMEOUT
+        )
+        self.wait_workers()
+
+    def start_scheduler(self) -> None:
+        """Start the scheduler (again: on the same port when ``port`` is set)."""
         scheduler_file = self.dir / "scheduler.json"
+        scheduler_file.unlink(missing_ok=True)
+        if "scheduler" in self.procs:
+            self.replaced.append(self.procs.pop("scheduler"))
         protocol = "tls" if self.tls else "tcp"
         self._spawn(
             "scheduler",
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-             "--protocol", protocol, "--scheduler-file", str(scheduler_file), *self._cli_tls(),
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+             "--no-dashboard", "--protocol", protocol, "--scheduler-file", str(scheduler_file),
+             *self._cli_tls(),
              *(["--preload", "taskerd.dask.claims"] if self.claims_preload else [])],
         )  # fmt: skip
         wait_for(scheduler_file.exists, START_TIMEOUT, "the scheduler did not start")
@@ -120,12 +136,6 @@ class Cluster:
             START_TIMEOUT,
             "no scheduler address",
         )
-        for name in WORKERS:
-            self.start_worker(name)
-        self.client = Client(  # type: ignore[no-untyped-call]
-            self.address, security=self.security, timeout=START_TIMEOUT
-        )
-        self.wait_workers()
 
     def start_worker(self, name: str) -> None:
         """Start worker ``name`` (its nanny, which starts the worker process), or again."""
