@@ -272,6 +272,14 @@ class Metrics:
         )
         shutting.add_metric([], 1.0 if core.shutdown_mode is not None else 0.0)
         yield shutting
+        if core.dask is not None:  # a group runs on Dask: its workers (a few, named)
+            nodes = GaugeMetricFamily(
+                "tasker_cluster_slots", "Slots of each worker of the Dask cluster.",
+                labels=["node"],
+            )  # fmt: skip
+            for node in core.dask.nodes:
+                nodes.add_metric([node.name], float(node.slots))
+            yield nodes
 
 
 class _Collector:

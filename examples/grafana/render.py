@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -372,7 +373,7 @@ def extrapolated_rate(times: list[float], values: list[float], start: float, end
     if len(times) < 2:
         return math.nan
     increase = values[-1] - values[0]
-    for a, b in zip(values, values[1:], strict=False):
+    for a, b in itertools.pairwise(values):
         if b < a:  # a counter reset: it started again from 0
             increase += a
     sampled = times[-1] - times[0]
@@ -856,9 +857,9 @@ class Canvas:
         self.fig: Figure = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
         self.fig.patch.set_facecolor(BG)
 
-    def rect(self, x: float, y: float, w: float, h: float) -> list[float]:
+    def rect(self, x: float, y: float, w: float, h: float) -> tuple[float, float, float, float]:
         """Figure fractions of a pixel box."""
-        return [x / self.w, 1 - (y + h) / self.h, w / self.w, h / self.h]
+        return (x / self.w, 1 - (y + h) / self.h, w / self.w, h / self.h)
 
     def text(self, x: float, y: float, s: str, **kw: Any) -> None:
         """Text at a pixel point (top left by default)."""
@@ -926,10 +927,13 @@ def draw_timeseries(
         color = PALETTE[i % len(PALETTE)]
         ax = axes[d.right]
         if stacked:
-            top = [b + v if not math.isnan(v) else math.nan for b, v in zip(base, d.values)]
+            top = [
+                b + v if not math.isnan(v) else math.nan
+                for b, v in zip(base, d.values, strict=True)
+            ]
             ax.plot(times, top, color=color, linewidth=width)
             ax.fill_between(times, base, top, color=color, alpha=alpha, linewidth=0)
-            base = [b + (0.0 if math.isnan(v) else v) for b, v in zip(base, d.values)]
+            base = [b + (0.0 if math.isnan(v) else v) for b, v in zip(base, d.values, strict=True)]
         else:
             ax.plot(times, d.values, color=color, linewidth=width)
             ax.fill_between(times, 0, d.values, color=color, alpha=alpha, linewidth=0)

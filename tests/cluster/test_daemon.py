@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ pytest.importorskip("distributed")
 from taskerctl import Client, QueueFull, TaskState
 from tests.cluster.conftest import Cluster
 from tests.conftest import Daemon
+from tests.daemon.test_prometheus import free_port, parse
 from tests.daemon.util import alive, until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(90)]
@@ -49,10 +51,14 @@ def daemon_config(cluster: Cluster, *more: str) -> str:
     return "\n".join(lines)
 
 
+METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def taskerd(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    metrics = f'metrics_address = "127.0.0.1:{METRICS_PORT}"'
     d = Daemon(tmp_path_factory.mktemp("taskerd"), "--workers", "2",
-               config=daemon_config(cluster))  # fmt: skip
+               config=metrics + "\n" + daemon_config(cluster))  # fmt: skip
     d.start(timeout=40)
     yield d
     d.stop()
@@ -152,6 +158,10 @@ def test_stats_show_the_cluster(c: Client) -> None:
     assert sorted(n.name for n in stats.nodes) == ["w1", "w2"]
     assert {n.slots for n in stats.nodes} == {2}
     assert c.stats(group=GROUP).base_workers == SLOTS
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as r:
+        families = parse(r.read().decode())
+    slots = families["tasker_cluster_slots"].samples
+    assert {s.labels["node"]: s.value for s in slots} == {"w1": 2.0, "w2": 2.0}
 
 
 def _node_of(c: Client, task_id: int) -> str:
