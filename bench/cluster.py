@@ -19,11 +19,19 @@ figure is the better of the two: wall time per task in ms (4 slots run at once),
 to bare Dask. Goal (issue 14): Tasker on Dask within 1.5x of bare Dask. The dispatch overhead
 per task is Tasker-on-Dask's time per task minus bare Dask's.
 
+Then one task at a time (200, ``--quick``: 50; the first 10 unrecorded), the latency from the
+hand-over to the result, p50: bare ``client.submit``, ``run_task``, and taskerd's executor
+(:class:`taskerd.dask.executor.DaskExecutor` in this process, no gRPC). Bare Dask queues a whole
+batch on its workers at once; taskerd hands over a task only when a slot is free (so that Dask
+never reorders its priorities), so its drain is bounded by this latency divided by the slots.
+
 Run: ``.venv/bin/python bench/cluster.py [--quick]``. Asserts only that every task ran.
 """
 
 from __future__ import annotations
 
+import asyncio
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -129,8 +137,58 @@ def measure(n: int) -> list[Row]:
     ]  # fmt: skip
 
 
+async def _latencies(address: str, n: int) -> dict[str, float]:
+    """p50 seconds from hand-over to result, one task at a time, three ways."""
+    from taskerd.dask.executor import DaskExecutor
+    from taskerd.dask.spec import Job
+    from taskerd.runner import Capture
+
+    executor = DaskExecutor(address, "")
+    await executor.start()
+    client = executor.client
+    took: dict[str, list[float]] = {"bare": [], "run_task": [], "executor": []}
+    try:
+        for i in range(n + 10):
+            began = time.perf_counter()
+            await client.submit(bare, i, pure=False, resources={"slots": 1})
+            took["bare"].append(time.perf_counter() - began)
+            spec = RunSpec(task_id=i, attempt=1, run_key=f"lat-{i}", argv=["true"], topic="b")
+            began = time.perf_counter()
+            await client.submit(run_task, spec.to_dict(), key=spec.run_key, pure=False,
+                                resources={"slots": 1})  # fmt: skip
+            took["run_task"].append(time.perf_counter() - began)
+            job = Job(i, 1, ["true"], False, {}, {}, None, b"", False, None, 1.0, 1 << 20)
+            began = time.perf_counter()
+            await executor.run(job, Capture(1 << 20), lambda _: None)
+            took["executor"].append(time.perf_counter() - began)
+    finally:
+        await executor.close()
+    return {name: statistics.median(values[10:]) for name, values in took.items()}
+
+
+def latency(n: int) -> list[Row]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = Cluster(Path(tmp))
+        try:
+            cluster.start()
+            p50 = asyncio.run(_latencies(cluster.address, n))
+        finally:
+            cluster.stop()
+    base = p50["bare"]
+    return [
+        Row("one `true` at a time: hand-over to result p50, taskerd's executor",
+            f"{p50['executor'] * 1000:.2f} ms", f"bare Dask: {base * 1000:.2f} ms",
+            p50["executor"] / base),
+        Row("  the worker side alone (run_task)", f"{p50['run_task'] * 1000:.2f} ms",
+            f"bare Dask: {base * 1000:.2f} ms", p50["run_task"] / base),
+    ]  # fmt: skip
+
+
 def run(n: int) -> list[Row]:
-    return timed_sections([("Tasker on Dask", lambda: measure(n))])
+    return timed_sections([
+        ("Tasker on Dask", lambda: measure(n)),
+        ("one task at a time", lambda: latency(max(50, n // 10))),
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -752,8 +752,8 @@ DPI = 100
 
 
 def _num(v: float) -> str:
-    if v == 0:
-        return "0"
+    if abs(v - round(v)) < 1e-9 * max(1.0, abs(v)):
+        return str(round(v))
     a = abs(v)
     decimals = 0 if a >= 100 else 1 if a >= 10 else 2 if a >= 0.1 else 3
     return f"{v:.{decimals}f}"
@@ -889,13 +889,19 @@ def _time_axis(ax: Axes, times: list[float]) -> None:
 
 
 def _value_axis(ax: Axes, unit: str, series: list[list[float]]) -> None:
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    """Limits from 0 (or below), ticks at round numbers of the unit, labels in it."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
-    top = max((_max(s) for s in series if not math.isnan(_max(s))), default=0.0)
-    low = min((min(v for v in s if not math.isnan(v)) for s in series if _max(s) == _max(s)),
-              default=0.0)  # fmt: skip
-    ax.set_ylim(min(0.0, low), top * 1.15 if top > 0 else 1.0)
-    ax.yaxis.set_major_locator(MaxNLocator(4))
+    seen = [v for s in series for v in s if not math.isnan(v)]
+    low, top = min([0.0, *seen]), max([0.0, *seen])
+    top = top * 1.15 if top > 0 else 1.0
+    ax.set_ylim(low, top)
+    scale = 1.0  # ticks at round KiB/MiB/GiB, whole tasks and workers
+    if unit == "bytes":
+        scale = next((2.0**p for p in (30, 20, 10) if top >= 2.0**p), 1.0)
+    integer = unit == "short" and all(v == round(v) for v in seen)
+    ticks = MaxNLocator(4, integer=integer).tick_values(low / scale, top / scale)
+    ax.yaxis.set_major_locator(FixedLocator([t * scale for t in ticks if low <= t * scale <= top]))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_unit(unit, v)))
     ax.tick_params(colors=DIM, labelsize=6.5, length=0, pad=2)
     ax.grid(True, color=GRID, linewidth=0.6)
@@ -985,15 +991,21 @@ def draw_stat(cv: Canvas, panel: dict[str, Any], drawn: list[Drawn], box: list[f
                 fontsize=20, color=color, weight="bold")  # fmt: skip
 
 
-def render(store: Store, dashboard: dict[str, Any], out: Path, scrape: float) -> None:
-    """Draw every panel of ``dashboard`` from ``store`` into the PNG ``out``."""
-    variables = {
+def dashboard_variables(scrape: float) -> dict[str, str]:
+    """The dashboard's variables, as the module's docstring says, for a scrape interval."""
+    interval = scrape  # Grafana's floor for $__interval: the data source's scrape interval
+    return {
         "instance": ".*",
         "group": ".*",
         "datasource": "prometheus",
-        "__interval": f"{scrape:g}s",
-        "__rate_interval": f"{max(2 * scrape, 4 * scrape):g}s",
+        "__interval": f"{interval:g}s",
+        "__rate_interval": f"{max(interval + scrape, 4 * scrape):g}s",
     }
+
+
+def render(store: Store, dashboard: dict[str, Any], out: Path, scrape: float) -> None:
+    """Draw every panel of ``dashboard`` from ``store`` into the PNG ``out``."""
+    variables = dashboard_variables(scrape)
     panels = dashboard["panels"]
     # the range queries' steps: every $__interval, from the first scrape plus a rate window
     start = store.scrapes[0] + 4 * scrape
