@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/workflows.py
 	$(PY) bench/scrape.py
 	$(PY) bench/cluster.py
+	$(PY) bench/dashboard.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

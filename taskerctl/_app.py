@@ -347,16 +347,25 @@ def settings() -> Globals:
 
 @contextmanager
 def client() -> Iterator[Client]:
-    from taskerctl._core import read_token
     from taskerctl._sync import Client
+
+    options = where_to()
+    with Client(options.pop("socket"), **options) as c:
+        yield c
+
+
+def where_to() -> dict[str, Any]:
+    """Where the daemon is, from the global options: the clients' ``socket`` and
+    :class:`~taskerctl._core.Remote` arguments (the token read from its file)."""
+    from taskerctl._core import read_token
 
     g = settings()
     token_file = g.token_file or os.environ.get("TASKER_TOKEN_FILE")
-    with Client(
-        g.socket, address=g.address, token=read_token(token_file) if token_file else None,
-        tls_ca=g.tls_ca, tls_cert=g.tls_cert, tls_key=g.tls_key, insecure=g.insecure,
-    ) as c:  # fmt: skip
-        yield c
+    return {
+        "socket": g.socket, "address": g.address,
+        "token": read_token(token_file) if token_file else None, "tls_ca": g.tls_ca,
+        "tls_cert": g.tls_cert, "tls_key": g.tls_key, "insecure": g.insecure,
+    }  # fmt: skip
 
 
 def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -1708,6 +1717,35 @@ def daemon_drain() -> None:
 def daemon_kill() -> None:
     """Cancel running and queued tasks at once, then exit."""
     _shutdown("kill")
+
+
+@cli.command(usage="[OPTIONS]")
+@click.option(
+    "--bind", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
+    help="Where to serve the page; off loopback, a token is required.",
+)  # fmt: skip
+@click.option("--open", "open_", is_flag=True, help="Open the page in a web browser.")
+@click.option(
+    "--token", metavar="TOKEN", envvar="TASKER_DASHBOARD_TOKEN",
+    help="The dashboard's own token, which the browser must send (default: "
+    "$TASKER_DASHBOARD_TOKEN).",
+)  # fmt: skip
+@click.option("--web-token-file", metavar="FILE", help="Read the dashboard's token from FILE.")
+@global_options
+def dashboard(bind: str, open_: bool, token: str | None, web_token_file: str | None) -> None:
+    """Serve a live web dashboard of the queue (needs tasker[dashboard]).
+
+    The page shows workers, queues, throughput, a chart and the tasks, live; follows a task's
+    output; and cancels, restarts, pauses, resumes, reprioritizes and submits. It reaches the
+    daemon as taskerctl does (--socket, or --address with TLS and --token-file).
+    """
+    from taskerctl._core import read_token
+    from taskerctl.dashboard import serve
+
+    serve(
+        bind, open_browser=open_,
+        token=read_token(web_token_file) if web_token_file else token, client=where_to(),
+    )  # fmt: skip
 
 
 # -- running it ------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import re
 import tomllib
@@ -11,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from tasker.addresses import is_loopback
 from tasker.durations import format_duration, parse_duration
 from tasker.paths import default_socket_path
 
@@ -216,13 +216,7 @@ def _toml_item(value: object) -> str:
 
 def _is_loopback(address: str) -> bool:
     """Whether ``address`` (host:port) is on a loopback interface only."""
-    host = address.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(address.rpartition(":")[0])
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:

@@ -52,8 +52,6 @@ SLOTS = "slots"
 POLL = 1.0
 #: After a run's result, how long its last events may still take to arrive.
 EVENTS_GRACE = 2.0
-#: Seconds between batches of messages to the scheduler (Dask's default for a client: 0.01).
-SEND_INTERVAL = 0.001
 #: Seconds to reach the scheduler (at start, and again after losing it).
 CONNECT_TIMEOUT = 20
 #: How many times one attempt may be handed to Dask again when it never started.
@@ -171,7 +169,7 @@ class DaskExecutor:
         came back has none)."""
         from taskerd.dask import claims
 
-        _quicken(self.client)
+        claims.quicken(getattr(self.client, "scheduler_comm", None))
         await claims.register(self.client)
         if self.topic:
             self.client.unsubscribe_topic(self.topic)
@@ -357,14 +355,6 @@ class DaskExecutor:
                         job.task_id, cause)  # fmt: skip
             return None
         _gone(job, run, f"its Dask worker or the scheduler was lost ({cause!r})")
-
-
-def _quicken(client: Any) -> None:
-    """Send to the scheduler within 1 ms rather than batching for 10 ms (Dask's default for a
-    client): taskerd hands over one task per free slot, so each hand-over waits for it."""
-    comm = getattr(client, "scheduler_comm", None)
-    if comm is not None and hasattr(comm, "interval"):
-        comm.interval = SEND_INTERVAL
 
 
 def _gone(job: Job, run: _Run, why: str) -> NoReturn:

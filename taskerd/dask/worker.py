@@ -198,6 +198,7 @@ class TaskerWorker(WorkerPlugin):
     def setup(self, worker: Worker) -> None:
         """Become a subreaper, start the keeper and the reaper."""
         self.worker = worker
+        claims.quicken(getattr(worker, "batched_stream", None))
         if not become_subreaper():
             log.warning("not a child subreaper: escaped descendants of a run are not reaped")
         self.keeper = Keeper()
