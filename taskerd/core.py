@@ -1522,12 +1522,16 @@ class Core:
         log.info("shutting down (%s)", pb.ShutdownMode.Name(mode)[14:])
         for stop in self.before_stop:
             await stop()
+        log.debug("shutdown: waiting for %d admissions", self._admitting)
         await self._admitted.wait()  # requests already admitted are queued (and answered OK)
+        log.debug("shutdown: stopping the engines")
         await self._stop_engine(mode)
         # Run tasks bypass the queue: they get the same treatment as running ones.
         runs = {live.run_task for live in self.live.values() if live.run_task is not None}
         if runs:
+            log.debug("shutdown: stopping %d Run tasks", len(runs))
             await self._stop_runs(runs)
+        log.debug("shutdown: waiting for %d ends to be journaled", len(self._finishing))
         # Ends still being journaled: a journal that keeps failing cannot hold the stop forever;
         # what is not written stays unfinished in the journal, for the next start.
         grace = self.config.stop_timeout

@@ -140,6 +140,18 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
+async def _to_the_end(task: asyncio.Future[Any]) -> bool:
+    """Wait until ``task`` is done, however often this is cancelled meanwhile; whether it was
+    (the caller re-raises that once its own step is over). The task's outcome is its own."""
+    interrupted = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            interrupted = True
+    return interrupted
+
+
 class TaskManager(Generic[R, E]):
     """An asyncio task manager: priorities, timeouts, cancellation, retries, backpressure.
 
@@ -602,15 +614,19 @@ class TaskManager(Generic[R, E]):
             job.cancel()
             raise
         finally:
-            await asyncio.shield(task)
+            # The caller may be cancelled again meanwhile (an abandoned Run, then a stop): the
+            # bookkeeping must happen all the same, or a stop would wait for this job forever.
+            interrupted = await _to_the_end(task)
             self._direct.discard(job)
             if worker is not None:
                 worker.borrowed = False
                 self._wake(worker, WAKE if healthy else REPLACE)
             elif temporary or not healthy or len(self._spare) >= self._pool_size:
-                await self._destroy(resource)
+                interrupted |= await _to_the_end(self._loop.create_task(self._destroy(resource)))
             else:
                 self._spare.append(resource)
+            if interrupted:
+                raise asyncio.CancelledError()
 
     # ----------------------------------------------------------------- queue plumbing
 

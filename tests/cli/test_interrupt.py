@@ -143,3 +143,14 @@ def test_piped_stdin_reaches_the_task(shared: Daemon) -> None:
         env={**os.environ, "TASKER_SOCKET": str(shared.socket)},
     )  # fmt: skip
     assert binary.stdout.split() == [f"{i:02x}".encode() for i in range(256)]
+
+
+def test_a_stop_after_interrupted_calls_ends_at_once(make_daemon: type[Daemon]) -> None:
+    """After Ctrl-C on `run`, `--wait` and `-f`, a stop hung until killed: an abandoned Run
+    was cancelled twice in the engine (its call, then its task), and the second cancel skipped
+    the engine's bookkeeping, so the stop waited for that run forever."""
+    d = make_daemon("--workers", "4")
+    test_ctrl_c_cancels_the_task(d)
+    began = time.monotonic()
+    assert d.stop(timeout=15) == 0
+    assert time.monotonic() - began < 5
