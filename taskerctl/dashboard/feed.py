@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import statistics
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -220,11 +221,12 @@ def _seconds(d: Any) -> float:
     return float(d.seconds + d.nanos / 1e9)
 
 
-def _quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def _p50_p95(values: list[float]) -> tuple[float | None, float | None]:
+    """The median and the 95th percentile of ``values`` (None, None for none)."""
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (None, None)
+    twentieths = statistics.quantiles(values, n=20, method="inclusive")
+    return twentieths[9], twentieths[18]
 
 
 class View:
@@ -397,15 +399,16 @@ class Hub:
         waits, runs = self._waits, self._runs
         self._waits, self._runs = [], []
         self.sample_seq += 1
+        (wait_p50, wait_p95), (run_p50, run_p95) = _p50_p95(waits), _p50_p95(runs)
         sample = {
             "seq": self.sample_seq,
             "t": time.time(),
             "done": rate,
             "arrivals": metrics.arrival_rate,
-            "wait_p50": _quantile(waits, 0.5),
-            "wait_p95": _quantile(waits, 0.95),
-            "run_p50": _quantile(runs, 0.5),
-            "run_p95": _quantile(runs, 0.95),
+            "wait_p50": wait_p50,
+            "wait_p95": wait_p95,
+            "run_p50": run_p50,
+            "run_p95": run_p95,
         }
         self.samples.append(sample)
         idle = max(0, stats.active_workers - stats.running)
