@@ -588,6 +588,25 @@ def get(task_id: int, output: bool) -> Op[TaskResult]:
     return TaskResult.from_proto(task)
 
 
+def _list_request(
+    states: Iterable[str | int] | None, labels: Mapping[str, str] | None, group: str | None,
+    page_size: int, page_token: str = "",
+) -> pb.ListRequest:  # fmt: skip
+    return pb.ListRequest(
+        states=_states(states), labels=dict(labels or {}), page_size=max(1, min(page_size, 1000)),
+        group=_group(group), page_token=page_token,
+    )  # fmt: skip
+
+
+def list_page(
+    states: Iterable[str | int] | None, labels: Mapping[str, str] | None, group: str | None,
+    page_size: int, page_token: str,
+) -> Op[tuple[list[TaskResult], str]]:  # fmt: skip
+    """One page of records, newest first, and the next page's token ("" after the last)."""
+    resp = yield Call("List", _list_request(states, labels, group, page_size, page_token))
+    return [TaskResult.from_proto(t) for t in resp.tasks], resp.next_page_token
+
+
 def list_tasks(
     states: Iterable[str | int] | None,
     labels: Mapping[str, str] | None,
@@ -595,12 +614,7 @@ def list_tasks(
     group: str | None = None,
 ) -> Op[list[TaskResult]]:
     """Up to ``limit`` records (of ``group`` only, when given), newest first, page after page."""
-    request = pb.ListRequest(
-        states=_states(states),
-        labels=dict(labels or {}),
-        page_size=max(1, min(limit, 1000)),
-        group=_group(group),
-    )
+    request = _list_request(states, labels, group, limit)
     out: list[TaskResult] = []
     while len(out) < limit:
         resp = yield Call("List", request)

@@ -355,6 +355,20 @@ class Client(core.BaseClient):
         page tokens."""
         return self._run(core.list_tasks(states, labels, limit, group), rpc_timeout)
 
+    def list_page(
+        self,
+        states: Iterable[str | int] | None = None,
+        labels: Mapping[str, str] | None = None,
+        *,
+        group: str | None = None,
+        page_size: int = 100,
+        page_token: str = "",
+        rpc_timeout: float | None = _UNSET,
+    ) -> tuple[builtins.list[TaskResult], str]:
+        """One page of task records (at most 1,000), newest first, and the token of the next
+        page ("" after the last): pass it back as ``page_token``, with the same filters."""
+        return self._run(core.list_page(states, labels, group, page_size, page_token), rpc_timeout)
+
     def cancel(self, task_id: int, *, rpc_timeout: float | None = _UNSET) -> bool:
         """Cancel a task; False when it had already finished. Raises TaskNotFound."""
         return self.cancel_many([task_id], rpc_timeout=rpc_timeout)[task_id]

@@ -204,15 +204,24 @@ def daemon(make_daemon: type[Daemon]) -> Daemon:
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A started daemon with 4 workers, shared by a module's tests (one per test is slow)."""
-    d = Daemon(tmp_path_factory.mktemp("daemon"), "--workers", "4")
+    with running(Daemon(tmp_path_factory.mktemp("daemon"), "--workers", "4")) as d:
+        yield d
+
+
+@contextlib.contextmanager
+def running(d: Daemon) -> Iterator[Daemon]:
+    """Start ``d``; on the way out stop it (kill it if it will not stop) and remove its
+    cgroups: for a daemon that outlives one test."""
     d.start()
-    yield d
     try:
-        d.stop()
-    except Exception:
-        if d.proc is not None:
-            d.proc.kill()
-    remove_cgroups(d.state_dir)
+        yield d
+    finally:
+        try:
+            d.stop()
+        except Exception:
+            if d.proc is not None:
+                d.proc.kill()
+        remove_cgroups(d.state_dir)
 
 
 # ------------------------------------------------------------------ processes left behind

@@ -23,10 +23,9 @@ import statistics
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 from tasker.v1 import tasker_pb2 as pb
-from taskerctl import _core as core
 from taskerctl._async import AsyncClient
 from taskerctl._submit import record
 from taskerctl.errors import TaskerError
@@ -121,15 +120,14 @@ class Query:
             page_size=size,
         )
 
-    def request(self, page_token: str, page_size: int) -> pb.ListRequest:
-        """The ListRequest of a page of this view (the text is not the daemon's filter)."""
-        return pb.ListRequest(
-            states=[cast("pb.TaskState.ValueType", parse_state(s).value) for s in self.states],
-            labels=dict(self.labels),
-            group=self.group,
+    async def page(
+        self, client: AsyncClient, page_token: str, page_size: int
+    ) -> tuple[list[TaskResult], str]:
+        """A page of this view by the daemon's filters (the text is not one of them)."""
+        return await client.list_page(
+            self.states, dict(self.labels), group=self.group or None, page_size=page_size,
             page_token=page_token,
-            page_size=page_size,
-        )
+        )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -162,19 +160,13 @@ def row(t: TaskResult) -> dict[str, Any]:
     return d
 
 
-def _list(request: pb.ListRequest) -> core.Op[pb.ListResponse]:
-    """One List call, its answer as it is (AsyncClient.list hides page tokens)."""
-    return (yield core.Call("List", request))  # type: ignore[no-any-return]
-
-
-def matches(task: pb.Task, text: str) -> bool:
+def matches(task: TaskResult, text: str) -> bool:
     """Whether ``text`` (lower case) is in the task's id, command, labels, group or error."""
-    spec = task.spec
     hay = " ".join(
         (
             str(task.id),
-            *spec.argv,
-            *(f"{k}={v}" for k, v in spec.labels.items()),
+            *task.argv,
+            *(f"{k}={v}" for k, v in task.labels.items()),
             task.group,
             task.error,
         )
@@ -187,16 +179,15 @@ async def fetch_page(client: AsyncClient, query: Query) -> Page:
     a page of matches is found or :data:`TEXT_SCAN_LIMIT` tasks were looked at (the daemon has
     no text filter; all tasks are never loaded)."""
     if not query.text:
-        resp = await client._run(_list(query.request(query.page_token, query.page_size)))
-        rows = tuple(row(TaskResult.from_proto(t)) for t in resp.tasks)
-        return Page(rows, resp.next_page_token)
+        tasks, next_token = await query.page(client, query.page_token, query.page_size)
+        return Page(tuple(row(t) for t in tasks), next_token)
     text = query.text.lower()
-    found: list[pb.Task] = []
+    found: list[TaskResult] = []
     scanned = 0
     token = query.page_token
     while True:
-        resp = await client._run(_list(query.request(token, 1000)))
-        for task in resp.tasks:
+        tasks, next_token = await query.page(client, token, 1000)
+        for task in tasks:
             scanned += 1
             if matches(task, text):
                 found.append(task)
@@ -204,17 +195,17 @@ async def fetch_page(client: AsyncClient, query: Query) -> Page:
                     break
             if scanned >= TEXT_SCAN_LIMIT:
                 break
-        rows = tuple(row(TaskResult.from_proto(t)) for t in found)
-        last = resp.tasks[-1].id if resp.tasks else 0
+        rows = tuple(row(t) for t in found)
+        last = tasks[-1].id if tasks else 0
         if len(found) == query.page_size:  # a full page: the next one starts after its last
-            more = bool(resp.next_page_token) or found[-1].id != last
+            more = bool(next_token) or found[-1].id != last
             return Page(rows, str(found[-1].id) if more else "", scanned)
-        if not resp.next_page_token:
+        if not next_token:
             return Page(rows, "", scanned)
         if scanned >= TEXT_SCAN_LIMIT:  # stopped at the bound: the user may search on
-            stop = str(task.id) if resp.tasks else resp.next_page_token
+            stop = str(task.id) if tasks else next_token
             return Page(rows, stop, scanned, bounded=True)
-        token = resp.next_page_token
+        token = next_token
 
 
 def _seconds(d: Any) -> float:

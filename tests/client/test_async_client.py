@@ -109,6 +109,9 @@ async def test_many_list_stats_metrics_clean(client: AsyncClient) -> None:
     await asyncio.gather(*(h.wait(20) for h in hs))
     listed = await client.list(labels={"grp": "async"}, limit=10)
     assert sorted(t.id for t in listed) == [h.id for h in hs]
+    page, token = await client.list_page(labels={"grp": "async"}, page_size=3)
+    rest, end = await client.list_page(labels={"grp": "async"}, page_size=3, page_token=token)
+    assert [t.id for t in page + rest] == [h.id for h in reversed(hs)] and end == ""
     assert (await client.stats()).base_workers == 4
     assert (await client.metrics()).completed >= 5
     assert await client.clean("0s") >= 5

@@ -149,6 +149,10 @@ def test_list_cancel_stats_metrics_clean(client: Client) -> None:
     listed = client.list(labels={"grp": "lcs"}, limit=3)
     assert [t.id for t in listed] == ids[4:1:-1]  # newest first, limited
     assert len(client.list(labels={"grp": "lcs"}, limit=1000)) == 5
+    first, token = client.list_page(labels={"grp": "lcs"}, page_size=2)
+    second, token2 = client.list_page(labels={"grp": "lcs"}, page_size=2, page_token=token)
+    last, end = client.list_page(labels={"grp": "lcs"}, page_size=2, page_token=token2)
+    assert [t.id for t in first + second + last] == ids[4::-1] and end == ""
     for h in hs[:5]:
         assert h.cancel() is True
     for h in hs:

@@ -47,14 +47,19 @@ def started(c: Client, files: dict[str, Path], ids: dict[str, int]) -> dict[str,
     return {name: int(f.read_text().split()[0]) for name, f in files.items()}
 
 
-def submit_pair(c: Client, tmp_path: Path) -> tuple[dict[str, Path], dict[str, int]]:
+def submit_pair(
+    c: Client, tmp_path: Path
+) -> tuple[dict[str, Path], dict[str, int], dict[str, int]]:
+    """Once the cluster's slots are in, an ordinary and a ``--once`` task running (see
+    FIRST_LONG): their pid files, their ids and their first pids."""
+    until(lambda: c.stats(group=GROUP).base_workers == SLOTS, 20, "the cluster's slots")
     files = {name: tmp_path / name for name in ("ordinary", "once")}
     ids = {
         name: c.submit(["sh", "-c", FIRST_LONG.format(f=files[name])], group=GROUP,
                        once=name == "once").id
         for name in files
     }  # fmt: skip
-    return files, ids
+    return files, ids, started(c, files, ids)
 
 
 def test_kill_9_of_the_scheduler(
@@ -62,9 +67,7 @@ def test_kill_9_of_the_scheduler(
 ) -> None:
     d = make_daemon(config=daemon_config(cluster))
     with Client(d.socket, rpc_timeout=30) as c:
-        until(lambda: c.stats(group=GROUP).base_workers == SLOTS, 20, "the cluster's slots")
-        files, ids = submit_pair(c, tmp_path)
-        first = started(c, files, ids)
+        files, ids, first = submit_pair(c, tmp_path)
         cluster.procs["scheduler"].send_signal(signal.SIGKILL)
         # A worker closes once its scheduler is lost, ending its runs; taskerd handles the
         # tasks in flight as after its own crash: LOST at most once, re-queued otherwise.
@@ -88,10 +91,7 @@ def test_sigstop_of_a_worker_past_its_ttl(
 ) -> None:
     d = make_daemon(config=daemon_config(cluster))
     with Client(d.socket, rpc_timeout=30) as c:
-        until(lambda: c.stats(group=GROUP).base_workers == SLOTS, 20, "the cluster's slots")
-        # Both tasks on one worker: hold the other's slots with tasks that end on their own.
-        files, ids = submit_pair(c, tmp_path)
-        first = started(c, files, ids)
+        files, ids, first = submit_pair(c, tmp_path)
         nodes = {c.get(i).node for i in ids.values()}
         for node in nodes:
             os.kill(cluster.pid_of(node), signal.SIGSTOP)

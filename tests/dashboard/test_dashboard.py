@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from taskerctl import Client
-from tests.conftest import Daemon, remove_cgroups
+from tests.conftest import Daemon, running
 from tests.daemon.test_prometheus import free_port
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -37,7 +37,9 @@ if CHROMIUM is None or CHROMEDRIVER is None:
 try:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.remote.webelement import WebElement
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -83,17 +85,10 @@ class Dashboard:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("dash"), "--workers", "3")
-    d.start()
-    with Client(d.socket) as c:
-        c.add_group("gpu", parallel=1)
-    yield d
-    try:
-        d.stop()
-    except Exception:
-        if d.proc is not None:
-            d.proc.kill()
-    remove_cgroups(d.state_dir)
+    with running(Daemon(tmp_path_factory.mktemp("dash"), "--workers", "3")) as d:
+        with Client(d.socket) as c:
+            c.add_group("gpu", parallel=1)
+        yield d
 
 
 @pytest.fixture(scope="module")
@@ -329,11 +324,14 @@ def test_keyboard_reaches_the_actions(
     browser.get(dashboard.url + "/")
     until(browser, lambda: row(browser, task.id) is not None, timeout=20)
     seen: set[str] = set()
-    body = browser.find_element(By.TAG_NAME, "body")
+    # Tab goes to whatever has the focus (live updates re-render rows, keeping their focus).
+    focused = (
+        "const e = document.activeElement;"
+        "return e.tagName.toLowerCase() + ':' + (e.id || e.textContent);"
+    )
     for _ in range(30):
-        body.send_keys("\t") if not seen else browser.switch_to.active_element.send_keys("\t")
-        active = browser.switch_to.active_element
-        seen.add(active.tag_name + ":" + (active.get_attribute("id") or active.text))
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        seen.add(browser.execute_script(focused))
     assert any(s.startswith("input:") for s in seen)
     assert any("Pause" in s or "Resume" in s for s in seen)
 
