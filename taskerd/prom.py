@@ -250,8 +250,9 @@ class Metrics:
             rejected.add_metric([reason], self.refused[reason])
         yield rejected
         yield self.wait.family(
-            "tasker_task_wait_seconds", "From queued to started (the last attempt's start), of "
-            "each task that ran, observed as it ends."
+            "tasker_task_wait_seconds", "From submission (queued_at) to the last attempt's start, "
+            "of each task that ran, observed as it ends (a stashed, waiting or scheduled task's "
+            "hold counts)."
         )  # fmt: skip
         yield self.run.family(
             "tasker_task_run_seconds", "From started (the last attempt's start) to ended, of "
