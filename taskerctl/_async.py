@@ -187,10 +187,14 @@ class AsyncClient(core.BaseClient):
     async def _stream(
         self, method: str, request: Any, timeout: float | None
     ) -> AsyncIterator[TaskEvent]:
+        async for event in self._events(method, request, timeout):
+            yield TaskEvent.from_proto(event)
+
+    async def _events(self, method: str, request: Any, timeout: float | None) -> AsyncIterator[Any]:
         call = getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
         with self._errors(call):
             async for event in call:
-                yield TaskEvent.from_proto(event)
+                yield event
 
     async def _wait(self, waiter: core.Waiter) -> builtins.list[TaskResult]:
         calls = [
@@ -298,6 +302,13 @@ class AsyncClient(core.BaseClient):
         finish; ``finished_only`` keeps just each task's final event."""
         request = core.stream_request(ids, output, finished_only)
         return self._stream("StreamResults", request, timeout)
+
+    async def ends(self, timeout: float | None = None) -> AsyncIterator[builtins.list[TaskResult]]:
+        """Every task's end from now on, as it comes: several at once when this reads behind
+        (without output). Runs until ``timeout`` (None: for ever) or the daemon stops."""
+        async for event in self._events("StreamResults", core.ENDS, timeout):
+            if ended := core.ended_tasks(event):
+                yield ended
 
     async def wait(self, task_id: int, timeout: float | None = None) -> TaskResult:
         """Wait until task ``task_id`` is terminal and return its result, with its output."""

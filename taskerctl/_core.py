@@ -517,6 +517,20 @@ def _states(states: Iterable[str | int] | None) -> list[pb.TaskState.ValueType]:
         raise _bad("states", err) from None
 
 
+#: Every task's end from now on, several in one message when the reader is behind.
+ENDS = pb.StreamResultsRequest(finished_only=True, batch=True)
+
+
+def ended_tasks(event: pb.TaskEvent) -> list[TaskResult]:
+    """The tasks an event of an :data:`ENDS` stream says ended."""
+    kind = event.WhichOneof("kind")
+    if kind == "finished_many":
+        return [TaskResult.from_proto(t) for t in event.finished_many.tasks]
+    if kind == "finished":
+        return [TaskResult.from_proto(event.finished.task)]
+    return []
+
+
 def stream_request(
     ids: Iterable[int] | None, output: bool, finished_only: bool
 ) -> pb.StreamResultsRequest:

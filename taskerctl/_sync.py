@@ -168,10 +168,13 @@ class Client(core.BaseClient):
         return run.result
 
     def _stream(self, method: str, request: Any, timeout: float | None) -> Iterator[TaskEvent]:
+        for event in self._events(method, request, timeout):
+            yield TaskEvent.from_proto(event)
+
+    def _events(self, method: str, request: Any, timeout: float | None) -> Iterator[Any]:
         call = getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
         with self._errors(call):
-            for event in call:
-                yield TaskEvent.from_proto(event)
+            yield from call
 
     def _wait(self, waiter: core.Waiter) -> builtins.list[TaskResult]:
         calls = [
@@ -296,6 +299,13 @@ class Client(core.BaseClient):
         finish; ``finished_only`` keeps just each task's final event."""
         request = core.stream_request(ids, output, finished_only)
         return self._stream("StreamResults", request, timeout)
+
+    def ends(self, timeout: float | None = None) -> Iterator[builtins.list[TaskResult]]:
+        """Every task's end from now on, as it comes: several at once when this reads behind
+        (without output). Runs until ``timeout`` (None: for ever) or the daemon stops."""
+        for event in self._events("StreamResults", core.ENDS, timeout):
+            if ended := core.ended_tasks(event):
+                yield ended
 
     def wait(self, task_id: int, timeout: float | None = None) -> TaskResult:
         """Block until task ``task_id`` is terminal and return its result, with its output.

@@ -25,7 +25,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
-from tasker.v1 import tasker_pb2 as pb
 from taskerctl._async import AsyncClient
 from taskerctl._submit import record
 from taskerctl.errors import TaskerError
@@ -322,30 +321,22 @@ class Hub:
 
     async def _firehose(self) -> None:
         """Every ended task, few messages when behind: times for the chart, and a change."""
-        client = self.client
-        request = pb.StreamResultsRequest(finished_only=True, batch=True)
         while True:
-            call = client._stub.StreamResults(request, metadata=client._metadata)
             try:
-                with client._errors(call):
-                    async for event in call:
-                        kind = event.WhichOneof("kind")
-                        if kind == "finished_many":
-                            self._ended(event.finished_many.tasks)
-                        elif kind == "finished":
-                            self._ended((event.finished.task,))
+                async for ended in self.client.ends():
+                    self._ended(ended)
             except TaskerError as err:
                 log.info("dashboard: firehose ended: %s", err.message)
             self.data.bump()  # events may have been missed: the views look again
             await asyncio.sleep(1.0)
 
-    def _ended(self, tasks: Sequence[pb.Task]) -> None:
+    def _ended(self, tasks: Sequence[TaskResult]) -> None:
         self.ended_seen += len(tasks)
         if len(self._waits) < _TIMES_PER_SAMPLE:
             for t in tasks:
-                if t.HasField("run"):  # it ran: a cancelled queued task has no run time
-                    self._waits.append(_seconds(t.wait))
-                    self._runs.append(_seconds(t.run))
+                if t.run is not None and t.wait is not None:  # it ran (not a cancelled queued one)
+                    self._waits.append(t.wait)
+                    self._runs.append(t.run)
         self.data.bump()
 
     async def _watch_stats(self) -> None:

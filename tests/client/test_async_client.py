@@ -141,3 +141,18 @@ async def test_queue_full_and_shutdown(make_daemon: type[Daemon]) -> None:
                 hs.append(await c.submit(["sleep", "30"]))
         await c.shutdown("kill")
     assert d.proc is not None and d.proc.wait(20) == 0
+
+
+async def test_ends_streams_each_end_once(client: AsyncClient) -> None:
+    seen: list[int] = []
+
+    async def read() -> None:
+        async for ended in client.ends():
+            seen.extend(t.id for t in ended if t.labels.get("grp") == "ends")
+            if len(seen) >= 3:
+                return
+
+    reader = asyncio.ensure_future(read())
+    hs = await client.submit_many([["sleep", "1"]] * 3, labels={"grp": "ends"})
+    await asyncio.wait_for(reader, 30)
+    assert sorted(seen) == [h.id for h in hs]
