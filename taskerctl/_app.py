@@ -325,19 +325,33 @@ def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         setattr(g, "json" if param.name == "as_json" else str(param.name), value)
 
 
+def _global_params() -> list[click.Option]:
+    """The global options, made once (every command shares them: they keep no state of their
+    own, and making them anew for each command was a good part of taskerctl's start-up)."""
+    params = [
+        click.Option([flag], metavar=metavar, expose_value=False, callback=_set_global, help=text)
+        for flag, metavar, text in _GLOBALS
+    ]
+    params.append(click.Option(
+        ["--json", "as_json"], is_flag=True, expose_value=False, callback=_set_global,
+        help=JSON_HELP,
+    ))  # fmt: skip
+    params.append(click.Option(
+        ["--insecure"], is_flag=True, expose_value=False, callback=_set_global,
+        help="With --address: plaintext TCP (a loopback listener with insecure_loopback).",
+    ))  # fmt: skip
+    return params
+
+
+_GLOBAL_PARAMS = _global_params()
+
+
 def global_options(f: F) -> F:
     """Add the global options (``--socket``, ``--json``, ``--address``...) to a command."""
-    f = click.option(
-        "--insecure", is_flag=True, expose_value=False, callback=_set_global,
-        help="With --address: plaintext TCP (a loopback listener with insecure_loopback).",
-    )(f)  # fmt: skip
-    f = click.option(
-        "--json", "as_json", is_flag=True, expose_value=False, callback=_set_global, help=JSON_HELP
-    )(f)
-    for flag, metavar, text in reversed(_GLOBALS):
-        f = click.option(
-            flag, metavar=metavar, expose_value=False, callback=_set_global, help=text
-        )(f)
+    # As click.option does: decorators run bottom-up, and the list is reversed when the command
+    # is made, so these come last in its help, in _GLOBALS's order.
+    params = f.__dict__.setdefault("__click_params__", [])
+    params.extend(reversed(_GLOBAL_PARAMS))
     return f
 
 

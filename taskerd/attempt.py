@@ -337,7 +337,7 @@ def write(host: Host, live: Live, ending: Ending) -> asyncio.Future[None]:
         stderr=err,
         stdout_truncated=bool(capture and (capture.stdout_truncated or dropped)),
         stderr_truncated=bool(capture and (capture.stderr_truncated or dropped)),
-        node=node_of(live),
+        node=node_of(live) or None,
     )
 
 

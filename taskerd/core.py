@@ -1427,10 +1427,7 @@ class Core:
             waiting=c.waiting,
             scheduled=c.scheduled,
             groups=[g.record() for g in groups],
-            nodes=[
-                pb.Node(name=n.name, address=n.address, slots=n.slots)
-                for n in (self.dask.nodes if self.dask is not None else ())
-            ],
+            nodes=self.dask.nodes if self.dask is not None else (),
             succeeded=c.by_state[SUCCEEDED],
             failed=c.by_state[FAILED],
             timed_out=c.by_state[TIMED_OUT],

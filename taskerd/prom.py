@@ -33,6 +33,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+from tasker.addresses import split_address
 from tasker.v1 import tasker_pb2 as pb
 from taskerd import engine
 from taskerd.core import _version
@@ -301,14 +302,10 @@ def parse_address(address: str) -> tuple[str | None, int]:
 
     ValueError with a one-line reason if it is not one.
     """
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"metrics_address: expected host:port, not {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"metrics_address: an IPv6 host goes in brackets: {address!r}")
-    return (host or None), int(port_text)
+    try:
+        return split_address(address)
+    except ValueError as exc:
+        raise ValueError(f"metrics_address: {exc}") from None
 
 
 class MetricsServer:

@@ -426,35 +426,25 @@ def _prepare(
     spec: pb.TaskSpec, queued_at: float, shared_env: bytes = b"", state: int = _QUEUED
 ) -> _NewTask:
     if not spec.env and not spec.stdin:  # the batch fast path: nothing to split off
-        new = _NewTask(
-            state=state,
-            group=spec.group or DEFAULT_GROUP,
-            queued_at=queued_at,
-            priority=spec.priority or pb.PRIORITY_NORMAL,
-            once=spec.once,
-            max_retries=spec.max_retries if spec.HasField("max_retries") else None,
-            spec=spec.SerializeToString(),
-            env=shared_env,
-            stdin=b"",
-            labels=list(spec.labels.items()) if spec.labels else [],
-        )
+        light, env, stdin = spec, shared_env, b""
     else:
         light = pb.TaskSpec()
         light.CopyFrom(spec)
         light.ClearField("env")
         light.ClearField("stdin")
-        new = _NewTask(
-            state=state,
-            group=spec.group or DEFAULT_GROUP,
-            queued_at=queued_at,
-            priority=spec.priority or pb.PRIORITY_NORMAL,
-            once=spec.once,
-            max_retries=spec.max_retries if spec.HasField("max_retries") else None,
-            spec=light.SerializeToString(),
-            env=_env_blob(spec) if spec.env else shared_env,
-            stdin=spec.stdin,
-            labels=list(spec.labels.items()) if spec.labels else [],
-        )
+        env, stdin = (_env_blob(spec) if spec.env else shared_env), spec.stdin
+    new = _NewTask(
+        state=state,
+        group=spec.group or DEFAULT_GROUP,
+        queued_at=queued_at,
+        priority=spec.priority or pb.PRIORITY_NORMAL,
+        once=spec.once,
+        max_retries=spec.max_retries if spec.HasField("max_retries") else None,
+        spec=light.SerializeToString(),
+        env=env,
+        stdin=stdin,
+        labels=list(spec.labels.items()) if spec.labels else [],
+    )
     if spec.HasField("start_at"):
         new.more = _More(start_at=_seconds(spec.start_at))
     return new
@@ -1131,20 +1121,19 @@ class Store:
         stderr: bytes | bytearray = b"",
         stdout_truncated: bool = False,
         stderr_truncated: bool = False,
-        node: str = "",
+        node: str | None = None,
     ) -> asyncio.Future[None]:
         """Terminal state and result, queued at once: the future of its commit. ``node``: the
-        Dask worker of its last attempt ("": it ran here, or as journaled at its start)."""
+        Dask worker of its last attempt (None: as journaled at its start, or it ran here)."""
         if state not in TERMINAL_STATES:
             raise ValueError(f"state: {state} is not a terminal state")
 
         def write(conn: _Conn) -> None:
-            if node:
-                conn.execute("UPDATE tasks SET node = ? WHERE id = ?", (node, task_id))
             conn.execute(
                 "UPDATE tasks SET state = ?, ended_at = ?, error = ?, exit_code = ?, signal = ?, "
                 "attempts = COALESCE(?, attempts), started_at = COALESCE(?, started_at), "
-                "pid = COALESCE(?, pid), worker = COALESCE(?, worker) WHERE id = ?",
+                "pid = COALESCE(?, pid), worker = COALESCE(?, worker), node = COALESCE(?, node) "
+                "WHERE id = ?",
                 (
                     state,
                     ended_at,
@@ -1155,6 +1144,7 @@ class Store:
                     started_at,
                     pid,
                     worker,
+                    node,
                     task_id,
                 ),
             )

@@ -176,12 +176,17 @@ def make_daemon(tmp_path: Path) -> Iterator[type[Daemon]]:
 
     yield factory  # type: ignore[misc]
     for d in started:
-        try:
-            d.stop()
-        except Exception:
-            if d.proc is not None:
-                d.proc.kill()
-        remove_cgroups(d.state_dir)
+        put_away(d)
+
+
+def put_away(d: Daemon) -> None:
+    """Stop a test's daemon (kill it if it will not stop) and remove its cgroups."""
+    try:
+        d.stop()
+    except Exception:
+        if d.proc is not None:
+            d.proc.kill()
+    remove_cgroups(d.state_dir)
 
 
 def remove_cgroups(state_dir: Path) -> None:
@@ -210,18 +215,13 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 @contextlib.contextmanager
 def running(d: Daemon) -> Iterator[Daemon]:
-    """Start ``d``; on the way out stop it (kill it if it will not stop) and remove its
-    cgroups: for a daemon that outlives one test."""
+    """Start ``d``, and :func:`put_away` it on the way out: for a daemon that outlives one
+    test."""
     d.start()
     try:
         yield d
     finally:
-        try:
-            d.stop()
-        except Exception:
-            if d.proc is not None:
-                d.proc.kill()
-        remove_cgroups(d.state_dir)
+        put_away(d)
 
 
 # ------------------------------------------------------------------ processes left behind

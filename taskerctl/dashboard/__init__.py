@@ -12,17 +12,17 @@ import asyncio
 import sys
 from typing import Any
 
-from tasker.addresses import is_loopback
+from tasker.addresses import is_loopback, split_address
 from taskerctl.errors import TaskerError
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:8080`` for IPv6) → (host, port)."""
-    host, sep, port = bind.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise TaskerError(f"--bind {bind!r}: use HOST:PORT, such as 127.0.0.1:8080")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
+    try:
+        host, port = split_address(bind)
+    except ValueError:
+        raise TaskerError(f"--bind {bind!r}: use HOST:PORT, such as 127.0.0.1:8080") from None
+    return host or "127.0.0.1", port
 
 
 def serve(bind: str, *, token: str | None, open_browser: bool, client: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from tasker.v1 import tasker_pb2 as pb
 from taskerd import engine
 from taskerd.config import DaemonConfig
 from taskerd.dask.spec import (
@@ -57,15 +58,6 @@ CONNECT_TIMEOUT = 20
 #: How many times one attempt may be handed to Dask again when it never started.
 MAX_DISPATCHES = 20
 TOKEN_PREFIX = "dask:"
-
-
-@dataclass(slots=True)
-class Node:
-    """A worker of the cluster, as ``stats`` shows it."""
-
-    name: str
-    address: str
-    slots: int
 
 
 @dataclass(slots=True, eq=False)
@@ -125,7 +117,7 @@ class DaskExecutor:
         self.topic = ""
         self._connected = asyncio.Event()  # dispatch waits while the scheduler is lost
         self._known: set[str] = set()  # worker addresses whose other runs were ended
-        self.nodes: list[Node] = []
+        self.nodes: list[pb.Node] = []  # the cluster's workers, as Stats shows them
         self.on_slots: Callable[[int], None] = lambda slots: None
         self._runs: dict[str, _Run] = {}
         self._dispatched = 0
@@ -195,8 +187,8 @@ class DaskExecutor:
 
         info = await self.client.scheduler.identity(n_workers=-1)
         nodes = [
-            Node(str(w.get("name", address)), address,
-                 int((w.get("resources") or {}).get(SLOTS, 0)))
+            pb.Node(name=str(w.get("name", address)), address=address,
+                    slots=int((w.get("resources") or {}).get(SLOTS, 0)))
             for address, w in sorted(info.get("workers", {}).items())
         ]  # fmt: skip
         new = [n.address for n in nodes if n.address not in self._known]
@@ -291,7 +283,6 @@ class DaskExecutor:
             future.release()  # the key is forgotten, and with it the claim
         run.wanted = result["last_seq"]
         if run.seq < run.wanted:
-            run.caught_up.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(run.caught_up.wait(), EVENTS_GRACE)
         if not result["claimed"]:
