@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/control.py
 	$(PY) bench/workflows.py
 	$(PY) bench/scrape.py
+	$(PY) bench/remote.py
 	$(PY) bench/cluster.py
 	$(PY) bench/dashboard.py
 
