@@ -95,7 +95,10 @@ def test_tasks_spread_over_both_workers(c: Client) -> None:
 
 def test_priorities_hold_with_the_slots_full(c: Client, tmp_path: Path) -> None:
     order = tmp_path / "order"
-    blockers = [c.submit(["sleep", "1.5"], group=GROUP) for _ in range(SLOTS)]
+    # One slot frees first and the others much later, so the queued tasks run one at a time
+    # in that slot, in the order the daemon hands them out (with several slots freed at once,
+    # their appends to ``order`` would race).
+    blockers = [c.submit(["sleep", "1.5" if i == 0 else "4"], group=GROUP) for i in range(SLOTS)]
     until(lambda: c.stats(group=GROUP).running == SLOTS, 10, "the slots full")
     queued = [
         c.submit(["sh", "-c", f"echo {p} >> {order}"], group=GROUP, priority=p)

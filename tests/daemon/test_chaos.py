@@ -34,7 +34,7 @@ from tests.daemon.util import TERMINAL, dur
 MakeDaemon = Callable[..., Daemon]
 
 SEED = int(os.environ.get("TASKER_CHAOS_SEED", "20240611"))
-ROUNDS = 6
+ROUNDS = 4
 SUBMITTERS = 2
 MARK_VAR = "TASKER_TEST_MARK"
 #: Idle, the daemon holds ~60 MiB. Legitimately on top: captured output (1 MiB per stream, 2 per
