@@ -290,15 +290,19 @@ def signal_run(pgid: int, token: str, sig: int, cgroup: str = "") -> list[int]:
     carrying ``token``. Without: process group ``pgid`` with one ``killpg``, then each process
     outside it carrying ``token``. A process that cleared its environment and left the session is
     found only with a cgroup.
+
+    Either way the group goes first, with one ``killpg``: signalled one by one, a shell's children
+    could die before it, and its ``wait`` return, so that it exits 0 before its own signal lands.
     """
-    if not cgroup:
-        signal_group(pgid, sig)
-        return kill_token(token, sig, pgid=pgid)
-    if sig == signal.SIGKILL:
+    if sig == signal.SIGKILL and cgroup:
         cgv2.kill(cgroup)
+    if not cgroup or sig == signal.SIGKILL:
         signal_group(pgid, sig)
         return kill_token(token, sig, pgid=pgid)
-    return kill_token(token, sig, skip=cgv2.signal_members(cgroup, sig))
+    before = cgv2.members(cgroup)
+    signal_group(pgid, sig)
+    hit = {pid for pid in before if (fields := _stat(pid)) and int(fields[2]) == pgid}
+    return kill_token(token, sig, skip=cgv2.signal_members(cgroup, sig, hit))
 
 
 def children() -> set[int]:
