@@ -198,29 +198,52 @@ def _read_pem(key: str, path: str) -> bytes:
     return data
 
 
-def server_credentials(config: DaemonConfig) -> Any:
-    """The TCP listeners' TLS credentials (mutual with ``tls_client_ca``), or None."""
-    if not config.tls_cert:
-        return None
-    key = _read_pem("tls_key", config.tls_key)
-    if stat.S_IMODE(os.stat(config.tls_key).st_mode) & 0o077:
-        log.warning("tls_key %s is readable by group or others", config.tls_key)
-    chain = _read_pem("tls_cert", config.tls_cert)
-    ca = _read_pem("tls_client_ca", config.tls_client_ca) if config.tls_client_ca else None
-    return grpc.ssl_server_credentials(
-        [(key, chain)], root_certificates=ca, require_client_auth=ca is not None
-    )
+class Certificates:
+    """The TCP listeners' TLS material (``tls_cert``, ``tls_key``, ``tls_client_ca``), read
+    again by :meth:`reload` (SIGHUP): connections made after it get the new files (grpc's
+    certificate fetcher); those open go on as they are. Whether clients must show a
+    certificate (``tls_client_ca`` set or not) is fixed at start."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self._next: Any = None  # read by reload(), not yet handed to grpc
+
+    def _read(self) -> Any:
+        config = self.config
+        key = _read_pem("tls_key", config.tls_key)
+        if stat.S_IMODE(os.stat(config.tls_key).st_mode) & 0o077:
+            log.warning("tls_key %s is readable by group or others", config.tls_key)
+        chain = _read_pem("tls_cert", config.tls_cert)
+        ca = _read_pem("tls_client_ca", config.tls_client_ca) if config.tls_client_ca else None
+        return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=ca)
+
+    def credentials(self) -> Any:
+        """The listeners' credentials (StartupError if a file is missing or not PEM)."""
+        return grpc.dynamic_ssl_server_credentials(
+            self._read(), self._fetch, require_client_authentication=bool(self.config.tls_client_ca)
+        )
+
+    def _fetch(self) -> Any:
+        """grpc asks before each new connection (on its own threads): None keeps the current."""
+        config, self._next = self._next, None
+        return config
+
+    def reload(self) -> None:
+        """Read the files again for the next connections (StartupError: the current stay)."""
+        self._next = self._read()
 
 
 async def _serve_tcp(
     config: DaemonConfig, service: Service, health_servicer: Any
-) -> tuple[Any, auth.Authenticator]:
-    """Start the TCP listeners (config ``listen``): their server and its authenticator."""
+) -> tuple[Any, auth.Authenticator, Certificates | None]:
+    """Start the TCP listeners (config ``listen``): their server, its authenticator and its
+    certificates (None: plaintext on loopback)."""
     try:
         tokens = auth.load_tokens(config.tokens_file)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
-    credentials = server_credentials(config)
+    certificates = Certificates(config) if config.tls_cert else None
+    credentials = certificates.credentials() if certificates is not None else None
     authenticator = auth.Authenticator(tokens)
     server = _grpc_server(service, health_servicer, [authenticator])
     for address in config.listen:
@@ -237,7 +260,7 @@ async def _serve_tcp(
         "mutual TLS" if config.tls_client_ca else "TLS")  # fmt: skip
     log.info("listening on %s, %s, %d tokens", ", ".join(config.listen), how,
              len(tokens.entries))  # fmt: skip
-    return server, authenticator
+    return server, authenticator, certificates
 
 
 def _secure_socket(config: DaemonConfig) -> None:
@@ -263,6 +286,7 @@ class Daemon:
         # The TCP listeners' server and authenticator, when config ``listen`` has any.
         self.tcp: Any = None
         self.authenticator: auth.Authenticator | None = None
+        self.certificates: Certificates | None = None
 
     def request_shutdown(self, mode: pb.ShutdownMode.ValueType) -> None:
         """Begin to stop (Shutdown RPC or a signal), or escalate a stop under way.
@@ -303,16 +327,24 @@ class Daemon:
             log.warning("%s: already killing", name)
 
     def _on_sighup(self) -> None:
-        """Read the tokens file again (the rest of the configuration needs a restart)."""
+        """Read the tokens file and the TLS files again (the rest of the configuration needs a
+        restart); a file that cannot be used keeps what is in use."""
         if self.authenticator is None:
-            log.info("SIGHUP: ignored (no tokens_file to reload; SIGTERM stops taskerd)")
+            log.info("SIGHUP: ignored (no TCP listener to reload; SIGTERM stops taskerd)")
             return
+        config = self.config
         try:
-            self.authenticator.tokens = tokens = auth.load_tokens(self.config.tokens_file)
+            self.authenticator.tokens = tokens = auth.load_tokens(config.tokens_file)
+            log.info("SIGHUP: read %d tokens from %s", len(tokens.entries), config.tokens_file)
         except ValueError as exc:
             log.error("SIGHUP: kept the tokens in use: %s", exc)
-            return
-        log.info("SIGHUP: read %d tokens from %s", len(tokens.entries), self.config.tokens_file)
+        if self.certificates is not None:
+            try:
+                self.certificates.reload()
+                log.info("SIGHUP: read tls_cert %s again: new connections use it",
+                         config.tls_cert)  # fmt: skip
+            except StartupError as exc:
+                log.error("SIGHUP: kept the TLS certificate in use: %s", exc)
 
     def _handle_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -368,8 +400,9 @@ class Daemon:
             server = _grpc_server(service, health_servicer)
             try:
                 if config.listen:
-                    self.tcp, self.authenticator = await _serve_tcp(config, service,
-                                                                    health_servicer)  # fmt: skip
+                    self.tcp, self.authenticator, self.certificates = await _serve_tcp(
+                        config, service, health_servicer
+                    )
             except StartupError:
                 await core.shutdown(pb.SHUTDOWN_MODE_STOP)
                 raise

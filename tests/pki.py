@@ -67,11 +67,17 @@ def remote_config(pki: Pki, port: int, *more: str) -> str:
     )
 
 
+def server_certificate(at: Path, name: str, ca: str) -> None:
+    """``name``.pem and ``name``.key in ``at``: a server certificate for 127.0.0.1 and
+    localhost, signed by the CA ``ca`` of :func:`make_pki`."""
+    _sign(at, name, ca, "subjectAltName=IP:127.0.0.1,DNS:localhost")
+
+
 def make_pki(at: Path, roles: dict[str, str]) -> Pki:
     """Certificates and a tokens file (one random token per name of ``roles``) in ``at``."""
     _ca(at, "ca")
     _ca(at, "other")
-    _sign(at, "server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost")
+    server_certificate(at, "server", "ca")
     _sign(at, "client", "ca", "extendedKeyUsage=clientAuth")
     _sign(at, "stranger", "other", "extendedKeyUsage=clientAuth")
     tokens = {name: secrets.token_urlsafe(24) for name in roles}

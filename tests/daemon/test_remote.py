@@ -29,7 +29,7 @@ from taskerctl import (
 from tests.conftest import Daemon
 from tests.daemon.test_prometheus import free_port
 from tests.daemon.util import until
-from tests.pki import Pki, make_pki, remote_config
+from tests.pki import Pki, make_pki, remote_config, server_certificate
 
 ROLES = {"root": "admin", "alice": "submit", "bob": "submit", "rita": "read"}
 
@@ -52,7 +52,7 @@ def remote(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
 
 def client(pki: Pki, address: str, who: str | None, **more: str) -> Client:
     token = pki.tokens[who] if who else None
-    return Client(address=address, tls_ca=pki.ca_pem, token=token, rpc_timeout=10, **more)
+    return Client(address=address, token=token, rpc_timeout=10, **{"tls_ca": pki.ca_pem, **more})
 
 
 def test_each_role_may_do_its_verbs_and_no_more(pki: Pki, remote: tuple[Daemon, str]) -> None:
@@ -239,6 +239,38 @@ def test_submitter_survives_a_restart_and_tokens_reload_on_sighup(
         d.proc.send_signal(signal.SIGHUP)
         until(lambda: "kept the tokens in use" in d.log(), what="a refused reload")
         assert bob.stats() is not None
+
+
+def test_sighup_reads_the_certificate_again_for_new_connections(
+    pki: Pki, make_daemon: type[Daemon], tmp_path: Path
+) -> None:
+    # The certificate is renewed, by another CA here so that the change shows: after SIGHUP,
+    # new connections get the new one; a file that cannot be used keeps the one in use.
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.write_bytes(Path(pki.server_pem).read_bytes())
+    key.write_bytes(Path(pki.server_key).read_bytes())
+    key.chmod(0o600)
+    port = free_port()
+    config = remote_config(pki, port).replace(pki.server_pem, str(cert))
+    d = make_daemon(config=config.replace(pki.server_key, str(key)))
+    address = f"127.0.0.1:{port}"
+    assert d.proc is not None
+    with client(pki, address, "rita") as before:
+        assert before.stats() is not None
+        server_certificate(pki.dir, "renewed", "other")
+        cert.write_bytes(Path(pki.renewed_pem).read_bytes())
+        key.write_bytes(Path(pki.renewed_key).read_bytes())
+        d.proc.send_signal(signal.SIGHUP)
+        until(lambda: "read tls_cert" in d.log(), what="the certificate read again")
+        with client(pki, address, "rita", tls_ca=pki.other_pem) as after:
+            assert after.stats() is not None
+        refused(client(pki, address, "rita"), DaemonUnavailable, "CERTIFICATE_VERIFY_FAILED")
+        assert before.stats() is not None  # its connection goes on
+        cert.write_text("not a certificate\n")
+        d.proc.send_signal(signal.SIGHUP)
+        until(lambda: "kept the TLS certificate in use" in d.log(), what="a refused reload")
+        with client(pki, address, "rita", tls_ca=pki.other_pem) as again:
+            assert again.stats() is not None
 
 
 def test_insecure_loopback_only_when_asked(pki: Pki, make_daemon: type[Daemon]) -> None:
