@@ -6,8 +6,10 @@ Dask a task only when a remote slot is free, and Dask's own queue never reorders
 Dask decides only where a run goes.
 
 Each attempt is one ``client.submit`` of :func:`taskerd.dask.worker.run_task` under a fresh run
-key. Its events (started, output, in order by ``seq``) arrive on this daemon's topic and feed
-the same capture and watchers as a local run; its result gives the same ``Exit``. How the
+key. Its events (started, output, finished, in order by ``seq``) arrive on this daemon's topic
+and feed the same capture and watchers as a local run; its result gives the same ``Exit``. The
+result is taken from the finished event when it comes first (fetching the future's data is one
+more round trip, through the scheduler to the worker, before the slot is handed on). How the
 cluster's failures map to Tasker's states:
 
 - the worker died before the run started: Dask runs it elsewhere (the claim is still free),
@@ -35,6 +37,7 @@ from taskerd import engine
 from taskerd.config import DaemonConfig
 from taskerd.dask.spec import (
     REVOKED,
+    FinishedEvent,
     Job,
     NodeLost,
     OutputEvent,
@@ -73,6 +76,9 @@ class _Run:
     node: str = ""
     caught_up: asyncio.Event = field(default_factory=asyncio.Event)
     wanted: int = 0  # the seq the result says is the last one
+    finished: asyncio.Future[RunResult] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
     def take(self, msg: dict[str, Any]) -> None:
         self.early[int(msg["seq"])] = msg
@@ -83,6 +89,10 @@ class _Run:
                 self.started, self.node = True, started["node"]
                 token = TOKEN_PREFIX + self.run_key
                 self.on_spawn(Spawned(started["pid"], 0, token, "", 0, node=started["node"]))
+            elif nxt["type"] == "finished":
+                end: FinishedEvent = nxt  # type: ignore[assignment]
+                if not self.finished.done():
+                    self.finished.set_result(end["result"])
             else:
                 out: OutputEvent = nxt  # type: ignore[assignment]
                 self.capture.feed(out["stream"], out["data"])
@@ -267,7 +277,7 @@ class DaskExecutor:
             run_task, spec.to_dict(), key=run_key, resources={SLOTS: 1}, pure=False, retries=0
         )
         try:
-            result: RunResult = await future
+            result = await _result(run, future)
         except asyncio.CancelledError:  # cancelled or timed out here: end it there first
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(cancel(self.client, run_key), job.kill_grace + 5)
@@ -346,6 +356,33 @@ class DaskExecutor:
                         job.task_id, cause)  # fmt: skip
             return None
         _gone(job, run, f"its Dask worker or the scheduler was lost ({cause!r})")
+
+
+async def _result(run: _Run, future: Any) -> RunResult:
+    """The run's result: from its finished event (every event before it fed) if that comes
+    first, else from the future, which also raises what Dask had (a lost worker, ...)."""
+    if not run.finished.done():
+        loop = asyncio.get_running_loop()
+        settled: asyncio.Future[None] = loop.create_future()
+
+        def settle() -> None:
+            if not settled.done():
+                settled.set_result(None)
+
+        def on_done(_: Any) -> None:  # on Dask's callback thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle)
+
+        future.add_done_callback(on_done)
+        try:
+            either: list[asyncio.Future[Any]] = [run.finished, settled]
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            settled.cancel()
+    if run.finished.done():
+        return run.finished.result()
+    result: RunResult = await future
+    return result
 
 
 def _gone(job: Job, run: _Run, why: str) -> NoReturn:

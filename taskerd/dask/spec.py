@@ -19,6 +19,7 @@ __all__ = [
     "STDERR",
     "STDOUT",
     "Executor",
+    "FinishedEvent",
     "Job",
     "NodeLost",
     "OutputEvent",
@@ -169,6 +170,22 @@ class RunResult(TypedDict):
     started_at: float | None  # wall clock on the worker
     ended_at: float
     last_seq: int  # seq of the last event sent: the daemon has them all once it saw that one
+
+
+class FinishedEvent(TypedDict):
+    """Logged on ``topic`` as a run's last event (``seq`` one past ``result["last_seq"]``):
+    its result, without ``stdout`` and ``stderr`` (the output events carried them).
+
+    The daemon takes a run's end from it rather than from the Dask future: it comes with the
+    other events, where fetching the future's data costs a round trip through the scheduler to
+    the worker. Not sent for a run that was already running on the worker (a second execution
+    of its key there), whose future alone tells.
+    """
+
+    type: Literal["finished"]
+    run_key: str
+    seq: int
+    result: RunResult
 
 
 class NodeLost(Exception):

@@ -18,8 +18,9 @@ no daemon state directory on a worker). How a run goes:
    :class:`~taskerd.dask.spec.OutputEvent` batches (flushed at 32 KiB or after 100 ms).
 4. ``timeout`` is enforced here: every process of the run gets SIGTERM, SIGKILL after
    ``kill_grace``, as a cancel does.
-5. It returns a :class:`~taskerd.dask.spec.RunResult` (:func:`~taskerd.dask.spec.to_exit`
-   gives the local ``Exit``).
+5. It logs a :class:`~taskerd.dask.spec.FinishedEvent` (the daemon takes the end from it, a
+   hop sooner than from the future) and returns a :class:`~taskerd.dask.spec.RunResult`
+   (:func:`~taskerd.dask.spec.to_exit` gives the local ``Exit``).
 
 Cancel: ``client.run(cancel_run, run_key, workers=[address])`` on the worker that holds it
 (:func:`cancel` finds it through the claim and also revokes the claim, so a run still on its
@@ -55,6 +56,7 @@ from taskerd.dask.keeper import Keeper
 from taskerd.dask.spec import (
     NODE_VAR,
     STDOUT,
+    FinishedEvent,
     OutputEvent,
     RunResult,
     RunSpec,
@@ -148,6 +150,15 @@ class _Events:
             }  # fmt: skip
             self.worker.log_event(spec.topic, msg)
 
+    def finished(self, result: RunResult) -> None:
+        """The last event: the result without its output (see FinishedEvent)."""
+        self.flush()
+        msg: FinishedEvent = {
+            "type": "finished", "run_key": self.spec.run_key, "seq": self.seq + 1,
+            "result": {**result, "stdout": b"", "stderr": b""},
+        }  # fmt: skip
+        self.worker.log_event(self.spec.topic, msg)
+
 
 class _Capture(Capture):
     """The runner's Capture (same cap, same truncation flags), streaming what it keeps."""
@@ -237,15 +248,17 @@ class TaskerWorker(WorkerPlugin):
             result["ended_at"] = time.time()
             return result
         live = self.runs[spec.run_key] = _Live(spec)
+        events = _Events(worker, spec)
         try:
-            await self._run(live, result)
+            await self._run(live, result, events)
         finally:
             del self.runs[spec.run_key]
             live.done.set()
             result["ended_at"] = time.time()
+        events.finished(result)
         return result
 
-    async def _run(self, live: _Live, result: RunResult) -> None:
+    async def _run(self, live: _Live, result: RunResult, events: _Events) -> None:
         spec, worker = live.spec, self.worker
         assert worker is not None
         if spec.claimed:
@@ -275,7 +288,6 @@ class TaskerWorker(WorkerPlugin):
             result["cancelled"] = True
             result["error"] = "not started: cancelled"
             return
-        events = _Events(worker, spec)
         capture = _Capture(spec.output_limit, events)
         live.task = asyncio.ensure_future(self._spawn_and_wait(live, capture, events))
         try:

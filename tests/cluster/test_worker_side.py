@@ -208,11 +208,13 @@ def test_output_streams_live_in_order(cluster: Cluster, workers: dict[str, str])
     wait_for(lambda: future.done(), WAIT, "no result")
     done = time.monotonic()
     result = future.result()
-    wait_for(lambda: len(topic.of(spec.run_key)) == result["last_seq"], 5.0, "events missing")
+    last = result["last_seq"] + 1  # the finished event
+    wait_for(lambda: len(topic.of(spec.run_key)) == last, 5.0, "events missing")
     events = topic.of(spec.run_key)
-    assert [m["seq"] for _, m in events] == list(range(1, result["last_seq"] + 1))
+    assert [m["seq"] for _, m in events] == list(range(1, last + 1))
     kinds = [m["type"] for _, m in events]
-    assert kinds[0] == "started" and set(kinds[1:]) == {"output"}
+    assert kinds[0] == "started" and set(kinds[1:-1]) == {"output"} and kinds[-1] == "finished"
+    assert events[-1][1]["result"] == {**result, "stdout": b"", "stderr": b""}
     started = events[0][1]
     assert (started["pid"], started["node"]) == (result["pid"], result["node"])
     arrived_a = next(t for t, m in events if m["type"] == "output" and m["data"] == b"a\n")
@@ -230,8 +232,8 @@ def test_output_is_batched_and_capped(cluster: Cluster, workers: dict[str, str])
     lines = make(["sh", "-c", count], topic=topic.name)
     capped = make(["sh", "-c", "head -c 100000 /dev/zero"], topic=topic.name, output_limit=1000)
     r1, r2 = client.gather([submit(client, lines), submit(client, capped)])
-    wait_for(lambda: len(topic.of(capped.run_key)) == r2["last_seq"], 5.0, "events missing")
-    wait_for(lambda: len(topic.of(lines.run_key)) == r1["last_seq"], 5.0, "events missing")
+    wait_for(lambda: len(topic.of(capped.run_key)) == r2["last_seq"] + 1, 5.0, "events missing")
+    wait_for(lambda: len(topic.of(lines.run_key)) == r1["last_seq"] + 1, 5.0, "events missing")
     expected = "".join(f"{i}\n" for i in range(20)).encode()
     assert b"".join(m.get("data", b"") for _, m in topic.of(lines.run_key)) == expected
     assert r1["stdout"] == expected and not r1["stdout_truncated"]
@@ -297,7 +299,7 @@ def test_tls_cluster(tls_cluster: Cluster) -> None:
     results = client.gather([submit(client, s) for s in specs])
     assert all(r["claimed"] and r["started"] for r in results)
     assert {r["stdout"] for r in results} == {b"w1\n", b"w2\n"}
-    wait_for(lambda: len(topic.of(specs[-1].run_key)) == 2, 5.0, "events missing")
+    wait_for(lambda: len(topic.of(specs[-1].run_key)) == 3, 5.0, "events missing")
     mark = marker()
     future = submit(client, spec := make(tree(mark)))
     running(mark)
