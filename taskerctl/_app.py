@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -586,23 +586,14 @@ def _spec_options(opts: dict[str, Any], *, stdin: bool) -> SpecOptions:
 
 def _when_options(opts: dict[str, Any], spec: SpecOptions) -> TaskOptions:
     """``spec`` with ``--after``/``--after-any`` and ``--delay``/``--at`` (one of each pair)."""
-    options = cast("TaskOptions", dict(spec))
-    after = [i for ids in opts["after"] for i in ids]
-    after_any = [i for ids in opts["after_any"] for i in ids]
-    if after and after_any:
-        raise click.UsageError(
-            "give --after or --after-any, not both: a task waits on all its dependencies one way"
-        )
-    if after or after_any:
-        options["after"] = after or after_any
-        options["after_any"] = bool(after_any)
-    if opts["delay"] is not None and opts["at"] is not None:
-        raise click.UsageError("give --delay or --at, not both")
-    if opts["delay"] is not None:
-        options["delay"] = opts["delay"]
-    if opts["at"] is not None:
-        options["start_at"] = opts["at"]
-    return options
+    try:
+        return task.when_options(
+            spec, after=[i for ids in opts["after"] for i in ids],
+            after_any=[i for ids in opts["after_any"] for i in ids], delay=opts["delay"],
+            at=opts["at"],
+        )  # fmt: skip
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
 
 
 def _add_schedule(command: Sequence[str], opts: dict[str, Any]) -> int:
@@ -616,11 +607,10 @@ def _add_schedule(command: Sequence[str], opts: dict[str, Any]) -> int:
             raise click.UsageError(f"--every and --cron make a schedule: it takes no {flag}")
     _need_command(command, "submit")
     options = _spec_options(opts, stdin=False)
-    start: datetime | float | None = opts["at"]
-    if opts["delay"] is not None:
-        if start is not None:
-            raise click.UsageError("give --delay or --at, not both")
-        start = time.time() + opts["delay"]
+    try:
+        start = task.schedule_start(opts["delay"], opts["at"])
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
     with client() as c:
         sched = c.add_schedule(
             task.argv(command, shell=opts["shell"]), every=every, cron=cron,

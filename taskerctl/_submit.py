@@ -178,6 +178,44 @@ def task_options(
     return kw
 
 
+def when_options(
+    spec: SpecOptions,
+    *,
+    after: Sequence[int] = (),
+    after_any: Sequence[int] = (),
+    delay: float | None = None,
+    at: datetime | float | None = None,
+) -> TaskOptions:
+    """``spec`` with dependencies (``after``: all must succeed; ``after_any``: however they end)
+    and a start time (``delay`` from now, or ``at``); ValueError when both of a pair are given."""
+    options = cast("TaskOptions", dict(spec))
+    if after and after_any:
+        raise ValueError(
+            "give --after or --after-any, not both: a task waits on all its dependencies one way"
+        )
+    if after or after_any:
+        options["after"] = list(after or after_any)
+        options["after_any"] = bool(after_any)
+    if delay is not None:
+        options["delay"] = delay
+    start = schedule_start(delay, at)
+    if at is not None:
+        options["start_at"] = start
+    return options
+
+
+def schedule_start(delay: float | None, at: datetime | float | None) -> datetime | float | None:
+    """When a schedule (or a task) starts: ``delay`` seconds from now, or ``at``; ValueError when
+    both are given."""
+    if delay is not None and at is not None:
+        raise ValueError("give --delay or --at, not both")
+    if delay is not None:
+        import time
+
+        return time.time() + delay
+    return at
+
+
 def argv(words: Iterable[str], *, shell: bool) -> list[str]:
     """The task's argv: with ``--shell`` the words are joined into one script (as ssh does)."""
     words = list(words)

@@ -38,10 +38,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from taskerctl._async import AsyncClient
 from taskerctl._submit import argv as task_argv
-from taskerctl._submit import task_options
+from taskerctl._submit import schedule_start, task_options, when_options
 from taskerctl.dashboard.feed import PUSH_RATE, Hub, Query, follow_task
 from taskerctl.errors import TaskerError
-from taskerctl.models import command_words, parse_priority
+from taskerctl.models import command_words, parse_priority, parse_time
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "tasker_dashboard"
@@ -357,8 +357,29 @@ def _duration(body: Mapping[str, Any], key: str) -> float | None:
         raise ValueError(f"{key}: {err}") from None
 
 
+def _id_list(body: Mapping[str, Any], key: str) -> list[int]:
+    """Task ids separated by commas or spaces."""
+    ids = []
+    for word in str(body.get(key) or "").replace(",", " ").split():
+        if not word.isdigit() or int(word) == 0:
+            raise ValueError(f"{key}: {word!r} is not a task id")
+        ids.append(int(word))
+    return ids
+
+
+def _time(body: Mapping[str, Any], key: str) -> Any:
+    value = str(body.get(key) or "").strip()
+    if not value:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as err:
+        raise ValueError(f"{key}: {err}") from None
+
+
 async def _submit(client: AsyncClient, body: Mapping[str, Any]) -> str:
-    """Submit a command with the CLI's main options (as ``taskerctl submit`` builds them)."""
+    """Submit a command with the CLI's options (as ``taskerctl submit`` builds them): a task, or
+    with ``every`` or ``cron`` a schedule."""
     shell = bool(body.get("shell"))
     line = str(body.get("command", ""))
     words = command_words(line, script=shell)
@@ -376,11 +397,30 @@ async def _submit(client: AsyncClient, body: Mapping[str, Any]) -> str:
         max_requeues=_number(body, "max_requeues"),
         cwd=str(body.get("cwd") or "") or os.getcwd(),
         group=str(body.get("group") or "") or None,
+        on_finish=str(body.get("on_finish") or "") or None,
     )
-    handle = await client.submit(
-        task_argv(words, shell=shell), stashed=bool(body.get("stashed")), **options
-    )
-    return f"submitted task {handle.id}"
+    after, delay, at = _id_list(body, "after"), _duration(body, "delay"), _time(body, "at")
+    every, cron = _duration(body, "every"), str(body.get("cron") or "").strip() or None
+    command = task_argv(words, shell=shell)
+    if every is None and cron is None:
+        if body.get("overlap"):
+            raise ValueError("overlap goes with every or cron")
+        any_end = bool(body.get("after_any"))
+        timed = when_options(
+            options, after=[] if any_end else after, after_any=after if any_end else [],
+            delay=delay, at=at,
+        )  # fmt: skip
+        handle = await client.submit(command, stashed=bool(body.get("stashed")), **timed)
+        return f"submitted task {handle.id}"
+    if every is not None and cron is not None:
+        raise ValueError("give every or cron, not both")
+    if after or body.get("stashed"):
+        raise ValueError("every and cron make a schedule: it takes no after and is not stashed")
+    schedule = await client.add_schedule(
+        command, every=every, cron=cron, overlap=bool(body.get("overlap")),
+        start_at=schedule_start(delay, at), **options,
+    )  # fmt: skip
+    return f"made schedule {schedule.id}: {schedule.when}"
 
 
 _ACTIONS: dict[str, Callable[[AsyncClient, Mapping[str, Any]], Awaitable[str]]] = {

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from taskerctl import Client
+from taskerctl import Client, TaskState
 from tests.conftest import Daemon, running
 from tests.daemon.test_prometheus import free_port
 
@@ -199,6 +199,41 @@ def test_submit_from_the_page_and_watch_it_finish(
     assert t.stdout == b"submitted-from-the-page\n"
     tr = row(browser, task_id)
     assert tr is not None and "suite=dash" in tr.text and "high" in tr.text
+
+
+def test_submit_after_others_later_and_as_a_schedule(
+    browser: WebDriver, dashboard: Dashboard, client: Client
+) -> None:
+    # The CLI's --after, --delay, --on-finish, --every: the same fields on the page.
+    held = client.submit(["true"], stashed=True)
+    browser.get(dashboard.url + "/")
+    until(browser, lambda: "live" in browser.find_element(By.ID, "conn").text)
+    browser.find_element(By.CSS_SELECTOR, "#submit-box summary").click()
+    form = browser.find_element(By.ID, "submit-form")
+
+    def submit(**fields: str) -> str:
+        for name, value in fields.items():
+            box = form.find_element(By.NAME, name)
+            box.clear()
+            box.send_keys(value)
+        before = browser.find_element(By.ID, "toast").text
+        browser.find_element(By.ID, "submit-button").click()
+        confirm(browser)
+        return until(browser, lambda: (t := toast(browser)) != before and t)  # type: ignore[no-any-return]
+
+    message = submit(command="echo later", after=str(held.id), delay="1h", on_finish="true")
+    assert "submitted task" in message, message
+    later = client.get(int(message.split()[-1]))
+    assert later.state in (TaskState.WAITING, TaskState.SCHEDULED) and later.after == (held.id,)
+    assert later.start_at is not None and later.on_finish == "true"
+    message = submit(command="echo tick", after="", delay="", every="1h", on_finish="")
+    assert "made schedule" in message, message
+    [schedule] = [x for x in client.schedules() if x.argv == ("echo", "tick")]
+    assert schedule.every == 3600
+    message = submit(command="echo tock", after=str(held.id), every="1h")
+    assert "failed" in message and "takes no after" in message, message
+    client.remove_schedule(schedule.id)
+    client.cancel_many([held.id, later.id])
 
 
 def test_an_action_error_is_shown(browser: WebDriver, dashboard: Dashboard, client: Client) -> None:

@@ -251,10 +251,11 @@ $("submit-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const form = e.target;
   const data = Object.fromEntries(new FormData(form));
-  for (const k of ["shell", "once", "stashed"]) data[k] = form.elements[k].checked;
+  for (const k of ["shell", "once", "stashed", "after_any", "overlap"]) data[k] = form.elements[k].checked;
   const where = data.group || "default";
+  const what = data.every || data.cron ? "Make a schedule of" : "Submit";
   const sure = await confirmAction(
-    `Submit “${data.command}” to group ${where} at ${data.priority} priority?`, null, "Submit");
+    `${what} “${data.command}” in group ${where} at ${data.priority} priority?`, null, "Submit");
   if (!sure) return;
   const answer = await act("submit", data);
   if (answer) form.elements.command.value = "";
