@@ -898,7 +898,8 @@ def show(task_id: int, output: bool) -> None:
     "-" (null in JSON) stands for what there is not, such as the pid of a task that has not
     started. The argv is shell-quoted. Its dependencies (after), start time (start_at), the
     task it restarts (restarted_from) and its schedule (schedule_id) show when it has them.
-    submitted_by names the token that submitted it over TCP, or says "local".
+    submitted_by names the token that submitted it over TCP, or its Unix user (unix:USER), or
+    says "local" (the Unix socket, from a client that did not show its user).
     """
     with client() as c:
         t = c.get(task_id, output=True)  # the truncation flags come with the output

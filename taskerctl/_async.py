@@ -158,6 +158,7 @@ class AsyncClient(core.BaseClient):
             await self._channel.close()
         self._channel = None
         self._stub_ = None
+        self._close_door()
 
     @property
     def _stub(self) -> Any:
@@ -180,7 +181,9 @@ class AsyncClient(core.BaseClient):
             while run.call is not None:
                 method = getattr(self._stub, run.call.method)
                 run.answer(
-                    await method(run.call.request, timeout=run.timeout, metadata=self._metadata)
+                    await method(
+                        run.call.request, timeout=run.timeout, metadata=self._call_metadata()
+                    )
                 )
         return run.result
 
@@ -191,14 +194,14 @@ class AsyncClient(core.BaseClient):
             yield TaskEvent.from_proto(event)
 
     async def _events(self, method: str, request: Any, timeout: float | None) -> AsyncIterator[Any]:
-        call = getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
+        call = getattr(self._stub, method)(request, timeout=timeout, metadata=self._call_metadata())
         with self._errors(call):
             async for event in call:
                 yield event
 
     async def _wait(self, waiter: core.Waiter) -> builtins.list[TaskResult]:
         calls = [
-            self._stub.StreamResults(r, timeout=waiter.timeout, metadata=self._metadata)
+            self._stub.StreamResults(r, timeout=waiter.timeout, metadata=self._call_metadata())
             for r in waiter.requests
         ]
         with waiter.deadline(), self._errors(*calls):

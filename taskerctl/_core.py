@@ -22,6 +22,8 @@ import dataclasses
 import math
 import os
 import shlex
+import socket as sockets
+import threading
 import time
 import warnings
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
@@ -37,6 +39,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tasker.api import METADATA
 from tasker.paths import client_socket_path
+from tasker.peers import KEY as PEER_KEY
+from tasker.peers import peer_path
 from tasker.v1 import tasker_pb2 as pb
 from taskerctl.errors import (
     DaemonUnavailable,
@@ -102,6 +106,16 @@ def read_token(path: str | os.PathLike[str]) -> str:
     return token[0].strip()
 
 
+def _closed(door: sockets.socket) -> bool:
+    """Whether taskerd closed the side door (it stopped, or restarted)."""
+    try:
+        return door.recv(1, sockets.MSG_PEEK | sockets.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 class Remote(TypedDict, total=False):
     """How a client reaches a daemon over TCP (see :class:`BaseClient`)."""
 
@@ -150,6 +164,45 @@ class BaseClient:
                     ca, _read("TLS key", tls_key), _read("TLS certificate", tls_cert)
                 )
         self._where: Path | str = self.address or self.socket
+        # The Unix socket's side door (tasker.peers): opened on the first call, again after the
+        # daemon closed it (a restart); its nonce goes with each call while it is open.
+        self._door: sockets.socket | None = None
+        self._door_lock = threading.Lock()
+        self._nonce = os.urandom(16).hex()
+
+    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata of a call; over the Unix socket, with the side door's nonce when the
+        door is open (so that taskerd records this process's user for the tasks it submits)."""
+        if self.address is not None:
+            return self._metadata
+        door = self._door
+        if door is None or _closed(door):
+            with self._door_lock:
+                door = self._door = self._knock(self._door)
+        return self._metadata if door is None else (*self._metadata, (PEER_KEY, self._nonce))
+
+    def _knock(self, old: sockets.socket | None) -> sockets.socket | None:
+        """A new connection to the side door with this client's nonce; None if there is none
+        (a daemon that is down, or without one)."""
+        if old is not None:
+            if not _closed(old):
+                return old  # another thread opened it again meanwhile
+            old.close()
+        door = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM | sockets.SOCK_CLOEXEC)
+        door.setblocking(False)
+        try:
+            door.connect(os.fspath(peer_path(self.socket)))
+            door.send(self._nonce.encode() + b"\n")
+        except OSError:
+            door.close()
+            return None
+        return door
+
+    def _close_door(self) -> None:
+        with self._door_lock:
+            door, self._door = self._door, None
+        if door is not None:
+            door.close()
 
     def _open_channel(self, api: Any) -> Any:
         """A channel to the daemon, of ``api``: the module ``grpc`` or ``grpc.aio``."""

@@ -151,6 +151,7 @@ class Client(core.BaseClient):
         if pool is not None:
             pool.shutdown(wait=True)
         self._channel.close()
+        self._close_door()
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -164,7 +165,9 @@ class Client(core.BaseClient):
         with self._errors():
             while run.call is not None:
                 method = getattr(self._stub, run.call.method)
-                run.answer(method(run.call.request, timeout=run.timeout, metadata=self._metadata))
+                run.answer(
+                    method(run.call.request, timeout=run.timeout, metadata=self._call_metadata())
+                )
         return run.result
 
     def _stream(self, method: str, request: Any, timeout: float | None) -> Iterator[TaskEvent]:
@@ -172,13 +175,13 @@ class Client(core.BaseClient):
             yield TaskEvent.from_proto(event)
 
     def _events(self, method: str, request: Any, timeout: float | None) -> Iterator[Any]:
-        call = getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
+        call = getattr(self._stub, method)(request, timeout=timeout, metadata=self._call_metadata())
         with self._errors(call):
             yield from call
 
     def _wait(self, waiter: core.Waiter) -> builtins.list[TaskResult]:
         calls = [
-            self._stub.StreamResults(r, timeout=waiter.timeout, metadata=self._metadata)
+            self._stub.StreamResults(r, timeout=waiter.timeout, metadata=self._call_metadata())
             for r in waiter.requests
         ]
         with waiter.deadline(), self._errors(*calls):

@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tasker.peers import peer_path
 from tasker.v1 import tasker_pb2 as pb
 from taskerd import auth, procs, prom
 from taskerd import config as configuration
@@ -263,13 +264,14 @@ async def _serve_tcp(
     return server, authenticator, certificates
 
 
-def _secure_socket(config: DaemonConfig) -> None:
+def _secure_socket(config: DaemonConfig, path: Path) -> None:
+    """``path`` (the socket, or its side door) for taskerd's user, and ``socket_group``."""
     gid = _socket_gid(config)
     if gid is not None:
-        os.chown(config.socket, -1, gid)
-        os.chmod(config.socket, 0o660)
+        os.chown(path, -1, gid)
+        os.chmod(path, 0o660)
     else:
-        os.chmod(config.socket, 0o600)
+        os.chmod(path, 0o600)
 
 
 class Daemon:
@@ -373,6 +375,7 @@ class Daemon:
         except JournalOpenError as exc:
             raise StartupError(str(exc)) from None
         metrics: prom.MetricsServer | None = None
+        service: Service | None = None
         try:
             if self.mode is not None:  # a signal while the journal opened: do not even recover
                 return
@@ -410,9 +413,11 @@ class Daemon:
             try:
                 server.add_insecure_port(f"unix:{config.socket}")
                 await server.start()
+                await service.peers.start(peer_path(config.socket))
             finally:
                 os.umask(old_umask)
-            _secure_socket(config)
+            _secure_socket(config, config.socket)
+            _secure_socket(config, peer_path(config.socket))
             for name in ("", SERVICE_NAME):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
             loop = asyncio.get_running_loop()
@@ -438,6 +443,8 @@ class Daemon:
             else:
                 await server.stop(grace=1.0)
         finally:
+            if service is not None:
+                await service.peers.close()
             if metrics is not None:
                 await metrics.close()
             await store.close()

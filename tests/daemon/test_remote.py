@@ -26,6 +26,7 @@ from taskerctl import (
     TaskState,
     Unauthenticated,
 )
+from taskerd.peers import user_name
 from tests.conftest import Daemon
 from tests.daemon.test_prometheus import free_port
 from tests.daemon.util import until
@@ -70,11 +71,12 @@ def test_each_role_may_do_its_verbs_and_no_more(pki: Pki, remote: tuple[Daemon, 
         assert done.state is TaskState.SUCCEEDED and done.submitted_by == "alice"
         theirs = root.submit(["sleep", "30"], labels={"t": "roles"})
         bobs = bob.submit(["sleep", "30"], labels={"t": "roles"})
-        # the Unix socket: no token, every verb, recorded as the socket
+        # the Unix socket: no token, every verb, recorded as its user (tests/daemon/test_peers)
         here = local.submit(["sleep", "30"], labels={"t": "roles"})
-        assert local.get(here.id).submitted_by == ""
+        me = user_name(os.getuid())
+        assert local.get(here.id).submitted_by == me
         assert {t.id: t.submitted_by for t in rita.list(labels={"t": "roles"})} == {
-            mine.id: "alice", theirs.id: "root", bobs.id: "bob", here.id: "",
+            mine.id: "alice", theirs.id: "root", bobs.id: "bob", here.id: me,
         }  # fmt: skip
         # read: reads, and nothing else
         assert rita.get(mine.id).submitted_by == "alice"

@@ -464,8 +464,11 @@ class Task(_message.Message):
     schedule_id: _builtins.int
     """The schedule that submitted it; 0 for none."""
     submitted_by: _builtins.str
-    """Who submitted it: the name of the token of a call over TCP, or "" for a
-    call over the Unix socket (see "Access" above).
+    """Who submitted it: the name of the token of a call over TCP; over the Unix
+    socket "unix:USER" (or "unix:UID") when the call's metadata "tasker-peer"
+    carries the nonce of an open connection to the side door "<socket>.peer",
+    whose SO_PEERCRED taskerd read (see tasker/peers.py), else "" (see
+    "Access" above).
     """
     node: _builtins.str
     """The Dask worker that runs (or ran) its last attempt, for a group whose
