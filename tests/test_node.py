@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tasker.v1 import tasker_pb2 as pb
+from taskerd.peers import user_name
 from tests.conftest import Daemon
 from tests.daemon.test_prometheus import free_port
 from tests.pki import make_pki, remote_config
@@ -59,9 +60,10 @@ def test_default_task_succeeds(node_modules: Path, daemon: Daemon) -> None:
     assert re.search(rf"^task {tid}: SUCCEEDED exit 0 in \d+\.\d+s$", out, re.M), out
     stats = re.search(r"^stats: workers \d+/2-\d+ .* succeeded (\d+) ", out, re.M)
     assert stats and int(stats.group(1)) >= 1, out
-    # The daemon agrees.
+    # The daemon agrees, and knows the user it came from (the socket's side door).
     task = daemon.stub.Get(pb.GetRequest(id=int(tid)), timeout=5)
     assert task.spec.argv == ["echo", "hello from node"]
+    assert task.submitted_by == user_name(os.getuid())
 
 
 def test_failing_task_and_stderr(node_modules: Path, daemon: Daemon) -> None:

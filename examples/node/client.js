@@ -15,12 +15,17 @@
 // system's CAs; TASKER_TLS_CERT and TASKER_TLS_KEY for mutual TLS), and every
 // call carries `authorization: Bearer TOKEN` (TASKER_TOKEN, or the first line
 // of TASKER_TOKEN_FILE).
+// Over the Unix socket it shows its user to taskerd first (protos/tasker/peers.py):
+// it sends a random nonce to the side door `<socket>.peer`, keeps that open, and
+// every call carries `tasker-peer: NONCE`, so its tasks record `unix:USER`.
 // Exit status: 0 when the task succeeded (or the group verb did), 1 when it
 // ended otherwise (or the daemon refused), 69 when the daemon is unreachable,
 // 77 when the token is missing, unknown or its role may not (as taskerctl).
 'use strict';
 
+const crypto = require('node:crypto');
 const fs = require('node:fs');
+const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
@@ -78,6 +83,30 @@ function connect() {
   return new tasker.v1.Tasker(target, credentials);
 }
 
+/** The side door's nonce once it is open (see `knock`); null otherwise. */
+let peerNonce = null;
+
+/**
+ * Over the Unix socket, open the side door `<socket>.peer` with a random nonce,
+ * so that taskerd reads this process's user from the kernel (SO_PEERCRED) and
+ * records it for the tasks it submits. Resolves either way: a daemon without a
+ * door records the socket alone.
+ */
+function knock() {
+  if (process.env.TASKER_ADDRESS) return Promise.resolve();
+  const nonce = crypto.randomBytes(16).toString('hex');
+  return new Promise((resolve) => {
+    const door = net.connect(`${socketPath()}.peer`);
+    door.on('error', () => resolve());
+    door.on('connect', () => {
+      door.write(`${nonce}\n`);
+      door.unref(); // it stays open while the process lives, and keeps nothing alive
+      peerNonce = nonce;
+      resolve();
+    });
+  });
+}
+
 /**
  * Call metadata announcing API level 3 (protos/tasker/api.py): with less, the
  * daemon shows each newer state as the nearest one an older client knows.
@@ -87,6 +116,7 @@ function apiLevel() {
   metadata.set('tasker-api', '3');
   const bearer = token();
   if (bearer) metadata.set('authorization', `Bearer ${bearer}`);
+  if (peerNonce) metadata.set('tasker-peer', peerNonce);
   return metadata;
 }
 
@@ -167,6 +197,7 @@ async function control(client, argv) {
 }
 
 async function main(argv) {
+  await knock();
   const client = connect();
   if (['--groups', '--pause', '--resume'].includes(argv[0])) {
     const code = await control(client, argv);
