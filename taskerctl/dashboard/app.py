@@ -423,6 +423,14 @@ async def _submit(client: AsyncClient, body: Mapping[str, Any]) -> str:
     return f"made schedule {schedule.id}: {schedule.when}"
 
 
+async def _unschedule(client: AsyncClient, body: Mapping[str, Any]) -> str:
+    schedule_id = _number(body, "id")
+    if not schedule_id:
+        raise ValueError("id: a schedule's id")
+    await client.remove_schedule(schedule_id)
+    return f"removed schedule {schedule_id} (the tasks it submitted stay)"
+
+
 _ACTIONS: dict[str, Callable[[AsyncClient, Mapping[str, Any]], Awaitable[str]]] = {
     "cancel": _cancel,
     "restart": _restart,
@@ -430,4 +438,5 @@ _ACTIONS: dict[str, Callable[[AsyncClient, Mapping[str, Any]], Awaitable[str]]] 
     "pause": _pause,
     "resume": _resume,
     "submit": _submit,
+    "unschedule": _unschedule,
 }

@@ -276,6 +276,7 @@ class Hub:
         self._waits: list[float] = []
         self._runs: list[float] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._schedules: list[dict[str, Any]] = []  # read with each sample
 
     # -- life ------------------------------------------------------------------------------------
 
@@ -361,6 +362,10 @@ class Hub:
                     self.data.bump()
                 if now - last_sample >= self.sample_every:
                     metrics = await client.metrics()
+                    self._schedules = [
+                        {**x.to_json(), "command": x.command, "when": x.when}
+                        for x in await client.schedules()
+                    ]
                     ended = stats.succeeded + stats.failed + stats.timed_out + stats.cancelled
                     ended += stats.lost
                     dt = now - last_sample
@@ -437,6 +442,7 @@ class Hub:
                 "wait_avg": metrics.wait_avg,
             },
             "groups": [g.to_json() for g in stats.groups],
+            "schedules": self._schedules,
         }
         self.header_version += 1
         self.pushed.bump()

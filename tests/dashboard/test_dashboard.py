@@ -232,7 +232,15 @@ def test_submit_after_others_later_and_as_a_schedule(
     assert schedule.every == 3600
     message = submit(command="echo tock", after=str(held.id), every="1h")
     assert "failed" in message and "takes no after" in message, message
-    client.remove_schedule(schedule.id)
+    # The schedules table shows it (within a sample, a second), and removes it.
+    selector = f'#schedules tr[data-schedule="{schedule.id}"]'
+    listed = until(browser, lambda: browser.find_elements(By.CSS_SELECTOR, selector))
+    assert "every 1h" in listed[0].text and "echo tick" in listed[0].text
+    listed[0].find_element(By.TAG_NAME, "button").click()
+    confirm(browser)
+    until(browser, lambda: "removed schedule" in toast(browser))
+    until(browser, lambda: not browser.find_elements(By.CSS_SELECTOR, selector))
+    assert schedule.id not in {x.id for x in client.schedules()}
     client.cancel_many([held.id, later.id])
 
 
@@ -294,6 +302,23 @@ def test_cancel_a_running_task(browser: WebDriver, dashboard: Dashboard, client:
     until(browser, lambda: "cancelled" in toast(browser))
     until(browser, lambda: row_state(browser, handle.id) == "cancelled")
     assert client.get(handle.id).state.name == "CANCELLED"
+
+
+def test_a_new_connection_does_not_draw_the_chart_again(
+    browser: WebDriver, dashboard: Dashboard, client: Client
+) -> None:
+    # A filter or a page opens a new event stream, which sends every sample again: the chart
+    # drew them a second time after the newest, its line doubling back across the whole span.
+    browser.get(dashboard.url + "/")
+    chart = browser.find_element(By.ID, "chart-rate")
+    until(browser, lambda: int(chart.get_attribute("data-points") or 0) >= 2)
+    until(browser, lambda: "gpu" in browser.find_element(By.ID, "f-group").text)
+    before = int(chart.get_attribute("data-points") or 0)
+    filter_by(browser, group="gpu")
+    filter_by(browser, group="")
+    time.sleep(1.5)  # a sample or two more
+    assert chart.get_attribute("data-ordered") == "true"
+    assert int(chart.get_attribute("data-points") or 0) <= before + 3
 
 
 def test_filter_by_state_group_and_text(

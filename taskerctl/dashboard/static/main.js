@@ -75,7 +75,37 @@ function onHeader(h) {
   text("t-arrivals", rate(h.throughput.arrivals));
   text("t-failed", (h.counts.failed + h.counts.timed_out + h.counts.lost).toLocaleString());
   renderGroups(h.groups);
+  renderSchedules(h.schedules || []);
   addSamples(h.samples || []);
+}
+
+function renderSchedules(schedules) {
+  const body = $("schedules");
+  const key = JSON.stringify(schedules.map((s) => [s.id, s.next_at, s.submitted, s.skipped]));
+  if (body.dataset.key === key) return;
+  body.dataset.key = key;
+  if (!schedules.length) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: "7", text: "none" })));
+    return;
+  }
+  body.replaceChildren(...schedules.map((s) => {
+    const button = el("button", { type: "button", text: "Remove…",
+      "aria-label": `Remove schedule ${s.id}` });
+    button.addEventListener("click", async () => {
+      const sure = await confirmAction(
+        `Remove schedule ${s.id} (${s.when}: ${s.command})? The tasks it submitted stay.`,
+        null, "Remove");
+      if (sure) await act("unschedule", { id: s.id });
+    });
+    return el("tr", { "data-schedule": String(s.id) },
+      el("th", { scope: "row", text: String(s.id) }),
+      el("td", { text: s.when + (s.overlap ? "" : ", no overlap") }),
+      el("td", {}, el("code", { text: s.command })),
+      el("td", { text: s.group || "default" }),
+      el("td", { text: fmtTime(s.next_at) }),
+      el("td", { text: `${s.submitted} / ${s.skipped}` }),
+      el("td", {}, button));
+  }));
 }
 
 function renderGroups(groups) {
@@ -145,8 +175,12 @@ function makeCharts() {
   }, [series.t, series.wait_p50, series.wait_p95, series.run_p50, series.run_p95], $("chart-times"));
 }
 
-function addSamples(samples) {
+let lastSeq = 0;  // the newest sample drawn: a new connection (filters, pages) sends them all again
+
+function addSamples(pushed) {
+  const samples = pushed.filter((s) => s.seq > lastSeq);
   if (!samples.length) return;
+  lastSeq = samples[samples.length - 1].seq;
   for (const s of samples) {
     for (const k of Object.keys(series)) series[k].push(k === "t" ? s.t : s[k]);
   }
@@ -155,6 +189,9 @@ function addSamples(samples) {
   if (!rateChart) makeCharts();
   rateChart.setData([series.t, series.done, series.arrivals]);
   timesChart.setData([series.t, series.wait_p50, series.wait_p95, series.run_p50, series.run_p95]);
+  const chart = $("chart-rate");  // what is drawn, for the tests
+  chart.dataset.points = String(series.t.length);
+  chart.dataset.ordered = String(series.t.every((t, i) => i === 0 || t > series.t[i - 1]));
   const last = samples[samples.length - 1];
   $("chart-text").textContent = `Now: ${rate(last.done)} ended, ${rate(last.arrivals)} arriving.`;
 }
