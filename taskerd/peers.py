@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import functools
 import pwd
 import socket
 import struct
@@ -20,15 +20,15 @@ from pathlib import Path
 
 from tasker.peers import KEY, NONCE_MAX, NONCE_MIN
 
-log = logging.getLogger("taskerd")
-
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _HELLO_TIMEOUT = 5.0
 _LATE = 0.05  # how long a call waits for its nonce to arrive on the side door
 
 
+@functools.lru_cache(maxsize=256)
 def user_name(uid: int) -> str:
-    """``unix:NAME`` of a uid (``unix:UID`` when it has no name)."""
+    """``unix:NAME`` of a uid (``unix:UID`` when it has no name); remembered, since a lookup
+    may ask a directory service and this runs on the event loop."""
     try:
         return "unix:" + pwd.getpwuid(uid).pw_name
     except KeyError:
