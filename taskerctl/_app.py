@@ -132,10 +132,12 @@ class TaskId(click.ParamType[int]):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
-        text = str(value).strip()
-        if text.isdecimal() and 0 < int(text) < 1 << 64:
-            return int(text)
-        self.fail(f"{value!r} is not a {self.what} id (ids are whole numbers from 1)", param, ctx)
+        from taskerctl.models import parse_id
+
+        try:
+            return parse_id(value, self.what)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
 
 
 class TaskIds(click.ParamType[tuple[int, ...]]):

@@ -182,7 +182,9 @@ class AsyncClient(core.BaseClient):
                 method = getattr(self._stub, run.call.method)
                 run.answer(
                     await method(
-                        run.call.request, timeout=run.timeout, metadata=self._call_metadata()
+                        run.call.request,
+                        timeout=run.timeout,
+                        metadata=self._call_metadata(run.call.method),
                     )
                 )
         return run.result
@@ -194,14 +196,16 @@ class AsyncClient(core.BaseClient):
             yield TaskEvent.from_proto(event)
 
     async def _events(self, method: str, request: Any, timeout: float | None) -> AsyncIterator[Any]:
-        call = getattr(self._stub, method)(request, timeout=timeout, metadata=self._call_metadata())
+        call = getattr(self._stub, method)(
+            request, timeout=timeout, metadata=self._call_metadata(method)
+        )
         with self._errors(call):
             async for event in call:
                 yield event
 
     async def _wait(self, waiter: core.Waiter) -> builtins.list[TaskResult]:
         calls = [
-            self._stub.StreamResults(r, timeout=waiter.timeout, metadata=self._call_metadata())
+            self._stub.StreamResults(r, timeout=waiter.timeout, metadata=self._metadata)
             for r in waiter.requests
         ]
         with waiter.deadline(), self._errors(*calls):

@@ -106,6 +106,10 @@ def read_token(path: str | os.PathLike[str]) -> str:
     return token[0].strip()
 
 
+#: The verbs whose tasks record who submitted them (see :meth:`BaseClient._call_metadata`).
+_SUBMITTING = frozenset({"Submit", "Run"})
+
+
 def _closed(door: sockets.socket) -> bool:
     """Whether taskerd closed the side door (it stopped, or restarted)."""
     try:
@@ -170,10 +174,11 @@ class BaseClient:
         self._door_lock = threading.Lock()
         self._nonce = os.urandom(16).hex()
 
-    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
-        """The metadata of a call; over the Unix socket, with the side door's nonce when the
-        door is open (so that taskerd records this process's user for the tasks it submits)."""
-        if self.address is not None:
+    def _call_metadata(self, method: str) -> tuple[tuple[str, str], ...]:
+        """The metadata of a call of ``method``; for the verbs that submit (Submit, Run) over
+        the Unix socket, with the side door's nonce when the door is open (so that taskerd
+        records this process's user for the tasks it submits). Other calls never knock."""
+        if self.address is not None or method not in _SUBMITTING:
             return self._metadata
         door = self._door
         if door is None or _closed(door):

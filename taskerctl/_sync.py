@@ -166,7 +166,11 @@ class Client(core.BaseClient):
             while run.call is not None:
                 method = getattr(self._stub, run.call.method)
                 run.answer(
-                    method(run.call.request, timeout=run.timeout, metadata=self._call_metadata())
+                    method(
+                        run.call.request,
+                        timeout=run.timeout,
+                        metadata=self._call_metadata(run.call.method),
+                    )
                 )
         return run.result
 
@@ -175,13 +179,15 @@ class Client(core.BaseClient):
             yield TaskEvent.from_proto(event)
 
     def _events(self, method: str, request: Any, timeout: float | None) -> Iterator[Any]:
-        call = getattr(self._stub, method)(request, timeout=timeout, metadata=self._call_metadata())
+        call = getattr(self._stub, method)(
+            request, timeout=timeout, metadata=self._call_metadata(method)
+        )
         with self._errors(call):
             yield from call
 
     def _wait(self, waiter: core.Waiter) -> builtins.list[TaskResult]:
         calls = [
-            self._stub.StreamResults(r, timeout=waiter.timeout, metadata=self._call_metadata())
+            self._stub.StreamResults(r, timeout=waiter.timeout, metadata=self._metadata)
             for r in waiter.requests
         ]
         with waiter.deadline(), self._errors(*calls):

@@ -80,6 +80,15 @@ PRIORITY_NAMES: tuple[str, ...] = tuple(p.name.lower() for p in Priority if p.na
 STATE_NAMES: tuple[str, ...] = tuple(s.name.lower() for s in TaskState if s.name != "UNSPECIFIED")
 
 
+def parse_id(value: object, what: str = "task") -> int:
+    """A task's (or, ``what``, a schedule's) id from its text: a whole number from 1 that fits
+    in 64 bits; ValueError otherwise."""
+    text = str(value).strip()
+    if text.isdecimal() and 0 < int(text) < 1 << 64:
+        return int(text)
+    raise ValueError(f"{value!r} is not a {what} id (ids are whole numbers from 1)")
+
+
 def parse_priority(value: str | int) -> Priority:
     """``"high"`` / ``"HIGH"`` / ``Priority.HIGH`` / ``3`` → :class:`Priority`."""
     if isinstance(value, str):

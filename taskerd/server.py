@@ -30,6 +30,7 @@ from taskerd.core import Core
 from taskerd.errors import DaskUnavailable
 from taskerd.logs import setup_logging
 from taskerd.notify import notify
+from taskerd.peers import Peers
 from taskerd.runner import become_subreaper, install_child_watcher, reap_orphans_forever
 from taskerd.schedules import Scheduler
 from taskerd.service import Service, add_to_server
@@ -264,14 +265,15 @@ async def _serve_tcp(
     return server, authenticator, certificates
 
 
-def _secure_socket(config: DaemonConfig, path: Path) -> None:
-    """``path`` (the socket, or its side door) for taskerd's user, and ``socket_group``."""
+def _secure_socket(config: DaemonConfig, *paths: Path) -> None:
+    """``paths`` (the socket and its side door) for taskerd's user, and ``socket_group``."""
     gid = _socket_gid(config)
-    if gid is not None:
-        os.chown(path, -1, gid)
-        os.chmod(path, 0o660)
-    else:
-        os.chmod(path, 0o600)
+    for path in paths:
+        if gid is not None:
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
+        else:
+            os.chmod(path, 0o600)
 
 
 class Daemon:
@@ -375,7 +377,7 @@ class Daemon:
         except JournalOpenError as exc:
             raise StartupError(str(exc)) from None
         metrics: prom.MetricsServer | None = None
-        service: Service | None = None
+        peers = Peers()
         try:
             if self.mode is not None:  # a signal while the journal opened: do not even recover
                 return
@@ -398,7 +400,7 @@ class Daemon:
                 self._shut_down(core, self.mode)
                 await self.stopping.wait()
                 return
-            service = Service(core, scheduler, self.request_shutdown)
+            service = Service(core, scheduler, self.request_shutdown, peers)
             health_servicer = health.aio.HealthServicer()
             server = _grpc_server(service, health_servicer)
             try:
@@ -413,11 +415,10 @@ class Daemon:
             try:
                 server.add_insecure_port(f"unix:{config.socket}")
                 await server.start()
-                await service.peers.start(peer_path(config.socket))
+                await peers.start(peer_path(config.socket))
             finally:
                 os.umask(old_umask)
-            _secure_socket(config, config.socket)
-            _secure_socket(config, peer_path(config.socket))
+            _secure_socket(config, config.socket, peer_path(config.socket))
             for name in ("", SERVICE_NAME):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
             loop = asyncio.get_running_loop()
@@ -443,8 +444,7 @@ class Daemon:
             else:
                 await server.stop(grace=1.0)
         finally:
-            if service is not None:
-                await service.peers.close()
+            await peers.close()
             if metrics is not None:
                 await metrics.close()
             await store.close()

@@ -133,12 +133,13 @@ class Service(pb_grpc.TaskerServicer):
         core: Core,
         scheduler: Scheduler,
         on_shutdown: Callable[[pb.ShutdownMode.ValueType], Any],
+        peers: Peers,
     ) -> None:
         self.core = core
         self.scheduler = scheduler
         self._on_shutdown = on_shutdown
         #: The Unix socket's side door, to tell who a Unix-socket caller is.
-        self.peers = Peers()
+        self.peers = peers
 
     async def _submitter(self, context: Context) -> str:
         """Who submits: a token's name over TCP; over the Unix socket ``unix:USER`` when the

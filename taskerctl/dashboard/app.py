@@ -41,7 +41,7 @@ from taskerctl._submit import argv as task_argv
 from taskerctl._submit import schedule_start, task_options, when_options
 from taskerctl.dashboard.feed import PUSH_RATE, Hub, Query, follow_task
 from taskerctl.errors import TaskerError
-from taskerctl.models import command_words, parse_priority, parse_time
+from taskerctl.models import command_words, parse_id, parse_priority, parse_time
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "tasker_dashboard"
@@ -359,12 +359,10 @@ def _duration(body: Mapping[str, Any], key: str) -> float | None:
 
 def _id_list(body: Mapping[str, Any], key: str) -> list[int]:
     """Task ids separated by commas or spaces."""
-    ids = []
-    for word in str(body.get(key) or "").replace(",", " ").split():
-        if not word.isdigit() or int(word) == 0:
-            raise ValueError(f"{key}: {word!r} is not a task id")
-        ids.append(int(word))
-    return ids
+    try:
+        return [parse_id(word) for word in str(body.get(key) or "").replace(",", " ").split()]
+    except ValueError as err:
+        raise ValueError(f"{key}: {err}") from None
 
 
 def _time(body: Mapping[str, Any], key: str) -> Any:

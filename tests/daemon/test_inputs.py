@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from tasker.v1 import tasker_pb2 as pb
 from tasker.v1 import tasker_pb2_grpc as pb_grpc
 from taskerd.errors import InvalidArgument
+from taskerd.peers import Peers
 from taskerd.service import Context, Service, add_to_server, unary
 from tests.conftest import Daemon
 from tests.daemon.util import spec, submit, wait
@@ -248,7 +249,7 @@ class _Loud(Service):
 
 async def test_every_status_message_is_capped(tmp_path: Path) -> None:
     server = grpc.aio.server()
-    add_to_server(_Loud(None, None, lambda mode: None), server)  # type: ignore[arg-type]
+    add_to_server(_Loud(None, None, lambda mode: None, Peers()), server)  # type: ignore[arg-type]
     target = f"unix:{tmp_path}/loud.sock"
     server.add_insecure_port(target)
     await server.start()
